@@ -1,0 +1,77 @@
+"""The DRAC program: numbers, result codes and argument encodings.
+
+Version 1 carries an IPv4 address as one XDR unsigned int. Version 2 carries
+``char ip_addr6[16]``, which rpcgen encodes as sixteen XDR ints, one per
+byte, sign-extended by C clients (0xb8 travels as ``ff ff ff b8``).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+
+from .xdr import Packer, Unpacker, XdrError
+
+DRACPROG = 900101
+DRACVERS = 1
+DRACVERS6 = 2
+DRACPROC_NULL = 0
+DRACPROC_ADD = 1
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddStat(enum.IntEnum):
+    ADD_SUCCESS = 0
+    ADD_PERM = 1
+    ADD_SYSERR = 2
+    ADD_UNKOWN = 3  # sic: the name in DRAC's drac.x
+
+
+def version_for(address: IPAddress) -> int:
+    """The protocol version that carries ``address``."""
+    return DRACVERS if address.version == 4 else DRACVERS6
+
+
+def encode_add_args(address: IPAddress, *, sign_extend: bool = True) -> bytes:
+    """Arguments of DRACPROC_ADD in the version matching the address family."""
+    if address.version == 4:
+        return Packer().uint(int(address)).bytes()
+    packer = Packer()
+    for byte in address.packed:
+        packer.int(byte - 256 if sign_extend and byte > 127 else byte)
+    return packer.bytes()
+
+
+def decode_add_v1(args: bytes) -> ipaddress.IPv4Address:
+    reader = Unpacker(args)
+    address = ipaddress.IPv4Address(reader.uint())
+    reader.done()
+    return address
+
+
+def decode_add_v2(args: bytes) -> ipaddress.IPv6Address:
+    """Decode sixteen char words, accepting both sign-extended and plain bytes."""
+    reader = Unpacker(args)
+    raw = bytearray()
+    for _ in range(16):
+        word = reader.int()
+        if not -128 <= word <= 255:
+            raise XdrError(f"char word {word} out of range")
+        raw.append(word & 0xFF)
+    reader.done()
+    return ipaddress.IPv6Address(bytes(raw))
+
+
+def encode_addstat(stat: AddStat) -> bytes:
+    return Packer().uint(stat).bytes()
+
+
+def decode_addstat(results: bytes) -> AddStat:
+    reader = Unpacker(results)
+    value = reader.uint()
+    reader.done()
+    try:
+        return AddStat(value)
+    except ValueError:
+        raise XdrError(f"unknown addstat {value}") from None

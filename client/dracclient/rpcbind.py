@@ -1,0 +1,156 @@
+"""A client for rpcbind (RFC 1833): look up, register and unregister programs.
+
+Registration is only accepted from the local host. Over the UNIX socket
+rpcbind records the owner as ``superuser`` (for root), which stops other
+local users from unregistering us; UDP to 127.0.0.1 is the fallback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from .errors import DracError
+from .rpccall import Transport, call
+from .xdr import Packer, Unpacker, XdrError
+
+RPCBPROG = 100000
+RPCBVERS4 = 4
+PMAPVERS = 2
+RPCBPROC_SET = 1
+RPCBPROC_UNSET = 2
+RPCBPROC_GETADDR = 3
+RPCBPROC_DUMP = 4
+PMAPPROC_GETPORT = 3
+RPCBIND_PORT = 111
+RPCBIND_SOCKET = "/run/rpcbind.sock"
+IPPROTO = {"udp": 17, "tcp": 6}
+MAX_UADDR = 1024
+
+
+def format_uaddr(host: str, port: int) -> str:
+    """Universal address: the host's text form followed by the port's two bytes."""
+    return f"{ipaddress.ip_address(host)}.{port >> 8}.{port & 0xFF}"
+
+
+def parse_uaddr(uaddr: str) -> tuple[str, int]:
+    """Split a universal address into (host, port); raises ValueError if malformed."""
+    host, high, low = uaddr.rsplit(".", 2)
+    port = int(high) << 8 | int(low)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in universal address {uaddr!r}")
+    return str(ipaddress.ip_address(host)), port
+
+
+def _rpcb(prog: int, vers: int, netid: str, uaddr: str, owner: str) -> bytes:
+    return Packer().uint(prog).uint(vers).string(netid).string(uaddr).string(owner).bytes()
+
+
+def _bool(results: bytes) -> bool:
+    reader = Unpacker(results)
+    value = reader.uint()
+    reader.done()
+    return value != 0
+
+
+def _local_call(proc: int, args: bytes, timeout: float, socket_path: str) -> bytes:
+    if os.path.exists(socket_path):
+        try:
+            return call(socket_path, RPCBPROG, RPCBVERS4, proc, args, transport="unix", timeout=timeout)
+        except DracError:
+            pass
+    return call(("127.0.0.1", RPCBIND_PORT), RPCBPROG, RPCBVERS4, proc, args, timeout=timeout)
+
+
+def register(
+    prog: int, vers: int, netid: str, uaddr: str, *, timeout: float = 3.0, socket_path: str = RPCBIND_SOCKET
+) -> bool:
+    """RPCBPROC_SET on the local rpcbind. False if rpcbind refuses (e.g. already registered)."""
+    args = _rpcb(prog, vers, netid, uaddr, str(os.getuid()))
+    return _bool(_local_call(RPCBPROC_SET, args, timeout, socket_path))
+
+
+def unregister(
+    prog: int, vers: int, netid: str = "", *, timeout: float = 3.0, socket_path: str = RPCBIND_SOCKET
+) -> bool:
+    """RPCBPROC_UNSET on the local rpcbind; an empty netid removes every netid."""
+    args = _rpcb(prog, vers, netid, "", str(os.getuid()))
+    return _bool(_local_call(RPCBPROC_UNSET, args, timeout, socket_path))
+
+
+def _netid_route(netid: str, host: str | None) -> tuple[str, Transport]:
+    """rpcbind answers GETADDR for the netid the request arrived on, whatever
+    r_netid says, so each netid must be asked over its own transport."""
+    transport: Transport = "tcp" if netid.startswith("tcp") else "udp"
+    if host is None:
+        host = "::1" if netid.endswith("6") else "127.0.0.1"
+    return host, transport
+
+
+def getaddr(
+    prog: int, vers: int, netid: str, *, host: str | None = None, timeout: float = 3.0
+) -> tuple[str, int] | None:
+    """rpcbind v4 GETADDR: where ``prog``/``vers`` listens for ``netid``, or None."""
+    host, transport = _netid_route(netid, host)
+    args = _rpcb(prog, vers, netid, "", "")
+    results = call((host, RPCBIND_PORT), RPCBPROG, RPCBVERS4, RPCBPROC_GETADDR, args,
+                   transport=transport, timeout=timeout)
+    try:
+        reader = Unpacker(results)
+        uaddr = reader.string(MAX_UADDR)
+        return parse_uaddr(uaddr) if uaddr else None
+    except (XdrError, ValueError) as exc:
+        raise XdrError(f"bad GETADDR reply: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    prog: int
+    vers: int
+    netid: str
+    uaddr: str
+    owner: str
+
+    @property
+    def port(self) -> int:
+        return parse_uaddr(self.uaddr)[1]
+
+
+def dump(*, timeout: float = 3.0, socket_path: str = RPCBIND_SOCKET) -> list[Mapping]:
+    """RPCBPROC_DUMP on the local rpcbind: every registration it holds."""
+    reader = Unpacker(_local_call(RPCBPROC_DUMP, b"", timeout, socket_path))
+    found = []
+    while reader.uint():
+        found.append(Mapping(reader.uint(), reader.uint(), reader.string(MAX_UADDR),
+                             reader.string(MAX_UADDR), reader.string(MAX_UADDR)))
+    reader.done()
+    return found
+
+
+def getport(
+    prog: int, vers: int, proto: str, *, host: str = "127.0.0.1", timeout: float = 3.0
+) -> int | None:
+    """portmap v2 GETPORT, for rpcbind-less portmappers; None if not registered."""
+    args = Packer().uint(prog).uint(vers).uint(IPPROTO[proto]).uint(0).bytes()
+    reader = Unpacker(call((host, RPCBIND_PORT), RPCBPROG, PMAPVERS, PMAPPROC_GETPORT, args, timeout=timeout))
+    port = reader.uint()
+    return port or None
+
+
+def lookup(prog: int, vers: int, host: str, transport: str, *, timeout: float = 3.0) -> tuple[str, int] | None:
+    """Find a program's address: GETADDR first, then portmap GETPORT (IPv4 only)."""
+    family6 = ":" in host
+    netid = transport + ("6" if family6 else "")
+    try:
+        found = getaddr(prog, vers, netid, host=host, timeout=timeout)
+    except DracError:
+        if family6:
+            raise
+        port = getport(prog, vers, transport, host=host, timeout=timeout)
+        return (host, port) if port else None
+    if found and found[0] in ("0.0.0.0", "::"):
+        return host, found[1]
+    return found
+
+

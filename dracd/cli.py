@@ -1,0 +1,219 @@
+"""dracd and rpc.dracd command lines.
+
+``dracd [-i] [-e MINUTES] [DBFILE]`` is the legacy rpc.dracd command line;
+everything new is a long option mirroring a key of the YAML config.
+``rpc.dracd`` forks into the background like the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, LOG_LEVELS, load_config, override, parse_duration, parse_listen
+from .daemon import Daemon
+from .maps import BERKELEY_TYPES, MapError
+from .notify import notify
+from .policy import AllowFileError
+from .registration import AlreadyRegistered
+
+log = logging.getLogger("dracd")
+
+EX_OK = 0
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_OSERR = 71
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(text: str) -> str:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _minutes(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
+    return int(text) * 60
+
+
+def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Dynamic Relay Authorization Control server (drop-in for rpc.dracd)."
+    )
+    parser.add_argument("dbfile", nargs="?", type=Path, help="map file (default /etc/mail/dracd.db)")
+    parser.add_argument("-i", dest="initialize", action="store_true", default=None,
+                        help="start with an empty table instead of reloading the map")
+    parser.add_argument("-e", dest="expire_minutes", type=_minutes, metavar="MINUTES",
+                        help="entry lifetime in minutes (legacy; default 30)")
+    parser.add_argument("-c", "--config", type=Path, help="YAML configuration file")
+    parser.add_argument("--lifetime", type=_duration, metavar="DURATION", help="entry lifetime, e.g. 90s, 30m")
+    parser.add_argument("--allow", dest="allow_file", type=Path, metavar="FILE", help="allow file")
+    parser.add_argument("--listen", action="append", type=_listen, metavar="ADDR",
+                        help="address to listen on (repeatable; default all IPv4 and IPv6)")
+    parser.add_argument("--port", type=int, metavar="N", help="port for UDP and TCP (0 = any free port)")
+    parser.add_argument("--map-type", dest="type", choices=BERKELEY_TYPES, help="Berkeley DB map type")
+    parser.add_argument("--no-rpcbind", dest="rpcbind", action="store_false", default=None,
+                        help="do not register with rpcbind")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The YAML file (if any) with the command line on top; raises ConfigError."""
+    if args.expire_minutes is not None and args.lifetime is not None:
+        raise ConfigError("command line: give -e or --lifetime, not both")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"command line: --port {args.port}: expected 0..65535")
+    config = load_config(args.config)
+    changes: dict[str, Any] = {
+        "path": args.dbfile.absolute() if args.dbfile else None,
+        "type": args.type,
+        "initialize": args.initialize,
+        "lifetime": args.lifetime if args.lifetime is not None else args.expire_minutes,
+        "allow_file": args.allow_file.absolute() if args.allow_file else None,
+        "listen": tuple(args.listen) if args.listen else None,
+        "port": args.port,
+        "rpcbind": args.rpcbind,
+        "program": args.program,
+        "log_level": args.log_level,
+    }
+    return override(config, **changes)
+
+
+def setup_logging(level: str, *, syslog: bool = False) -> None:
+    handler: logging.Handler
+    if syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        handler.setFormatter(logging.Formatter("dracd[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s dracd[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) -> int:
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            new = resolve_config(args)
+            daemon.reload(new)
+            logging.getLogger().setLevel(new.log_level.upper())
+        except (ConfigError, AllowFileError, OSError) as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def ready() -> None:
+        notify("READY=1")
+        if on_ready is not None:
+            on_ready()
+
+    await daemon.start(ready)
+    await stopping.wait()
+    notify("STOPPING=1")
+    log.info("stopping on signal")
+    await daemon.stop()
+    return EX_OK
+
+
+def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool = False) -> int:
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EX_OK if not exc.code else EX_USAGE
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        return _check(prog, config)
+    setup_logging(config.log_level, syslog=background)
+    on_ready = _daemonize() if background else None
+    try:
+        return asyncio.run(run(args, config, on_ready))
+    except (ConfigError, AllowFileError) as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    except MapError as exc:
+        log.error("%s", exc)
+        return EX_CANTCREAT
+    except AlreadyRegistered as exc:
+        log.error("%s", exc)
+        return EX_UNAVAILABLE
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_OSERR
+
+
+def _check(prog: str, config: Config) -> int:
+    from .policy import load_allow
+
+    try:
+        allow = load_allow(config.allow_path, config.allow_file is not None)
+    except (AllowFileError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s)")
+    return EX_OK
+
+
+def _daemonize() -> Any:
+    """Fork like the original: the parent exits once the child serves (or failed)."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        status = os.read(read_end, 1)
+        os._exit(EX_OK if status == b"0" else EX_OSERR)
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    if any(isinstance(h, logging.handlers.SysLogHandler) for h in logging.getLogger().handlers):
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+    def ready() -> None:
+        os.write(write_end, b"0")
+        os.close(write_end)
+
+    return ready
+
+
+def legacy_main() -> int:
+    """Entry point of ``rpc.dracd``."""
+    return main(prog="rpc.dracd", background=True)
+
+
+def console_main() -> int:
+    return main()

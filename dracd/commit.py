@@ -1,0 +1,122 @@
+"""Group commit: many ADDs, one map rewrite.
+
+An ADD changes the table, then waits for a write that includes its
+change. Only one write runs at a time, off the event loop; every change
+that arrives while it runs is served by the next one. A failed write fails
+the waiters it was meant to serve and is retried with a back-off, so the
+map catches up by itself once the disk is writable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .maps import MapError, MapWriter
+from .table import RelayTable
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+
+
+class Committer:
+    def __init__(self, table: RelayTable, writer: MapWriter) -> None:
+        self.table = table
+        self.writer = writer
+        self.written_version = -1
+        self.last_write: float | None = None
+        self.last_duration = 0.0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dracd-map")
+        self._task: asyncio.Task[None] | None = None
+        self._retry_delay = RETRY_FIRST
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="dracd-commit")
+
+    async def commit(self) -> None:
+        """Return once the map on disk holds the table as it is now; raise MapError if it cannot."""
+        target = self.table.version
+        if self.written_version >= target:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        self._wake.set()
+        await future
+
+    def request(self) -> None:
+        """Ask for a write without waiting for it (expiry, reloads)."""
+        self._wake.set()
+
+    def write_now(self) -> None:
+        """Synchronous write of the current table, for start-up and shutdown."""
+        version = self.table.version
+        started = time.monotonic()
+        self.writer.write(self.table.snapshot())
+        self._done(version, started)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(MapError("server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def _done(self, version: int, started: float) -> None:
+        self.written_version = version
+        self.last_write = time.time()
+        self.last_duration = time.monotonic() - started
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            version = self.table.version
+            if version <= self.written_version:
+                self._settle(version, None)
+                continue
+            started = time.monotonic()
+            try:
+                await loop.run_in_executor(self._executor, self.writer.write, self.table.snapshot())
+            except MapError as exc:
+                self._settle(version, exc)
+                self._schedule_retry(exc)
+                continue
+            self._done(version, started)
+            if self._failing:
+                log.warning("map %s is writable again", self.writer.path)
+                self._failing, self._retry_delay = False, RETRY_FIRST
+            self._settle(version, None)
+            if self._waiters or self.table.version > self.written_version:
+                self._wake.set()
+
+    def _settle(self, version: int, error: MapError | None) -> None:
+        keep = []
+        for target, future in self._waiters:
+            if target > version:
+                keep.append((target, future))
+            elif not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+        self._waiters = keep
+
+    def _schedule_retry(self, exc: MapError) -> None:
+        if not self._failing:
+            log.error("%s; answering ADD_SYSERR until it can be written", exc)
+        self._failing = True
+        asyncio.get_running_loop().call_later(self._retry_delay, self._wake.set)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)

@@ -1,0 +1,192 @@
+"""dracd's YAML configuration: typed, validated, every error names its key.
+
+An empty file means all defaults. Relative paths are taken relative to
+the directory of the config file, so a config can travel with its data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dracclient.drac import DRACPROG
+
+from .keys import Ipv6Keys
+from .maps import BERKELEY_TYPES
+
+DEFAULT_MAP = Path("/etc/mail/dracd.db")
+DEFAULT_LIFETIME = 30 * 60
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and key or line."""
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``2h``, ``1d`` -> seconds. A unit is required: a bare
+    number is ambiguous (legacy ``-e`` counts minutes)."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 2h or 1d")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a lifetime must be positive")
+    return seconds
+
+
+def parse_listen(text: str) -> str:
+    """A listen address: an IPv4 or IPv6 literal (brackets allowed)."""
+    return str(ipaddress.ip_address(text.strip().strip("[]")))
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    path: Path = DEFAULT_MAP
+    type: str = "btree"
+    nul_terminated: bool = False
+    cidr_keys: bool = False
+    ipv6_keys: Ipv6Keys = Ipv6Keys.POSTFIX
+
+
+@dataclass(frozen=True)
+class Config:
+    map: MapConfig = field(default_factory=MapConfig)
+    lifetime: int = DEFAULT_LIFETIME
+    #: None: ``dracd.allow`` next to the map, with the legacy default if absent.
+    allow_file: Path | None = None
+    initialize: bool = False
+    listen: tuple[str, ...] = ("0.0.0.0", "::")
+    port: int = 0
+    rpcbind: bool = True
+    #: For tests and private deployments that must not collide with a real dracd.
+    program: int = DRACPROG
+    log_level: str = "info"
+    source: str = "built-in defaults"
+
+    @property
+    def allow_path(self) -> Path:
+        return self.allow_file if self.allow_file is not None else self.map.path.parent / "dracd.allow"
+
+
+def _expect(kind: str, check: bool, value: Any) -> None:
+    if not check:
+        raise ValueError(f"expected {kind}, got {value!r}")
+
+
+def _bool(value: Any) -> bool:
+    _expect("true or false", isinstance(value, bool), value)
+    return bool(value)
+
+
+def _int_range(low: int, high: int) -> Any:
+    def convert(value: Any) -> int:
+        _expect(f"an integer {low}..{high}", isinstance(value, int) and not isinstance(value, bool)
+                and low <= value <= high, value)
+        return int(value)
+    return convert
+
+
+def _choice(choices: tuple[str, ...]) -> Any:
+    def convert(value: Any) -> str:
+        _expect("one of " + ", ".join(choices), value in choices, value)
+        return str(value)
+    return convert
+
+
+def _str(value: Any) -> str:
+    _expect("a string", isinstance(value, str) and value != "", value)
+    return str(value)
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    _expect("an address or a list of addresses", isinstance(items, list) and items, value)
+    return tuple(parse_listen(_str(item)) for item in items)
+
+
+_MAP_KEYS: dict[str, Any] = {
+    "path": _str,
+    "type": _choice(BERKELEY_TYPES),
+    "nul_terminated": _bool,
+    "cidr_keys": _bool,
+    "ipv6_keys": lambda v: Ipv6Keys(_choice(tuple(Ipv6Keys))(v)),
+}
+_TOP_KEYS: dict[str, Any] = {
+    "lifetime": lambda v: parse_duration(_str(v) if not isinstance(v, int) else str(v)),
+    "allow_file": _str,
+    "initialize": _bool,
+    "listen": _listen,
+    "port": _int_range(0, 65535),
+    "rpcbind": _bool,
+    "program": _int_range(1, 0xFFFFFFFF),
+    "log_level": _choice(LOG_LEVELS),
+}
+
+
+def _convert(section: dict[str, Any], table: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    out = {}
+    for key, value in section.items():
+        name = f"{prefix}{key}"
+        if key not in table:
+            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(prefix + k for k in table)})")
+        try:
+            out[key] = table[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: key {name!r}: {exc}") from None
+    return out
+
+
+def _resolve(base: Path, text: str) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_config(path: Path | None) -> Config:
+    """The configuration in ``path`` (defaults when None); raises ConfigError."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data or {}, path)
+
+
+def config_from_dict(data: Any, path: Path) -> Config:
+    source = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    data = dict(data)
+    map_section = data.pop("map", None) or {}
+    if not isinstance(map_section, dict):
+        raise ConfigError(f"{source}: key 'map': expected a mapping")
+    map_values = _convert(map_section, _MAP_KEYS, "map.", source)
+    top = _convert(data, _TOP_KEYS, "", source)
+    base = path.parent
+    if "path" in map_values:
+        map_values["path"] = _resolve(base, map_values["path"])
+    if "allow_file" in top:
+        top["allow_file"] = _resolve(base, top["allow_file"])
+    return Config(map=MapConfig(**map_values), source=source, **top)
+
+
+def override(config: Config, **changes: Any) -> Config:
+    """Apply command-line values (None means "not given") on top of ``config``."""
+    map_names = {f.name for f in fields(MapConfig)}
+    map_changes = {k: v for k, v in changes.items() if k in map_names and v is not None}
+    top_changes = {k: v for k, v in changes.items() if k not in map_names and v is not None}
+    return replace(config, map=replace(config.map, **map_changes), **top_changes)

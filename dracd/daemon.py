@@ -1,0 +1,136 @@
+"""The server's lifecycle: one ordered start, one ordered stop.
+
+Start: allow list, table reloaded from the map, the map written (so it
+exists before any MTA needs it), sockets bound, rpcbind registration,
+expiry. Stop: close the sockets, let in-flight calls finish (bounded),
+write the map a last time, unregister.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .commit import Committer
+from .config import Config
+from .dispatch import Dispatcher
+from .keys import KeyStyle
+from .maps import MapWriter, open_writer
+from .policy import load_allow
+from .registration import Registration, entries_for
+from .service import DracService, Settings
+from .table import Clock, RelayTable
+from .transport import Listener, UdpProtocol, bind_listeners, serve_tcp, serve_udp
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 5.0
+EXPIRY_TICK = 1.0
+
+
+def key_style(config: Config) -> KeyStyle:
+    return KeyStyle(nul=config.map.nul_terminated, cidr=config.map.cidr_keys, ipv6=config.map.ipv6_keys)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
+        self.config = config
+        self.table = RelayTable(clock)
+        self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
+        self.committer = Committer(self.table, self.writer)
+        self.settings = Settings(load_allow(config.allow_path, config.allow_file is not None), config.lifetime)
+        self.service = DracService(self.table, self.committer, self.settings)
+        self.dispatcher = Dispatcher()
+        self.service.register(self.dispatcher, config.program)
+        self.listeners: list[Listener] = []
+        self.registration: Registration | None = None
+        self._servers: list[asyncio.Server] = []
+        self._udp: list[tuple[asyncio.DatagramTransport, UdpProtocol]] = []
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        return self.listeners[0].port
+
+    def load_table(self) -> None:
+        """Reload the entries of the previous run, unless told to start empty (-i)."""
+        if self.config.initialize:
+            log.info("starting with an empty table (-i)")
+            return
+        for address, expiry in self.writer.read().items():
+            self.table.set(address, expiry)
+        expired = self.table.expire()
+        log.info("reloaded %d entries from %s (%d already expired)",
+                 len(self.table), self.config.map.path, len(expired))
+
+    async def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        self.load_table()
+        self.committer.write_now()
+        self.committer.start()
+        self.listeners = bind_listeners(self.config.listen, self.config.port)
+        dispatch = self.dispatcher.handle
+        for listener in self.listeners:
+            if listener.netid.startswith("udp"):
+                self._udp.append(await serve_udp(listener.sock, dispatch))
+            else:
+                self._servers.append(await serve_tcp(listener.sock, dispatch))
+        log.info("listening on %s", ", ".join(f"{l.netid} {l.host} port {l.port}" for l in self.listeners))
+        if self.config.rpcbind:
+            self.registration = Registration(
+                self.config.program, entries_for(self.listeners, self.dispatcher.versions(self.config.program))
+            )
+            await self.registration.start()
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(), name="dracd-expiry")
+        if on_ready is not None:
+            on_ready()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            next_expiry = self.table.next_expiry()
+            delay = EXPIRY_TICK if next_expiry is None else next_expiry - self.table.clock()
+            await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
+            gone = self.table.expire()
+            if gone:
+                log.info("expired %d entries%s", len(gone), f": {gone[0]}" if len(gone) == 1 else "")
+                self.committer.request()
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new allow list and lifetime; sockets and entries stay."""
+        allow = load_allow(config.allow_path, config.allow_file is not None)
+        fixed = ("map", "listen", "port", "program", "rpcbind")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
+        self.settings.allow = allow
+        self.settings.lifetime = config.lifetime
+        self.config = config
+        log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
+                 config.source, allow.source, len(allow.rules), config.lifetime)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for transport, _ in self._udp:
+            transport.close()
+        pending = [task for _, protocol in self._udp for task in protocol.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
+        for server in self._servers:
+            await asyncio.wait_for(server.wait_closed(), DRAIN_TIMEOUT)
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+        await self.committer.close()
+        try:
+            self.committer.write_now()
+        except Exception as exc:
+            log.error("final map write failed: %s", exc)
+        if self.registration is not None:
+            await self.registration.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()

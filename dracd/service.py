@@ -1,0 +1,76 @@
+"""The DRAC program (900101): NULL and ADD in versions 1 and 2. No sockets here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from dracclient.drac import (
+    DRACPROC_ADD,
+    DRACPROC_NULL,
+    DRACVERS,
+    DRACVERS6,
+    AddStat,
+    decode_add_v1,
+    decode_add_v2,
+    encode_addstat,
+)
+from dracclient.xdr import Unpacker
+
+from .commit import Committer
+from .dispatch import CallContext, Dispatcher
+from .keys import IPAddress, canonical, relayable
+from .maps import MapError
+from .policy import AllowList
+from .table import RelayTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """What SIGHUP may change while the server runs."""
+
+    allow: AllowList
+    lifetime: int
+
+
+class DracService:
+    def __init__(self, table: RelayTable, committer: Committer, settings: Settings) -> None:
+        self.table = table
+        self.committer = committer
+        self.settings = settings
+
+    def register(self, dispatcher: Dispatcher, prog: int) -> None:
+        for vers in (DRACVERS, DRACVERS6):
+            dispatcher.register(prog, vers, DRACPROC_NULL, self.null)
+        dispatcher.register(prog, DRACVERS, DRACPROC_ADD, self.add_v1)
+        dispatcher.register(prog, DRACVERS6, DRACPROC_ADD, self.add_v2)
+
+    async def null(self, args: bytes, ctx: CallContext) -> bytes:
+        Unpacker(args).done()
+        return b""
+
+    async def add_v1(self, args: bytes, ctx: CallContext) -> bytes:
+        return encode_addstat(await self.add(decode_add_v1(args), ctx))
+
+    async def add_v2(self, args: bytes, ctx: CallContext) -> bytes:
+        return encode_addstat(await self.add(decode_add_v2(args), ctx))
+
+    async def add(self, address: IPAddress, ctx: CallContext) -> AddStat:
+        if not self.settings.allow.permits(ctx.caller):
+            log.warning("ADD %s from %s/%s refused: caller not in allow list (%s)",
+                        address, ctx.caller, ctx.transport, self.settings.allow.source)
+            return AddStat.ADD_PERM
+        address = canonical(address)
+        if not relayable(address):
+            log.warning("ADD %s from %s/%s refused: not a unicast host address", address, ctx.caller, ctx.transport)
+            return AddStat.ADD_UNKOWN
+        expiry = self.table.add(address, self.settings.lifetime)
+        try:
+            await self.committer.commit()
+        except MapError as exc:
+            log.warning("ADD %s from %s/%s failed: %s", address, ctx.caller, ctx.transport, exc)
+            return AddStat.ADD_SYSERR
+        log.info("ADD %s from %s/%s ok, expires %d", address, ctx.caller, ctx.transport, expiry)
+        return AddStat.ADD_SUCCESS
