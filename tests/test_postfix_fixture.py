@@ -167,6 +167,18 @@ def test_missing_map_is_refused_before_start(tmp_path: Path) -> None:
     assert not pf.is_running()
 
 
+def test_unusable_map_is_refused_before_start(tmp_path: Path) -> None:
+    map_path = tmp_path / "dracd.db"
+    write_map(map_path, ["127.0.0.5"], db.DB_HASH)
+    pf = PostfixInstance(tmp_path / "pf", map_path, map_type="btree")
+    try:
+        with pytest.raises(PostfixError, match="not a usable btree table"):
+            pf.start()
+    finally:
+        pf.stop()
+    assert not pf.is_running()
+
+
 def test_config_error_is_explained(tmp_path: Path) -> None:
     map_path = tmp_path / "dracd.db"
     write_map(map_path, [])

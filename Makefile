@@ -1,0 +1,53 @@
+# dracd: `make run` starts the server on etc/dracd.yaml, `make test` runs the suite.
+# Both install what they need first (apt packages as root, then .venv).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind \
+	rpcsvc-proto libtirpc-dev postfix swaks util-linux iproute2
+PYTEST_ARGS ?=
+
+.PHONY: install apt run test lint check-rpcbind clean
+
+install: $(VENV)/.installed
+
+# Postfix is preseeded to "No configuration" so installing it never starts or
+# configures a system mail server; tests run private instances.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: as root, install: $$missing" >&2; exit 1; fi; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml client/pyproject.toml | apt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	BERKELEYDB_DIR=/usr $(BIN)/pip install -q -e ./client -e '.[test]'
+	touch $@
+
+check-rpcbind: apt
+	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; sleep 0.5; }
+
+run: install check-rpcbind
+	@mkdir -p var
+	@echo "dracd: map var/dracd.db, listening on 127.0.0.1 and ::1, registered with rpcbind."
+	@echo "Try it from another shell:"
+	@echo "    $(BIN)/dracctl add 192.0.2.7"
+	@echo "    db5.3_dump -p var/dracd.db"
+	@echo "Stop with Ctrl-C."
+	exec $(BIN)/dracd -c etc/dracd.yaml
+
+# pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
+test: install check-rpcbind
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check dracd client tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var build tests/c/build
