@@ -66,7 +66,8 @@ def parse_allow_line(text: str) -> Rule | None:
         mask = ipaddress.IPv4Address(fields[0])
         addr = ipaddress.IPv4Address(fields[1])
         return MaskRule(int(mask), int(addr) & int(mask))
-    if len(fields) == 1:
+    # A lone address is refused: it is more likely a legacy line missing its netaddr.
+    if len(fields) == 1 and "/" in fields[0]:
         return NetRule(ipaddress.ip_network(fields[0], strict=False))
     raise ValueError("expected 'NETMASK NETADDR' or 'NETWORK/PREFIX'")
 

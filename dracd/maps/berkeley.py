@@ -122,7 +122,7 @@ def _fsync_dir(directory: Path) -> None:
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass
 
 

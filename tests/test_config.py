@@ -1,0 +1,111 @@
+"""YAML config and command line: typed, validated, errors name file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dracd.cli import build_parser, resolve_config
+from dracd.config import Config, ConfigError, load_config, parse_duration
+from dracd.keys import Ipv6Keys
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cfg(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dracd.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    config = load_config(cfg(tmp_path, ""))
+    assert config.map == Config().map and config.lifetime == 1800
+    assert config.allow_path == Path("/etc/mail/dracd.allow")
+
+
+def test_full_config_and_relative_paths(tmp_path: Path) -> None:
+    config = load_config(cfg(tmp_path, """
+map: {path: var/dracd.db, type: hash, nul_terminated: true, cidr_keys: true, ipv6_keys: both}
+lifetime: 90s
+allow_file: dracd.allow
+listen: ["[::1]", 127.0.0.1]
+port: 0
+rpcbind: false
+log_level: debug
+"""))
+    assert config.map.path == tmp_path / "var/dracd.db" and config.map.type == "hash"
+    assert config.map.nul_terminated and config.map.cidr_keys and config.map.ipv6_keys == Ipv6Keys.BOTH
+    assert config.lifetime == 90 and config.allow_path == tmp_path / "dracd.allow"
+    assert config.listen == ("::1", "127.0.0.1") and not config.rpcbind
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("lifetme: 30m", "lifetme"),
+        ("map: {pth: /x}", "map.pth"),
+        ("lifetime: 30", "lifetime"),
+        ("lifetime: 0m", "lifetime"),
+        ("port: 70000", "port"),
+        ("port: yes", "port"),
+        ("listen: [localhost]", "listen"),
+        ("map: {type: dbm}", "map.type"),
+        ("map: {ipv6_keys: exim}", "map.ipv6_keys"),
+        ("rpcbind: 1", "rpcbind"),
+        ("map: 3", "map"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = cfg(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = cfg(tmp_path, "lifetime: 30m\nmap: [\n")
+    with pytest.raises(ConfigError, match=rf"{path}, line \d"):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(cfg(tmp_path, "- a\n- b\n"))
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("90s", "30m", "2h", "1d")] == [90, 1800, 7200, 86400]
+    for bad in ("30", "m", "-5m", "1.5h", "5 minutes"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_legacy_command_line(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["-i", "-e", "45", str(tmp_path / "x.db")])
+    config = resolve_config(args)
+    assert config.initialize and config.lifetime == 45 * 60 and config.map.path == tmp_path / "x.db"
+    assert config.allow_path == tmp_path / "dracd.allow"
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = cfg(tmp_path, "lifetime: 10m\nport: 5\nmap: {type: hash}\n")
+    args = build_parser().parse_args(
+        ["-c", str(path), "--lifetime", "90s", "--port", "0", "--map-type", "btree", "--listen", "::1",
+         "--no-rpcbind", "--allow", str(tmp_path / "a")]
+    )
+    config = resolve_config(args)
+    assert (config.lifetime, config.port, config.map.type, config.listen, config.rpcbind) == (
+        90, 0, "btree", ("::1",), False)
+    assert config.allow_file == tmp_path / "a"
+
+
+def test_e_and_lifetime_conflict(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="-e or --lifetime"):
+        resolve_config(build_parser().parse_args(["-e", "5", "--lifetime", "5m"]))
+
+
+def test_shipped_run_config_is_valid() -> None:
+    config = load_config(REPO / "etc/dracd.yaml")
+    assert config.map.path == REPO / "var/dracd.db" and config.listen == ("127.0.0.1", "::1")

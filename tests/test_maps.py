@@ -1,0 +1,158 @@
+"""The Berkeley DB map writer: legacy format, atomic replacement, locking."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from berkeleydb import db
+
+from dracd.keys import Ipv6Keys, KeyStyle
+from dracd.maps import MapError, open_writer
+from tests.fixtures.mounts import set_readonly, tmpfs
+
+VECTORS = Path(__file__).parent / "vectors"
+V4 = ipaddress.ip_address("192.0.2.7")
+V6 = ipaddress.ip_address("2001:db8::7")
+
+
+def records(path: Path) -> dict[bytes, bytes]:
+    table = db.DB()
+    table.open(str(path), dbtype=db.DB_UNKNOWN, flags=db.DB_RDONLY)
+    try:
+        return dict(table.items())
+    finally:
+        table.close()
+
+
+def db_type(path: Path) -> int:
+    table = db.DB()
+    table.open(str(path), dbtype=db.DB_UNKNOWN, flags=db.DB_RDONLY)
+    try:
+        return int(table.get_type())
+    finally:
+        table.close()
+
+
+def test_reads_the_legacy_map(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    shutil.copy(VECTORS / "legacy-dracd.db", path)
+    entries = open_writer("btree", path, KeyStyle()).read()
+    assert entries == {
+        ipaddress.ip_address(a): 1795892048
+        for a in ("192.0.2.10", "2001:db8::b8:10", "2001:db8:ff00::1", "203.0.113.200")
+    }
+
+
+@pytest.mark.parametrize(("kind", "dbtype"), [("btree", db.DB_BTREE), ("hash", db.DB_HASH)])
+def test_writes_legacy_keys_and_values(tmp_path: Path, kind: str, dbtype: int) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer(kind, path, KeyStyle())
+    writer.write({V4: 1795892048, V6: 1795892049})
+    assert records(path) == {b"192.0.2.7": b"1795892048", b"2001:db8::7": b"1795892049"}
+    assert db_type(path) == dbtype
+    assert writer.read() == {V4: 1795892048, V6: 1795892049}
+    dump = subprocess.run(["db5.3_dump", "-p", str(path)], capture_output=True, text=True, timeout=10)
+    assert dump.returncode == 0 and " 192.0.2.7\n 1795892048\n" in dump.stdout
+
+
+def test_key_options_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle(nul=True, cidr=True, ipv6=Ipv6Keys.BOTH))
+    writer.write({V4: 5, V6: 6})
+    assert records(path) == {
+        b"192.0.2.7/32\0": b"5\0",
+        b"2001:db8::7/128\0": b"6\0",
+        b"ipv6:2001:db8:0:0:0:0:0:7/128\0": b"6\0",
+    }
+    assert writer.read() == {V4: 5, V6: 6}
+
+
+def test_replacement_is_atomic_new_inode_mode_0644_no_leftovers(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    before = path.stat().st_ino
+    old = db.DB()
+    old.open(str(path), dbtype=db.DB_BTREE, flags=db.DB_RDONLY)
+    writer.write({V6: 2})
+    # A reader that had the map open keeps a consistent old file, as MTA sessions do.
+    assert old.get(b"192.0.2.7") == b"1" and old.get(b"2001:db8::7") is None
+    old.close()
+    assert path.stat().st_ino != before
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path) == ["dracd.db"]
+
+
+def test_rename_waits_for_an_exclusive_flock_holder(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (writer.write({V6: 2}), done.set()))
+    thread.start()
+    try:
+        assert not done.wait(0.5), "map replaced while another writer held flock(LOCK_EX)"
+        assert records(path) == {b"192.0.2.7": b"1"}
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    thread.join(10)
+    assert done.is_set() and records(path) == {b"2001:db8::7": b"2"}
+
+
+def test_foreign_records_are_never_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    table = db.DB()
+    table.open(str(path), dbtype=db.DB_BTREE, flags=db.DB_CREATE)
+    for key, value in [(b"unknown", b"1"), (b"127.0.0", b"1"), (b"192.0.2.7", b"soon"), (b"192.0.2.8", b"9")]:
+        table.put(key, value)
+    table.close()
+    assert open_writer("btree", path, KeyStyle()).read() == {ipaddress.ip_address("192.0.2.8"): 9}
+
+
+def test_read_only_directory_fails_cleanly_and_keeps_the_old_map(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro") as directory:
+        path = directory / "dracd.db"
+        writer = open_writer("btree", path, KeyStyle())
+        writer.write({V4: 1})
+        set_readonly(directory, True)
+        try:
+            with pytest.raises(MapError, match="cannot write"):
+                writer.write({V6: 2})
+            assert records(path) == {b"192.0.2.7": b"1"}
+        finally:
+            set_readonly(directory, False)
+        writer.write({V6: 2})
+        assert records(path) == {b"2001:db8::7": b"2"}
+
+
+def test_full_disk_fails_cleanly(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", size="64k") as directory:
+        path = directory / "dracd.db"
+        writer = open_writer("btree", path, KeyStyle())
+        writer.write({V4: 1})
+        big = {ipaddress.IPv4Address(0x0A000000 + n): 1795892048 for n in range(5_000)}
+        with pytest.raises(MapError):
+            writer.write(big)
+        assert records(path) == {b"192.0.2.7": b"1"}
+        assert sorted(os.listdir(directory)) == ["dracd.db"]
+
+
+def test_rewrite_of_100k_entries_is_reasonable(tmp_path: Path) -> None:
+    writer = open_writer("btree", tmp_path / "dracd.db", KeyStyle())
+    entries = {ipaddress.IPv4Address(0x0A000000 + n): 1795892048 for n in range(100_000)}
+    started = time.monotonic()
+    writer.write(entries)
+    elapsed = time.monotonic() - started
+    assert len(records(tmp_path / "dracd.db")) == 100_000
+    print(f"100k-entry rewrite: {elapsed:.3f} s")

@@ -1,0 +1,66 @@
+"""The allow list: legacy dracd.allow lines, CIDR lines and the legacy default."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from dracd.policy import AllowFileError, default_allow_list, load_allow, load_allow_file, parse_allow_line
+
+
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dracd.allow"
+    path.write_text(text)
+    return path
+
+
+def test_legacy_format_mask_first(tmp_path: Path) -> None:
+    allow = load_allow_file(write(tmp_path, "# legacy\n255.255.255.0 192.0.2.0\n255.255.255.255 127.0.0.1\n"))
+    assert allow.permits(ip("192.0.2.99")) and allow.permits(ip("127.0.0.1"))
+    assert not allow.permits(ip("192.0.3.1")) and not allow.permits(ip("127.0.0.2"))
+
+
+def test_legacy_addr_bits_outside_mask_are_ignored_like_drac() -> None:
+    rule = parse_allow_line("255.255.255.0 192.0.2.77")
+    assert rule is not None and rule.matches(ip("192.0.2.1"))
+
+
+def test_cidr_lines_ipv4_and_ipv6(tmp_path: Path) -> None:
+    allow = load_allow_file(write(tmp_path, "192.0.2.0/24\n2001:db8::/32  # MRAs\n::1/128\n"))
+    assert allow.permits(ip("192.0.2.5")) and allow.permits(ip("2001:db8:1::5")) and allow.permits(ip("::1"))
+    assert not allow.permits(ip("2001:db9::1")) and not allow.permits(ip("198.51.100.1"))
+
+
+def test_ipv4_mapped_caller_is_checked_as_ipv4(tmp_path: Path) -> None:
+    allow = load_allow_file(write(tmp_path, "255.255.255.255 127.0.0.1\n"))
+    assert allow.permits(ip("::ffff:127.0.0.1"))
+
+
+def test_empty_file_allows_nobody(tmp_path: Path) -> None:
+    allow = load_allow_file(write(tmp_path, "# nobody\n\n"))
+    assert not allow.permits(ip("127.0.0.1"))
+
+
+@pytest.mark.parametrize("line", ["255.255.255.0", "192.0.2.0/33", "a b c", "255.255.255.0 2001:db8::", "bogus"])
+def test_bad_line_names_file_and_line(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"127.0.0.1/32\n{line}\n")
+    with pytest.raises(AllowFileError, match=rf"{path}, line 2"):
+        load_allow_file(path)
+
+
+def test_default_when_absent_is_loopback_and_own_addresses(tmp_path: Path) -> None:
+    allow = load_allow(tmp_path / "missing.allow", explicit=False)
+    assert allow.permits(ip("127.0.0.1")) and allow.permits(ip("::1"))
+    assert not allow.permits(ip("127.0.0.2")) and not allow.permits(ip("192.0.2.1"))
+    assert default_allow_list().rules == allow.rules
+
+
+def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_allow(tmp_path / "missing.allow", explicit=True)

@@ -1,0 +1,138 @@
+"""The server's behaviour over real sockets: allow list, durability, expiry,
+restarts and map failures."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dracclient.drac import DRACPROC_ADD, AddStat, encode_add_args
+from dracclient.rpc import encode_call
+from dracd.maps import MapError
+from tests.fixtures.mounts import set_readonly, tmpfs
+from tests.fixtures.server import ServerThread, add_status, map_keys, wait_for
+
+Make = Callable[..., ServerThread]
+
+
+def test_add_is_in_the_map_before_the_reply(server: ServerThread) -> None:
+    for transport in ("udp", "tcp"):
+        for address in (f"192.0.2.{1 if transport == 'udp' else 2}", f"2001:db8::{transport == 'udp' and 1 or 2}"):
+            assert add_status(server, address, transport=transport) == AddStat.ADD_SUCCESS
+            assert address.encode() in map_keys(server.config.map.path)
+
+
+def test_ipv6_listener_takes_calls_from_ipv6_callers(server: ServerThread) -> None:
+    assert add_status(server, "192.0.2.9", source="::1") == AddStat.ADD_SUCCESS
+    assert add_status(server, "2001:db8::9", source="::1", transport="tcp") == AddStat.ADD_SUCCESS
+
+
+def test_ipv4_mapped_address_is_stored_as_ipv4(server: ServerThread) -> None:
+    assert add_status(server, "::ffff:192.0.2.44") == AddStat.ADD_SUCCESS
+    keys = map_keys(server.config.map.path)
+    assert b"192.0.2.44" in keys and not any(k.startswith(b"::ffff") for k in keys)
+
+
+def test_wildcard_and_multicast_addresses_never_become_keys(server: ServerThread) -> None:
+    for address in ("0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1"):
+        assert add_status(server, address) == AddStat.ADD_UNKOWN
+    assert map_keys(server.config.map.path) == {}
+
+
+def test_caller_outside_allow_list_gets_add_perm_and_map_is_unchanged(make_server: Make, tmp_path: Path) -> None:
+    allow = tmp_path / "dracd.allow"
+    allow.write_text("255.255.255.255 127.0.0.1\n::1/128\n")
+    server = make_server()
+    assert add_status(server, "192.0.2.1") == AddStat.ADD_SUCCESS
+    before = (server.config.map.path.stat().st_ino, map_keys(server.config.map.path))
+    for transport in ("udp", "tcp"):
+        assert add_status(server, "198.51.100.9", source="127.0.0.2", transport=transport) == AddStat.ADD_PERM
+    assert (server.config.map.path.stat().st_ino, map_keys(server.config.map.path)) == before
+
+
+def test_concurrent_adds_share_map_rewrites(server: ServerThread) -> None:
+    writes = []
+    real_write = server.daemon.writer.write  # type: ignore[union-attr]
+
+    def counting(entries: object) -> None:
+        writes.append(1)
+        real_write(entries)  # type: ignore[arg-type]
+
+    server.daemon.writer.write = counting  # type: ignore[union-attr, method-assign]
+    count = 300
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        for n in range(count):
+            args = encode_add_args(ipaddress.IPv4Address(0xC6336400 + n))
+            sock.sendto(encode_call(n, server.config.program, 1, DRACPROC_ADD, args), ("127.0.0.1", server.port))
+        replies = {sock.recv(100)[:4] for _ in range(count)}
+    assert len(replies) == count
+    assert len(map_keys(server.config.map.path)) == count
+    assert len(writes) < count / 3, f"{len(writes)} rewrites for {count} concurrent ADDs"
+
+
+def test_restart_keeps_entries_and_initialize_drops_them(make_server: Make) -> None:
+    first = make_server()
+    assert add_status(first, "192.0.2.50") == AddStat.ADD_SUCCESS
+    expiry = map_keys(first.config.map.path)[b"192.0.2.50"]
+    first.stop()
+    second = make_server()
+    assert map_keys(second.config.map.path) == {b"192.0.2.50": expiry}
+    assert ipaddress.ip_address("192.0.2.50") in second.daemon.table  # type: ignore[union-attr]
+    second.stop()
+    third = make_server(initialize=True)
+    assert map_keys(third.config.map.path) == {}
+
+
+def test_entry_leaves_the_map_within_a_second_of_expiry(make_server: Make) -> None:
+    server = make_server(lifetime=1)
+    assert add_status(server, "192.0.2.77") == AddStat.ADD_SUCCESS
+    expiry = int(map_keys(server.config.map.path)[b"192.0.2.77"])
+    assert wait_for(lambda: b"192.0.2.77" not in map_keys(server.config.map.path), timeout=4.0)
+    assert time.time() < expiry + 1.0
+
+
+def test_read_only_map_directory_gives_syserr_and_recovers(make_server: Make, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "maps") as directory:
+        server = make_server(map_path=directory / "dracd.db", allow_file=None)
+        assert add_status(server, "192.0.2.1") == AddStat.ADD_SUCCESS
+        set_readonly(directory, True)
+        try:
+            assert add_status(server, "192.0.2.2") == AddStat.ADD_SYSERR
+            assert add_status(server, "192.0.2.3", transport="tcp") == AddStat.ADD_SYSERR
+            assert set(map_keys(directory / "dracd.db")) == {b"192.0.2.1"}
+        finally:
+            set_readonly(directory, False)
+        # Recovers by itself: the retry writes what the table holds, without a new ADD.
+        assert wait_for(lambda: b"192.0.2.3" in map_keys(directory / "dracd.db"), timeout=5.0)
+        assert add_status(server, "192.0.2.4") == AddStat.ADD_SUCCESS
+        server.stop()
+
+
+def test_stop_writes_the_map_a_last_time(make_server: Make) -> None:
+    server = make_server()
+    assert add_status(server, "192.0.2.5") == AddStat.ADD_SUCCESS
+
+    def drop() -> None:
+        server.daemon.table.remove(ipaddress.ip_address("192.0.2.5"))  # type: ignore[union-attr]
+
+    server.call(drop)
+    server.stop()
+    assert map_keys(server.config.map.path) == {}
+
+
+def test_unwritable_map_at_start_is_fatal(make_server: Make, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro") as directory:
+        set_readonly(directory, True)
+        try:
+            try:
+                make_server(map_path=directory / "dracd.db")
+            except MapError as exc:
+                assert "cannot write" in str(exc)
+            else:
+                raise AssertionError("server started without being able to create its map")
+        finally:
+            set_readonly(directory, False)

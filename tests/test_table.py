@@ -1,0 +1,93 @@
+"""The relay table, with an injected clock: expiry is tested by moving time."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dracd.table import RelayTable
+
+A = ipaddress.ip_address("192.0.2.1")
+B = ipaddress.ip_address("2001:db8::1")
+C = ipaddress.ip_address("192.0.2.3")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_add_sets_expiry_from_clock() -> None:
+    clock = Clock(1000.7)
+    table = RelayTable(clock)
+    assert table.add(A, 60) == 1060
+    assert table.get(A) == 1060 and A in table and len(table) == 1
+
+
+def test_expire_removes_exactly_the_due_entries() -> None:
+    clock = Clock(1000)
+    table = RelayTable(clock)
+    table.add(A, 10)
+    table.add(B, 20)
+    assert table.expire(1009) == []
+    assert table.expire(1010) == [A]
+    assert A not in table and B in table
+    assert table.next_expiry() == 1020
+    assert table.expire(5000) == [B]
+    assert table.next_expiry() is None and len(table) == 0
+
+
+def test_refresh_moves_expiry_and_old_heap_entry_is_ignored() -> None:
+    clock = Clock(1000)
+    table = RelayTable(clock)
+    table.add(A, 10)
+    clock.now = 1005
+    table.add(A, 10)
+    assert table.expire(1010) == []
+    assert table.get(A) == 1015
+    assert table.expire(1015) == [A]
+
+
+def test_version_changes_only_on_real_changes() -> None:
+    table = RelayTable(Clock(1000))
+    start = table.version
+    table.set(A, 2000)
+    after_add = table.version
+    table.set(A, 2000)
+    assert after_add > start and table.version == after_add
+    assert not table.remove(C) and table.version == after_add
+    assert table.remove(A) and table.version > after_add
+    table.set(B, 1)
+    before = table.version
+    table.expire(0)
+    assert table.version == before
+    table.expire(10)
+    assert table.version > before
+
+
+def test_expiry_cost_follows_what_expires_not_table_size() -> None:
+    table = RelayTable(Clock(0))
+    for n in range(50_000):
+        table.set(ipaddress.IPv4Address(0x0A000000 + n), 100 + n)
+    assert table.expire(102) == [ipaddress.IPv4Address(0x0A000000 + n) for n in range(3)]
+    assert len(table) == 50_000 - 3
+
+
+def test_heap_stays_bounded_under_refreshes() -> None:
+    clock = Clock(0)
+    table = RelayTable(clock)
+    for step in range(20_000):
+        clock.now = step
+        table.add(A, 60)
+    assert len(table._heap) <= 2 * len(table) + 1024
+    assert table.next_expiry() == 19_999 + 60
+
+
+def test_snapshot_is_a_copy() -> None:
+    table = RelayTable(Clock(0))
+    table.set(A, 5)
+    snap = table.snapshot()
+    table.set(C, 6)
+    assert snap == {A: 5}
