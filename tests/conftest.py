@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.postfix import postfix_factory  # noqa: F401  (a fixture, used by name)
 from tests.fixtures.server import ServerThread, ensure_rpcbind, test_config
 
 
