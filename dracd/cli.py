@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, LOG_LEVELS, load_config, override, parse_duration, parse_listen
+from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_duration, parse_listen
 from .daemon import Daemon
 from .maps import BERKELEY_TYPES, MapError
 from .notify import notify
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EX_OK if not exc.code else EX_USAGE
+    # SIGHUP resolves the command line again, after rpc.dracd changed to "/":
+    # relative paths must keep meaning what they meant at start.
+    for name in ("dbfile", "config", "allow_file"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(args, name, value.absolute())
     try:
         config = resolve_config(args)
     except ConfigError as exc:
@@ -190,10 +196,15 @@ def _check(prog: str, config: Config) -> int:
 def _daemonize() -> Any:
     """Fork like the original: the parent exits once the child serves (or failed)."""
     read_end, write_end = os.pipe()
-    if os.fork() > 0:
+    child = os.fork()
+    if child > 0:
         os.close(write_end)
-        status = os.read(read_end, 1)
-        os._exit(EX_OK if status == b"0" else EX_OSERR)
+        if os.read(read_end, 1) == b"0":
+            os._exit(EX_OK)
+        # The child failed to start and exited (the pipe closed with it): pass
+        # on its own status (69 program taken, 73 map, 78 config, ...).
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        os._exit(code if code > 0 else EX_OSERR)
     os.close(read_end)
     os.setsid()
     os.chdir("/")

@@ -108,7 +108,7 @@ def _str(value: Any) -> str:
 
 def _listen(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("an address or a list of addresses", isinstance(items, list) and items, value)
+    _expect("an address or a list of addresses", isinstance(items, list) and bool(items), value)
     return tuple(parse_listen(_str(item)) for item in items)
 
 

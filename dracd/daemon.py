@@ -77,7 +77,7 @@ class Daemon:
                 self._udp.append(await serve_udp(listener.sock, dispatch))
             else:
                 self._servers.append(await serve_tcp(listener.sock, dispatch))
-        log.info("listening on %s", ", ".join(f"{l.netid} {l.host} port {l.port}" for l in self.listeners))
+        log.info("listening on %s", ", ".join(f"{x.netid} {x.host} port {x.port}" for x in self.listeners))
         if self.config.rpcbind:
             self.registration = Registration(
                 self.config.program, entries_for(self.listeners, self.dispatcher.versions(self.config.program))
@@ -119,7 +119,10 @@ class Daemon:
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
         for server in self._servers:
-            await asyncio.wait_for(server.wait_closed(), DRAIN_TIMEOUT)
+            try:
+                await asyncio.wait_for(server.wait_closed(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                log.warning("TCP clients still connected after %.0f s; closing anyway", DRAIN_TIMEOUT)
         if self._expiry_task is not None:
             self._expiry_task.cancel()
         await self.committer.close()

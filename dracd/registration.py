@@ -9,6 +9,7 @@ still serves its port and says so once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from dataclasses import dataclass
 
@@ -85,7 +86,11 @@ class Registration:
         for found in self._ours():
             if found.port in own_ports:
                 continue  # names our own new port: _sync adopts it
-            host = "::1" if found.netid.endswith("6") else "127.0.0.1"
+            # Probe where the entry points: a live server bound to one address
+            # only (say 127.0.0.2 or a LAN address) does not answer on loopback.
+            host = rpcbind.parse_uaddr(found.uaddr)[0]
+            if ipaddress.ip_address(host).is_unspecified:
+                host = "::1" if found.netid.endswith("6") else "127.0.0.1"
             transport: Transport = "tcp" if found.netid.startswith("tcp") else "udp"
             if _alive(host, found.port, self.prog, found.vers, transport):
                 raise AlreadyRegistered(

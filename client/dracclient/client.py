@@ -11,7 +11,9 @@ from .rpccall import Transport, call
 from .xdr import XdrError
 
 
-def _endpoint(server: str, vers: int, transport: Transport, port: int | None, prog: int, timeout: float) -> tuple[str, int]:
+def _endpoint(
+    server: str, vers: int, transport: Transport, port: int | None, prog: int, timeout: float
+) -> tuple[str, int]:
     if port is not None:
         return server, port
     found = rpcbind.lookup(prog, vers, server, transport, timeout=timeout)

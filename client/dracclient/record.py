@@ -55,7 +55,9 @@ class RecordReader:
                 )
             if len(self._buffer) < 4 + length:
                 break
-            self._fragments.append(bytes(self._buffer[4 : 4 + length]))
+            if length:
+                # Empty fragments carry nothing; keeping them would let a peer grow the list forever.
+                self._fragments.append(bytes(self._buffer[4 : 4 + length]))
             del self._buffer[: 4 + length]
             self._record_size += length
             if mark & LAST_FRAGMENT:

@@ -11,7 +11,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from .errors import DracError
+from .errors import BadReply, DracError
 from .rpccall import Transport, call
 from .xdr import Packer, Unpacker, XdrError
 
@@ -31,12 +31,16 @@ MAX_UADDR = 1024
 
 def format_uaddr(host: str, port: int) -> str:
     """Universal address: the host's text form followed by the port's two bytes."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range")
     return f"{ipaddress.ip_address(host)}.{port >> 8}.{port & 0xFF}"
 
 
 def parse_uaddr(uaddr: str) -> tuple[str, int]:
     """Split a universal address into (host, port); raises ValueError if malformed."""
     host, high, low = uaddr.rsplit(".", 2)
+    if not all(part.isascii() and part.isdigit() and int(part) < 256 for part in (high, low)):
+        raise ValueError(f"bad port in universal address {uaddr!r}")
     port = int(high) << 8 | int(low)
     if not 0 < port < 65536:
         raise ValueError(f"bad port in universal address {uaddr!r}")
@@ -48,9 +52,12 @@ def _rpcb(prog: int, vers: int, netid: str, uaddr: str, owner: str) -> bytes:
 
 
 def _bool(results: bytes) -> bool:
-    reader = Unpacker(results)
-    value = reader.uint()
-    reader.done()
+    try:
+        reader = Unpacker(results)
+        value = reader.uint()
+        reader.done()
+    except XdrError as exc:
+        raise BadReply(f"bad rpcbind reply: {exc}") from None
     return value != 0
 
 
@@ -101,7 +108,7 @@ def getaddr(
         uaddr = reader.string(MAX_UADDR)
         return parse_uaddr(uaddr) if uaddr else None
     except (XdrError, ValueError) as exc:
-        raise XdrError(f"bad GETADDR reply: {exc}") from None
+        raise BadReply(f"bad GETADDR reply: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -121,10 +128,13 @@ def dump(*, timeout: float = 3.0, socket_path: str = RPCBIND_SOCKET) -> list[Map
     """RPCBPROC_DUMP on the local rpcbind: every registration it holds."""
     reader = Unpacker(_local_call(RPCBPROC_DUMP, b"", timeout, socket_path))
     found = []
-    while reader.uint():
-        found.append(Mapping(reader.uint(), reader.uint(), reader.string(MAX_UADDR),
-                             reader.string(MAX_UADDR), reader.string(MAX_UADDR)))
-    reader.done()
+    try:
+        while reader.uint():
+            found.append(Mapping(reader.uint(), reader.uint(), reader.string(MAX_UADDR),
+                                 reader.string(MAX_UADDR), reader.string(MAX_UADDR)))
+        reader.done()
+    except XdrError as exc:
+        raise BadReply(f"bad DUMP reply: {exc}") from None
     return found
 
 
@@ -134,7 +144,10 @@ def getport(
     """portmap v2 GETPORT, for rpcbind-less portmappers; None if not registered."""
     args = Packer().uint(prog).uint(vers).uint(IPPROTO[proto]).uint(0).bytes()
     reader = Unpacker(call((host, RPCBIND_PORT), RPCBPROG, PMAPVERS, PMAPPROC_GETPORT, args, timeout=timeout))
-    port = reader.uint()
+    try:
+        port = reader.uint()
+    except XdrError as exc:
+        raise BadReply(f"bad GETPORT reply: {exc}") from None
     return port or None
 
 

@@ -52,7 +52,7 @@ def call(
             data = _udp(address, message, xid, deadline, source)
         else:
             data = _stream(address, transport, message, xid, deadline, source)
-    except socket.timeout:
+    except TimeoutError:
         raise RpcTimeout(f"no reply from {address} within {timeout:g} s") from None
     except OSError as exc:
         raise Unavailable(f"{address}: {exc.strerror or exc}") from None
@@ -68,7 +68,7 @@ def call(
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise socket.timeout()
+        raise TimeoutError()
     return left
 
 
@@ -92,7 +92,7 @@ def _udp(
                 sock.settimeout(wait)
                 try:
                     data = sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 if data[:4] == xid.to_bytes(4, "big"):
                     return data

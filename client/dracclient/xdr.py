@@ -7,6 +7,7 @@ ever produce that one error.
 
 from __future__ import annotations
 
+import builtins
 import struct
 
 _U32 = struct.Struct(">I")
@@ -85,7 +86,7 @@ class Unpacker:
         value: int = _I32.unpack(self._take(4))[0]
         return value
 
-    def opaque(self, max_length: int) -> bytes:
+    def opaque(self, max_length: builtins.int) -> bytes:
         """Variable-length opaque of at most ``max_length`` bytes; padding must be zero."""
         length = self.uint()
         if length > max_length:
@@ -95,7 +96,7 @@ class Unpacker:
             raise XdrError("non-zero XDR padding")
         return data
 
-    def string(self, max_length: int) -> str:
+    def string(self, max_length: builtins.int) -> str:
         try:
             return self.opaque(max_length).decode()
         except UnicodeDecodeError as exc:
