@@ -2,7 +2,9 @@
 
 An ADD changes the table, then waits for a write that includes its
 change. Only one write runs at a time, off the event loop; every change
-that arrives while it runs is served by the next one. A failed write fails
+that arrives while it runs is served by the next one. A write carries only
+the changes since the previous one, unless the writer needs the whole
+table (first write, after a failure, or when someone else replaced the map). A failed write fails
 the waiters it was meant to serve and is retried with a back-off, so the
 map catches up by itself once the disk is writable again.
 """
@@ -14,13 +16,16 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .maps import MapError, MapWriter
+from .maps import MapError, MapWriter, StaleMap
 from .table import RelayTable
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+#: A write waits while ADDs keep arriving at least this often, for at most GATHER_MAX.
+GATHER_PAUSE = 0.0002
+GATHER_MAX = 0.002
 
 
 class Committer:
@@ -80,20 +85,34 @@ class Committer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        full = True
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._gather()
             version = self.table.version
             if version <= self.written_version:
                 self._settle(version, None)
                 continue
             started = time.monotonic()
+            # Changes are taken on the loop thread: the table is not thread-safe.
+            if full or not self.writer.can_update():
+                job, data = self.writer.write, self.table.snapshot()
+            else:
+                job, data = self.writer.update, self.table.take_changes()  # type: ignore[assignment]
             try:
-                await loop.run_in_executor(self._executor, self.writer.write, self.table.snapshot())
+                await loop.run_in_executor(self._executor, job, data)
+            except StaleMap as exc:
+                log.warning("%s; writing the whole map", exc)
+                full = True
+                self._wake.set()
+                continue
             except MapError as exc:
+                full = True
                 self._settle(version, exc)
                 self._schedule_retry(exc)
                 continue
+            full = False
             self._done(version, started)
             if self._failing:
                 log.warning("map %s is writable again", self.writer.path)
@@ -101,6 +120,17 @@ class Committer:
             self._settle(version, None)
             if self._waiters or self.table.version > self.written_version:
                 self._wake.set()
+
+    async def _gather(self) -> None:
+        """Let ADDs that are on their way reach the table first, so one write
+        serves the whole burst: while changes keep coming (asyncio reads one
+        datagram per socket per loop iteration), wait a little longer."""
+        deadline = time.monotonic() + GATHER_MAX
+        while time.monotonic() < deadline:
+            before = self.table.version
+            await asyncio.sleep(GATHER_PAUSE)
+            if self.table.version == before:
+                return
 
     def _settle(self, version: int, error: MapError | None) -> None:
         keep = []

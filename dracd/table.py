@@ -24,6 +24,8 @@ class RelayTable:
         self._seq = 0
         #: Bumped on every change, so writers can tell which state they saved.
         self.version = 0
+        #: What changed since the last take_changes(): address -> expiry, None if gone.
+        self._changes: dict[IPAddress, int | None] = {}
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -47,6 +49,7 @@ class RelayTable:
         if self._expiry.get(address) == expiry:
             return
         self._expiry[address] = expiry
+        self._changes[address] = expiry
         # The sequence number breaks ties so addresses of both families never get compared.
         self._seq += 1
         heapq.heappush(self._heap, (expiry, self._seq, address))
@@ -57,6 +60,7 @@ class RelayTable:
     def remove(self, address: IPAddress) -> bool:
         if self._expiry.pop(address, None) is None:
             return False
+        self._changes[address] = None
         self.version += 1
         return True
 
@@ -76,13 +80,21 @@ class RelayTable:
             expiry, _, address = heapq.heappop(self._heap)
             if self._expiry.get(address) == expiry:
                 del self._expiry[address]
+                self._changes[address] = None
                 gone.append(address)
         if gone:
             self.version += 1
         return gone
 
     def snapshot(self) -> dict[IPAddress, int]:
+        """The whole table; also resets the change log, as a full write covers it."""
+        self._changes = {}
         return dict(self._expiry)
+
+    def take_changes(self) -> dict[IPAddress, int | None]:
+        """What changed since the last snapshot or take_changes()."""
+        changes, self._changes = self._changes, {}
+        return changes
 
     def _compact(self) -> None:
         self._heap = [item for item in self._heap if self._expiry.get(item[2]) == item[0]]

@@ -15,7 +15,7 @@ import pytest
 from berkeleydb import db
 
 from dracd.keys import Ipv6Keys, KeyStyle
-from dracd.maps import MapError, open_writer
+from dracd.maps import MapError, StaleMap, open_writer
 from tests.fixtures.mounts import set_readonly, tmpfs
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -156,3 +156,32 @@ def test_rewrite_of_100k_entries_is_reasonable(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert len(records(tmp_path / "dracd.db")) == 100_000
     print(f"100k-entry rewrite: {elapsed:.3f} s")
+
+
+def test_update_applies_changes_to_a_copy(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle(ipv6=Ipv6Keys.BOTH))
+    writer.write({V4: 1, V6: 2})
+    inode = path.stat().st_ino
+    assert writer.can_update()
+    writer.update({V4: None, V6: 3, ipaddress.ip_address("192.0.2.8"): 4, ipaddress.ip_address("192.0.2.9"): None})
+    assert path.stat().st_ino != inode
+    assert records(path) == {b"2001:db8::7": b"3", b"ipv6:2001:db8:0:0:0:0:0:7": b"3", b"192.0.2.8": b"4"}
+    assert os.listdir(tmp_path) == ["dracd.db"]
+
+
+def test_update_refuses_a_map_someone_else_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    other = db.DB()
+    other.open(str(tmp_path / "other.db"), dbtype=db.DB_BTREE, flags=db.DB_CREATE)
+    other.put(b"unknown", b"1")
+    other.close()
+    os.rename(tmp_path / "other.db", path)
+    assert not writer.can_update()
+    with pytest.raises(StaleMap):
+        writer.update({V6: 2})
+    assert records(path) == {b"unknown": b"1"}
+    writer.write({V6: 2})
+    assert records(path) == {b"2001:db8::7": b"2"} and writer.can_update()

@@ -91,3 +91,20 @@ def test_snapshot_is_a_copy() -> None:
     snap = table.snapshot()
     table.set(C, 6)
     assert snap == {A: 5}
+
+
+def test_change_log_records_adds_refreshes_removals_and_expiry() -> None:
+    clock = Clock(1000)
+    table = RelayTable(clock)
+    table.add(A, 10)
+    table.add(B, 10)
+    assert table.take_changes() == {A: 1010, B: 1010}
+    assert table.take_changes() == {}
+    table.add(A, 20)
+    table.remove(B)
+    table.set(C, 1005)
+    table.expire(1005)
+    assert table.take_changes() == {A: 1020, B: None, C: None}
+    table.add(B, 1)
+    table.snapshot()
+    assert table.take_changes() == {}

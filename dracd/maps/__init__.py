@@ -1,7 +1,8 @@
 """Map writers: where the relay table is published for the MTAs.
 
-A writer replaces its whole output from a snapshot of the table and can
-read back what it wrote, for restarts. Backends are imported only when
+A writer replaces its whole output from a snapshot of the table, or
+applies the changes since its last write to a copy of what it wrote (far
+cheaper for big tables), and can read back what it wrote, for restarts. Backends are imported only when
 chosen, so an optional dependency is needed only by the sites that use it.
 """
 
@@ -18,11 +19,22 @@ class MapError(Exception):
     """The map could not be written or read."""
 
 
+class StaleMap(MapError):
+    """The map on disk is not the one this writer last wrote: a full write is needed."""
+
+
 class MapWriter(Protocol):
     path: Path
 
     def write(self, entries: Mapping[IPAddress, int]) -> None:
         """Replace the whole map with ``entries``; raise :class:`MapError` on failure."""
+
+    def update(self, changes: Mapping[IPAddress, int | None]) -> None:
+        """Replace the map with a copy carrying ``changes`` (None: remove the address).
+        Raise :class:`StaleMap` if the map is not the one last written here."""
+
+    def can_update(self) -> bool:
+        """Whether :meth:`update` may be used (this writer wrote the current map)."""
 
     def read(self) -> dict[IPAddress, int]:
         """The entries in the current map (empty if there is none)."""

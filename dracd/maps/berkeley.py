@@ -2,9 +2,10 @@
 
 The readers flock(2) the file and mmap it, so updating in place crashes
 them when the file grows (DESIGN.md §3). Every write builds a complete new
-file beside the map, fsyncs it and renames it over the map while holding
-flock(LOCK_EX) on the old one: open MTA sessions keep a consistent old
-inode and the next session opens the new one.
+file beside the map (from scratch, or as a copy of the map we last wrote
+with the latest changes applied), fsyncs it and renames it over the map
+while holding flock(LOCK_EX) on the old one: open MTA sessions keep a
+consistent old inode and the next session opens the new one.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from berkeleydb import db
 
 from ..keys import IPAddress, KeyStyle, parse_key, parse_value
-from . import MapError
+from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +33,79 @@ class BerkeleyMap:
         self.path = path
         self.kind = kind
         self.style = style
+        #: (device, inode, size, mtime) of the map this writer last put in place.
+        self._written: tuple[int, int, int, int] | None = None
 
     def write(self, entries: Mapping[IPAddress, int]) -> None:
         items = sorted((key, self.style.value(expiry)) for address, expiry in entries.items()
                        for key in self.style.keys(address))
+
+        def fill(table: db.DB) -> None:
+            for key, value in items:
+                table.put(key, value)
+
+        self._replace(fill, copy=False)
+
+    def update(self, changes: Mapping[IPAddress, int | None]) -> None:
+        def apply(table: db.DB) -> None:
+            for address, expiry in sorted(changes.items(), key=lambda item: item[0].packed):
+                for key in self.style.keys(address):
+                    if expiry is not None:
+                        table.put(key, self.style.value(expiry))
+                    elif table.exists(key):
+                        table.delete(key)
+
+        self._replace(apply, copy=True)
+
+    def can_update(self) -> bool:
+        return self._written is not None and self._written == _identity(self.path)
+
+    def _replace(self, fill: Callable[[db.DB], None], copy: bool) -> None:
+        """Build the new map in a temporary file beside the map, then rename it in place."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self._build(tmp, items)
+            _unlink_quietly(tmp)
+            # O_EXCL|O_NOFOLLOW: never write through a planted file or symlink.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, MAP_MODE)
+            try:
+                os.fchmod(fd, MAP_MODE)
+                if copy:
+                    self._copy_current(fd)
+                table = db.DB()
+                try:
+                    # Berkeley DB accepts an existing empty file as a new database.
+                    table.open(str(tmp), dbtype=_DB_TYPES[self.kind], flags=db.DB_CREATE, mode=MAP_MODE)
+                    fill(table)
+                finally:
+                    table.close()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             with self._locked(fcntl.LOCK_EX):
                 os.rename(tmp, self.path)
+            self._written = _identity(self.path)
             _fsync_dir(self.path.parent)
+        except StaleMap:
+            _unlink_quietly(tmp)
+            raise
         except (OSError, db.DBError) as exc:
             _unlink_quietly(tmp)
+            self._written = None
             raise MapError(f"cannot write {self.path}: {_describe(exc)}") from exc
 
-    def _build(self, tmp: Path, items: list[tuple[bytes, bytes]]) -> None:
-        _unlink_quietly(tmp)
-        # O_EXCL|O_NOFOLLOW: never write through a planted file or symlink.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, MAP_MODE)
-        try:
-            os.fchmod(fd, MAP_MODE)
-            table = db.DB()
-            try:
-                # Berkeley DB accepts an existing empty file as a new database.
-                table.open(str(tmp), dbtype=_DB_TYPES[self.kind], flags=db.DB_CREATE, mode=MAP_MODE)
-                for key, value in items:
-                    table.put(key, value)
-            finally:
-                table.close()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _copy_current(self, out_fd: int) -> None:
+        """Copy the map, under a shared lock so no other writer is half-way through it."""
+        with self._locked(fcntl.LOCK_SH):
+            if not self.can_update():
+                raise StaleMap(f"{self.path} was changed by someone else")
+            with open(self.path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                offset = 0
+                while offset < size:
+                    sent = os.sendfile(out_fd, src.fileno(), offset, size - offset)
+                    if sent == 0:
+                        break
+                    offset += sent
 
     def read(self) -> dict[IPAddress, int]:
         if not self.path.exists():
@@ -109,6 +152,14 @@ def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
         cursor.close()
     finally:
         table.close()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _fsync_dir(directory: Path) -> None:
