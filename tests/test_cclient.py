@@ -19,9 +19,9 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -109,7 +109,7 @@ class Call:
     transport: str  # "udp" or "tcp"
     raw: bytes  # as received (TCP: with record mark(s))
     body: bytes  # the RPC message
-    peer: Tuple
+    peer: tuple
 
 
 def default_reply(body: bytes, result: int) -> bytes:
@@ -127,8 +127,8 @@ class FakeDracServer:
 
     host: str = "127.0.0.1"
     result: int = 0
-    reply_fn: Optional[Callable[[bytes], Optional[bytes]]] = None  # None: no reply
-    calls: List[Call] = field(default_factory=list)
+    reply_fn: Callable[[bytes], bytes | None] | None = None  # None: no reply
+    calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -141,7 +141,7 @@ class FakeDracServer:
         self.udp.bind((self.host, 0))
         self.tcp.bind((self.host, 0))
         self.tcp.listen(4)
-        self.errors: List[BaseException] = []
+        self.errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._guard, args=(self._udp_loop,), daemon=True),
             threading.Thread(target=self._guard, args=(self._tcp_loop,), daemon=True),
@@ -157,7 +157,7 @@ class FakeDracServer:
     def tcp_port(self) -> int:
         return self.tcp.getsockname()[1]
 
-    def _reply(self, body: bytes) -> Optional[bytes]:
+    def _reply(self, body: bytes) -> bytes | None:
         if self.reply_fn is not None:
             return self.reply_fn(body)
         return default_reply(body, self.result)
@@ -172,7 +172,7 @@ class FakeDracServer:
         while not self._stop.is_set():
             try:
                 data, peer = self.udp.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             self.calls.append(Call("udp", data, data, peer))
             reply = self._reply(data)
@@ -192,7 +192,7 @@ class FakeDracServer:
         while not self._stop.is_set():
             try:
                 conn, peer = self.tcp.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             with conn:
                 conn.settimeout(IO_TIMEOUT)
@@ -207,7 +207,7 @@ class FakeDracServer:
                             body += frag
                             if word & 0x80000000:
                                 break
-                    except (EOFError, socket.timeout, ConnectionError):
+                    except (TimeoutError, EOFError, ConnectionError):
                         break
                     self.calls.append(Call("tcp", raw, body, peer))
                     reply = self._reply(body)
@@ -237,7 +237,7 @@ def serving(
     host: str = "127.0.0.1",
     versions: Sequence[int] = (1, 2),
     **kwargs: object,
-) -> Iterator[Tuple[FakeDracServer, int]]:
+) -> Iterator[tuple[FakeDracServer, int]]:
     """A fake server registered (udp and tcp netids of *host*) under a fresh
     private program number; unregistered and closed afterwards."""
     v6 = ":" in host
@@ -270,7 +270,7 @@ def only_call(server: FakeDracServer) -> Call:
     return server.calls[0]
 
 
-def ok(res: "subprocess.CompletedProcess[str]", stdout: str, code: int = EXIT_OK) -> None:
+def ok(res: subprocess.CompletedProcess[str], stdout: str, code: int = EXIT_OK) -> None:
     assert (res.returncode, res.stdout) == (code, stdout + "\n"), res.stderr
 
 
