@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_duration, parse_listen
-from .daemon import Daemon
+from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
 from .notify import notify
 from .policy import AllowFileError
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     except MapError as exc:
         log.error("%s", exc)
         return EX_CANTCREAT
-    except AlreadyRegistered as exc:
+    except (AlreadyRegistered, MapInUse) as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
     except OSError as exc:
@@ -210,8 +210,10 @@ def _daemonize() -> Any:
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    # stdout is never used: closing it lets `$(rpc.dracd ...)` return. Without
+    # syslog, stderr stays the only place the log can go.
+    os.dup2(devnull, 1)
     if any(isinstance(h, logging.handlers.SysLogHandler) for h in logging.getLogger().handlers):
-        os.dup2(devnull, 1)
         os.dup2(devnull, 2)
 
     def ready() -> None:

@@ -9,15 +9,18 @@ write the map a last time, unregister.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .commit import Committer
 from .config import Config
 from .dispatch import Dispatcher
 from .keys import KeyStyle
-from .maps import MapWriter, open_writer
+from .maps import MapError, MapWriter, open_writer
 from .policy import load_allow
 from .registration import Registration, entries_for
 from .service import DracService, Settings
@@ -27,11 +30,41 @@ from .transport import Listener, UdpProtocol, bind_listeners, serve_tcp, serve_u
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 5.0
-EXPIRY_TICK = 1.0
+# Entries added while the expiry loop sleeps may expire before it would wake;
+# a short tick bounds how late they leave the map, at the cost of a few idle wake-ups.
+EXPIRY_TICK = 0.25
 
 
 def key_style(config: Config) -> KeyStyle:
     return KeyStyle(nul=config.map.nul_terminated, cidr=config.map.cidr_keys, ipv6=config.map.ipv6_keys)
+
+
+class MapInUse(Exception):
+    """Another dracd serves the same map."""
+
+
+def lock_map(path: Path) -> int:
+    """Hold ``<map>.lock`` for the daemon's lifetime: a second dracd on the same
+    map (say a mistaken ``dracd -i``) must fail before it touches the map."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        # Held read-only, so the lock never stops the file system from going read-only.
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise MapError(f"cannot write {lock}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise MapInUse(f"{path} is in use by another dracd (pid {owner})") from None
+    try:
+        with open(lock, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        os.close(fd)
+        raise MapError(f"cannot write {lock}: {exc.strerror}") from None
+    return fd
 
 
 class Daemon:
@@ -50,6 +83,7 @@ class Daemon:
         self._udp: list[tuple[asyncio.DatagramTransport, UdpProtocol]] = []
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._lock_fd: int | None = None
 
     @property
     def port(self) -> int:
@@ -67,6 +101,18 @@ class Daemon:
                  len(self.table), self.config.map.path, len(expired))
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        self._lock_fd = lock_map(self.config.map.path)
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_listeners()
+            await self.committer.close()
+            self._release_lock()
+            raise
+        if on_ready is not None:
+            on_ready()
+
+    async def _start(self) -> None:
         self.load_table()
         self.committer.write_now()
         self.committer.start()
@@ -84,8 +130,6 @@ class Daemon:
             )
             await self.registration.start()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(), name="dracd-expiry")
-        if on_ready is not None:
-            on_ready()
 
     async def _expire_loop(self) -> None:
         while True:
@@ -111,10 +155,7 @@ class Daemon:
                  config.source, allow.source, len(allow.rules), config.lifetime)
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for transport, _ in self._udp:
-            transport.close()
+        await self._close_listeners()
         pending = [task for _, protocol in self._udp for task in protocol.tasks]
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
@@ -132,8 +173,22 @@ class Daemon:
             log.error("final map write failed: %s", exc)
         if self.registration is not None:
             await self.registration.stop()
+        self._release_lock()
         self._stopped.set()
         log.info("stopped")
+
+    async def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        for transport, _ in self._udp:
+            transport.close()
+        for listener in self.listeners:
+            listener.sock.close()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -54,6 +54,7 @@ class Registration:
         self.entries = entries
         self.interval = interval
         self.registered: set[Entry] = set()
+        self._refused: set[Entry] = set()
         self._available = True
         self._task: asyncio.Task[None] | None = None
 
@@ -110,8 +111,11 @@ class Registration:
                 self.registered.add(entry)
             elif rpcbind.register(self.prog, entry.vers, entry.netid, entry.uaddr):
                 self.registered.add(entry)
+                self._refused.discard(entry)
                 added.append(entry)
-            else:
+            elif entry not in self._refused:
+                # Logged once per entry: the watch retries every few seconds.
+                self._refused.add(entry)
                 log.error("rpcbind refused to register program %d version %d %s %s",
                           self.prog, entry.vers, entry.netid, entry.uaddr)
         if added:

@@ -4,6 +4,7 @@ restarts and map failures."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -150,3 +151,19 @@ def test_map_replaced_behind_our_back_is_rewritten_whole(server: ServerThread, t
     foreign.rename(server.config.map.path)
     assert add_status(server, "192.0.2.2") == AddStat.ADD_SUCCESS
     assert set(map_keys(server.config.map.path)) == {b"192.0.2.1", b"192.0.2.2"}
+
+
+def test_second_server_on_the_same_map_fails_before_touching_it(make_server: Make) -> None:
+    from dracd.daemon import MapInUse
+
+    first = make_server()
+    assert add_status(first, "192.0.2.1") == AddStat.ADD_SUCCESS
+    before = (first.config.map.path.stat().st_ino, map_keys(first.config.map.path))
+    try:
+        make_server(initialize=True)
+    except MapInUse as exc:
+        assert str(first.config.map.path) in str(exc) and str(os.getpid()) in str(exc)
+    else:
+        raise AssertionError("a second server started on a map in use")
+    assert (first.config.map.path.stat().st_ino, map_keys(first.config.map.path)) == before
+    assert add_status(first, "192.0.2.2") == AddStat.ADD_SUCCESS
