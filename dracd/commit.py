@@ -12,6 +12,7 @@ map catches up by itself once the disk is writable again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,10 +70,8 @@ class Committer:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(MapError("server is shutting down"))

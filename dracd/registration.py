@@ -9,6 +9,7 @@ still serves its port and says so once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -65,10 +66,8 @@ class Registration:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await asyncio.to_thread(self._release)
 
     def _claim(self) -> None:

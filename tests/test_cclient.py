@@ -499,7 +499,7 @@ def test_udp_retransmissions_keep_the_xid(tools: Path) -> None:
 )
 def test_ipv6_transport(tools: Path, netid: str, address: str, golden: bytes) -> None:
     if not ipv6_loopback():
-        pytest.skip("no IPv6 loopback on this machine")
+        pytest.fail("no IPv6 loopback (::1) on this machine: the udp6/tcp6 interop cases need it")
     with serving(tools, host="::1") as (server, prog):
         res = run_dracadd(tools / "dracadd", "::1", netid, address, prog=prog)
     ok(res, "ADD_SUCCESS")

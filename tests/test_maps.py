@@ -17,19 +17,11 @@ from berkeleydb import db
 from dracd.keys import Ipv6Keys, KeyStyle
 from dracd.maps import MapError, StaleMap, open_writer
 from tests.fixtures.mounts import set_readonly, tmpfs
+from tests.fixtures.server import map_keys as records
 
 VECTORS = Path(__file__).parent / "vectors"
 V4 = ipaddress.ip_address("192.0.2.7")
 V6 = ipaddress.ip_address("2001:db8::7")
-
-
-def records(path: Path) -> dict[bytes, bytes]:
-    table = db.DB()
-    table.open(str(path), dbtype=db.DB_UNKNOWN, flags=db.DB_RDONLY)
-    try:
-        return dict(table.items())
-    finally:
-        table.close()
 
 
 def db_type(path: Path) -> int:
