@@ -18,6 +18,7 @@ from dracclient import rpcbind
 from dracclient.errors import DracError
 from dracclient.rpccall import Transport, call
 
+from .policy import host_addresses
 from .transport import Listener
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,15 @@ class Registration:
                 continue  # names our own new port: _sync adopts it
             # Probe where the entry points: a live server bound to one address
             # only (say 127.0.0.2 or a LAN address) does not answer on loopback.
+            # Only local addresses are probed: a registration naming another
+            # host must not make us send traffic there.
             host = rpcbind.parse_uaddr(found.uaddr)[0]
-            if ipaddress.ip_address(host).is_unspecified:
+            address = ipaddress.ip_address(host)
+            if address.is_unspecified:
                 host = "::1" if found.netid.endswith("6") else "127.0.0.1"
+            local = address.is_unspecified or address.is_loopback or address in host_addresses()
             transport: Transport = "tcp" if found.netid.startswith("tcp") else "udp"
-            if _alive(host, found.port, self.prog, found.vers, transport):
+            if local and _alive(host, found.port, self.prog, found.vers, transport):
                 raise AlreadyRegistered(
                     f"program {self.prog} version {found.vers} is already registered with rpcbind "
                     f"({found.netid} port {found.port}) by a running server: is another dracd running?"

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dracclient.drac import DRACPROC_ADD, AddStat, encode_add_args
 from dracclient.rpc import encode_call
 from dracd.maps import MapError
@@ -167,3 +169,26 @@ def test_second_server_on_the_same_map_fails_before_touching_it(make_server: Mak
         raise AssertionError("a second server started on a map in use")
     assert (first.config.map.path.stat().st_ino, map_keys(first.config.map.path)) == before
     assert add_status(first, "192.0.2.2") == AddStat.ADD_SUCCESS
+
+
+def test_stale_registration_naming_another_host_is_replaced_without_probing_it(
+    rpcbind: None, make_server: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dracd.registration
+    from dracclient import rpcbind as rpcb
+    from tests.fixtures.server import private_prog
+
+    probed: list[str] = []
+    # Recorded, never sent: a regression must not put a packet on the wire.
+    monkeypatch.setattr(dracd.registration, "_alive", lambda host, *args: probed.append(host) or False)
+    prog = private_prog()
+    assert rpcb.register(prog, 1, "udp", "198.51.100.7.4.1")
+    assert rpcb.register(prog, 1, "tcp", "127.0.0.1.4.1")
+    try:
+        server = make_server(rpcbind=True, program=prog, listen=("127.0.0.1",))
+        assert probed == ["127.0.0.1"]
+        found = {(m.vers, m.netid): m.port for m in rpcb.dump() if m.prog == prog}
+        assert found == {(v, n): server.port for v in (1, 2) for n in ("udp", "tcp")}
+    finally:
+        rpcb.unregister(prog, 1)
+        rpcb.unregister(prog, 2)
