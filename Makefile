@@ -8,7 +8,7 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	rpcsvc-proto libtirpc-dev postfix swaks util-linux mount procps iproute2
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint check-rpcbind clean
+.PHONY: install apt run test lint bench check-rpcbind clean
 
 install: $(VENV)/.installed
 
@@ -42,12 +42,15 @@ run: install check-rpcbind
 	exec $(BIN)/dracd -c etc/dracd.yaml
 
 # pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
-test: install check-rpcbind
+test: install check-rpcbind lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check dracd client tests
+	$(BIN)/ruff check dracd client tests bench
 	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/udp_adds.py
 
 clean:
 	rm -rf $(VENV) var build tests/c/build

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_duration, parse_listen
 from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
@@ -75,6 +76,7 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
