@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .maps import BERKELEY_TYPES, MapError
 from .notify import notify
 from .policy import AllowFileError
 from .registration import AlreadyRegistered
+from .transport import AdminSocketInUse
 
 log = logging.getLogger("dracd")
 
@@ -74,6 +76,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--no-rpcbind", dest="rpcbind", action="store_false", default=None,
                         help="do not register with rpcbind")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--admin-socket", metavar="PATH",
+                        help="UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -99,7 +103,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "program": args.program,
         "log_level": args.log_level,
     }
-    return override(config, **changes)
+    config = override(config, **changes)
+    if args.admin_socket is not None:
+        config = replace(config, admin_socket=Path(args.admin_socket).absolute() if args.admin_socket else None)
+    return config
 
 
 def setup_logging(level: str, *, syslog: bool = False) -> None:
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         value = getattr(args, name)
         if value is not None:
             setattr(args, name, value.absolute())
+    if args.admin_socket:
+        args.admin_socket = str(Path(args.admin_socket).absolute())
     try:
         config = resolve_config(args)
     except ConfigError as exc:
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     except MapError as exc:
         log.error("%s", exc)
         return EX_CANTCREAT
-    except (AlreadyRegistered, MapInUse) as exc:
+    except (AlreadyRegistered, MapInUse, AdminSocketInUse) as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
     except OSError as exc:

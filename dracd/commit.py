@@ -26,6 +26,7 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 #: A write waits while ADDs keep arriving at least this often, for at most GATHER_MAX.
 GATHER_PAUSE = 0.0002
+FULL_WRITE_CHANGES = 1024
 GATHER_MAX = 0.002
 
 
@@ -95,10 +96,12 @@ class Committer:
                 continue
             started = time.monotonic()
             # Changes are taken on the loop thread: the table is not thread-safe.
-            if full or not self.writer.can_update():
+            changes = self.table.take_changes()
+            # A change log as big as the table (a flush) is cheaper as a full write.
+            if full or not self.writer.can_update() or len(changes) > max(FULL_WRITE_CHANGES, len(self.table)):
                 job, data = self.writer.write, self.table.snapshot()
             else:
-                job, data = self.writer.update, self.table.take_changes()  # type: ignore[assignment]
+                job, data = self.writer.update, changes  # type: ignore[assignment]
             try:
                 await loop.run_in_executor(self._executor, job, data)
             except StaleMap as exc:

@@ -6,6 +6,7 @@ the directory of the config file, so a config can travel with its data.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +21,7 @@ from .keys import Ipv6Keys
 from .maps import BERKELEY_TYPES
 
 DEFAULT_MAP = Path("/etc/mail/dracd.db")
+DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -69,6 +71,10 @@ class Config:
     #: For tests and private deployments that must not collide with a real dracd.
     program: int = DRACPROG
     log_level: str = "info"
+    #: None: no admin socket.
+    admin_socket: Path | None = DEFAULT_ADMIN_SOCKET
+    admin_groups: tuple[int, ...] = ()
+    admin_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     source: str = "built-in defaults"
 
     @property
@@ -112,6 +118,30 @@ def _listen(value: Any) -> tuple[str, ...]:
     return tuple(parse_listen(_str(item)) for item in items)
 
 
+def _groups(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    gids = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            gids.append(item)
+            continue
+        _expect("a group name or number", isinstance(item, str) and item != "", item)
+        try:
+            gids.append(grp.getgrnam(item).gr_gid)
+        except KeyError:
+            raise ValueError(f"no such group {item!r}") from None
+    return tuple(gids)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    _expect("a list of networks like 192.0.2.0/24", isinstance(value, list), value)
+    return tuple(ipaddress.ip_network(_str(item), strict=False) for item in value)
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if value in (None, "") else _str(value)
+
+
 _MAP_KEYS: dict[str, Any] = {
     "path": _str,
     "type": _choice(BERKELEY_TYPES),
@@ -128,6 +158,9 @@ _TOP_KEYS: dict[str, Any] = {
     "rpcbind": _bool,
     "program": _int_range(1, 0xFFFFFFFF),
     "log_level": _choice(LOG_LEVELS),
+    "admin_socket": _optional_path,
+    "admin_group": _groups,
+    "admin_allow": _networks,
 }
 
 
@@ -181,6 +214,10 @@ def config_from_dict(data: Any, path: Path) -> Config:
         map_values["path"] = _resolve(base, map_values["path"])
     if "allow_file" in top:
         top["allow_file"] = _resolve(base, top["allow_file"])
+    if "admin_socket" in top:
+        top["admin_socket"] = _resolve(base, top["admin_socket"]) if top["admin_socket"] else None
+    if "admin_group" in top:
+        top["admin_groups"] = top.pop("admin_group")
     return Config(map=MapConfig(**map_values), source=source, **top)
 
 

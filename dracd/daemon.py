@@ -9,23 +9,28 @@ write the map a last time, unregister.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dracclient.adminproto import DRACVERS_ADMIN
+
+from .admin import AdminService
 from .commit import Committer
 from .config import Config
 from .dispatch import Dispatcher
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer
-from .policy import load_allow
+from .policy import AdminPolicy, load_allow
 from .registration import Registration, entries_for
 from .service import DracService, Settings
 from .table import Clock, RelayTable
-from .transport import Listener, UdpProtocol, bind_listeners, serve_tcp, serve_udp
+from .transport import Listener, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,10 @@ DRAIN_TIMEOUT = 5.0
 # Entries added while the expiry loop sleeps may expire before it would wake;
 # a short tick bounds how late they leave the map, at the cost of a few idle wake-ups.
 EXPIRY_TICK = 0.25
+
+
+def admin_policy(config: Config) -> AdminPolicy:
+    return AdminPolicy(groups=frozenset(config.admin_groups), allow=config.admin_allow)
 
 
 def key_style(config: Config) -> KeyStyle:
@@ -73,10 +82,14 @@ class Daemon:
         self.table = RelayTable(clock)
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
         self.committer = Committer(self.table, self.writer)
-        self.settings = Settings(load_allow(config.allow_path, config.allow_file is not None), config.lifetime)
+        self.settings = Settings(
+            load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config)
+        )
         self.service = DracService(self.table, self.committer, self.settings)
+        self.admin = AdminService(self.service, str(config.map.path), config.map.type)
         self.dispatcher = Dispatcher()
         self.service.register(self.dispatcher, config.program)
+        self.admin.register(self.dispatcher, config.program)
         self.listeners: list[Listener] = []
         self.registration: Registration | None = None
         self._servers: list[asyncio.Server] = []
@@ -84,6 +97,7 @@ class Daemon:
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
+        self._admin_sock: socket.socket | None = None
 
     @property
     def port(self) -> int:
@@ -122,12 +136,17 @@ class Daemon:
             if listener.netid.startswith("udp"):
                 self._udp.append(await serve_udp(listener.sock, dispatch))
             else:
-                self._servers.append(await serve_tcp(listener.sock, dispatch))
+                self._servers.append(await serve_stream(listener.sock, dispatch))
         log.info("listening on %s", ", ".join(f"{x.netid} {x.host} port {x.port}" for x in self.listeners))
+        if self.config.admin_socket is not None:
+            self._admin_sock = bind_unix(self.config.admin_socket)
+            self._servers.append(await serve_stream(self._admin_sock, dispatch))
+            log.info("admin socket %s", self.config.admin_socket)
         if self.config.rpcbind:
-            self.registration = Registration(
-                self.config.program, entries_for(self.listeners, self.dispatcher.versions(self.config.program))
-            )
+            entries = entries_for(self.listeners, self.dispatcher.versions(self.config.program))
+            # Admin calls are refused over UDP (forgeable sources): don't advertise them there.
+            entries = [e for e in entries if not (e.vers == DRACVERS_ADMIN and e.netid.startswith("udp"))]
+            self.registration = Registration(self.config.program, entries)
             await self.registration.start()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(), name="dracd-expiry")
 
@@ -144,12 +163,13 @@ class Daemon:
     def reload(self, config: Config) -> None:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
-        fixed = ("map", "listen", "port", "program", "rpcbind")
+        fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
         self.settings.allow = allow
         self.settings.lifetime = config.lifetime
+        self.settings.admin = admin_policy(config)
         self.config = config
         log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
                  config.source, allow.source, len(allow.rules), config.lifetime)
@@ -184,6 +204,12 @@ class Daemon:
             transport.close()
         for listener in self.listeners:
             listener.sock.close()
+        if self._admin_sock is not None:
+            self._admin_sock.close()
+            self._admin_sock = None
+            assert self.config.admin_socket is not None
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.admin_socket)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

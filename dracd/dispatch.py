@@ -32,13 +32,37 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class CallContext:
-    """Who called, and how; what handlers need besides the arguments."""
+class PeerCred:
+    """The credentials of a caller on a UNIX socket (SO_PEERCRED, SO_PEERGROUPS)."""
 
-    caller: IPAddress
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who called, and how; what handlers need besides the arguments.
+    ``caller`` is None on a UNIX socket, where ``cred`` says who it is."""
+
+    caller: IPAddress | None
     port: int
     transport: str
     call: Call
+    cred: PeerCred | None = None
+
+    def __str__(self) -> str:
+        who = f"uid {self.cred.uid}" if self.cred is not None else str(self.caller)
+        return f"{who}/{self.transport}"
+
+
+class AuthRefused(Exception):
+    """Raised by a handler to refuse the caller at the RPC level (MSG_DENIED, AUTH_ERROR)."""
+
+    def __init__(self, stat: AuthStat = AuthStat.AUTH_TOOWEAK) -> None:
+        super().__init__(stat.name)
+        self.stat = stat
 
 
 Handler = Callable[[bytes, CallContext], Awaitable[bytes]]
@@ -82,7 +106,9 @@ class Dispatcher:
     def versions(self, prog: int) -> list[int]:
         return sorted(self._handlers.get(prog, {}))
 
-    async def handle(self, message: bytes, caller: IPAddress, port: int, transport: str) -> bytes | None:
+    async def handle(
+        self, message: bytes, caller: IPAddress | None, port: int, transport: str, cred: PeerCred | None = None
+    ) -> bytes | None:
         """The reply to ``message``, or None when there is nobody to answer."""
         try:
             call = decode_call(message)
@@ -105,7 +131,9 @@ class Dispatcher:
         if handler is None:
             return encode_accepted(call.xid, AcceptStat.PROC_UNAVAIL)
         try:
-            results = await handler(call.args, CallContext(caller, port, transport, call))
+            results = await handler(call.args, CallContext(caller, port, transport, call, cred))
+        except AuthRefused as exc:
+            return encode_auth_error(call.xid, exc.stat)
         except XdrError as exc:
             log.info("garbage arguments from %s (prog %d vers %d proc %d): %s",
                      caller, call.prog, call.vers, call.proc, exc)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .keys import IPAddress, canonical
+
+if TYPE_CHECKING:
+    from .dispatch import CallContext
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +120,28 @@ def load_allow(path: Path, explicit: bool) -> AllowList:
         log.info("no allow file %s: allowing loopback and this host's own addresses", path)
         return default_allow_list()
     return load_allow_file(path)
+
+
+@dataclass(frozen=True)
+class AdminPolicy:
+    """Who may use the admin procedures (and ADD over the UNIX socket).
+
+    On the UNIX socket the kernel vouches for the caller: root, dracd's own
+    user, or a member of an admin group. Over TCP only the admin allow list
+    (empty by default) counts; UDP never, as its source can be forged.
+    """
+
+    groups: frozenset[int] = frozenset()
+    allow: tuple[Network, ...] = ()
+    uid: int = field(default_factory=os.geteuid)
+
+    def permits(self, ctx: CallContext) -> bool:
+        if ctx.transport == "unix":
+            cred = ctx.cred
+            return cred is not None and (
+                cred.uid in (0, self.uid) or cred.gid in self.groups or bool(cred.groups & self.groups)
+            )
+        if ctx.transport == "tcp" and ctx.caller is not None:
+            caller = canonical(ctx.caller)
+            return any(caller.version == net.version and caller in net for net in self.allow)
+        return False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dracclient.drac import (
     DRACPROC_ADD,
@@ -21,7 +21,7 @@ from .commit import Committer
 from .dispatch import CallContext, Dispatcher
 from .keys import IPAddress, canonical, relayable
 from .maps import MapError
-from .policy import AllowList
+from .policy import AdminPolicy, AllowList
 from .table import RelayTable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class Settings:
 
     allow: AllowList
     lifetime: int
+    admin: AdminPolicy = field(default_factory=AdminPolicy)
 
 
 class DracService:
@@ -57,20 +58,32 @@ class DracService:
     async def add_v2(self, args: bytes, ctx: CallContext) -> bytes:
         return encode_addstat(await self.add(decode_add_v2(args), ctx))
 
-    async def add(self, address: IPAddress, ctx: CallContext) -> AddStat:
-        if not self.settings.allow.permits(ctx.caller):
-            log.warning("ADD %s from %s/%s refused: caller not in allow list (%s)",
-                        address, ctx.caller, ctx.transport, self.settings.allow.source)
+    def permitted(self, ctx: CallContext) -> bool:
+        """Network callers by the allow list; UNIX socket callers if they are admins."""
+        if ctx.caller is None:
+            return self.settings.admin.permits(ctx)
+        return self.settings.allow.permits(ctx.caller)
+
+    async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
+        if not self.permitted(ctx):
+            log.warning("ADD %s from %s refused: caller not in allow list (%s)",
+                        address, ctx, self.settings.allow.source)
             return AddStat.ADD_PERM
         address = canonical(address)
         if not relayable(address):
-            log.warning("ADD %s from %s/%s refused: not a unicast host address", address, ctx.caller, ctx.transport)
+            log.warning("ADD %s from %s refused: not a unicast host address", address, ctx)
             return AddStat.ADD_UNKOWN
-        expiry = self.table.add(address, self.settings.lifetime)
+        expiry = self.table.add(address, lifetime or self.settings.lifetime)
+        if not await self.commit(f"ADD {address}", ctx):
+            return AddStat.ADD_SYSERR
+        log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
+        return AddStat.ADD_SUCCESS
+
+    async def commit(self, what: str, ctx: CallContext) -> bool:
+        """Wait until the map holds the table; False (logged) if it cannot be written."""
         try:
             await self.committer.commit()
         except MapError as exc:
-            log.warning("ADD %s from %s/%s failed: %s", address, ctx.caller, ctx.transport, exc)
-            return AddStat.ADD_SYSERR
-        log.info("ADD %s from %s/%s ok, expires %d", address, ctx.caller, ctx.transport, expiry)
-        return AddStat.ADD_SUCCESS
+            log.warning("%s from %s failed: %s", what, ctx, exc)
+            return False
+        return True

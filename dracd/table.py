@@ -64,6 +64,16 @@ class RelayTable:
         self.version += 1
         return True
 
+    def clear(self) -> int:
+        """Remove every entry; return how many there were."""
+        removed = len(self._expiry)
+        if removed:
+            self._changes.update(dict.fromkeys(self._expiry))
+            self._expiry.clear()
+            self._heap.clear()
+            self.version += 1
+        return removed
+
     def next_expiry(self) -> int | None:
         while self._heap:
             expiry, _, address = self._heap[0]

@@ -11,19 +11,27 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
+import stat
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from dracclient.record import RecordReader, encode_record
 from dracclient.xdr import XdrError
 
+from .dispatch import PeerCred
 from .keys import IPAddress
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[bytes, IPAddress, int, str], Awaitable[bytes | None]]
+Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None], Awaitable[bytes | None]]
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
+_MAX_GROUPS = 1024
 
 MAX_RECORD = 64 * 1024
 IDLE_TIMEOUT = 120.0
@@ -94,7 +102,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         caller, port = _caller(addr)
-        reply = await self.dispatch(data, caller, port, "udp")
+        reply = await self.dispatch(data, caller, port, "udp", None)
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 
@@ -102,14 +110,67 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
 
-class TcpConnection:
-    """One TCP client: read records, answer each (concurrently), close when idle."""
+class AdminSocketInUse(Exception):
+    """Another live server listens on the admin socket's path."""
+
+
+def peer_cred(sock: socket.socket) -> PeerCred:
+    """Who is at the other end of a UNIX socket, as the kernel says."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+        groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+    except OSError:
+        groups = frozenset()
+    return PeerCred(pid, uid, gid, groups)
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """Listen on ``path``, replacing a stale socket but never a live one.
+
+    The socket is mode 0666 on purpose: access is decided per call from the
+    caller's credentials, so a refused caller gets the protocol's refusal.
+    """
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise AdminSocketInUse(f"{path} exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                os.unlink(path)
+            else:
+                raise AdminSocketInUse(f"{path} is in use by another server")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o666)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class StreamConnection:
+    """One TCP or UNIX-socket client: read records, answer each (concurrently), close when idle."""
 
     def __init__(self, dispatch: Dispatch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.dispatch = dispatch
         self.reader = reader
         self.writer = writer
-        self.caller, self.port = _caller(writer.get_extra_info("peername"))
+        sock = writer.get_extra_info("socket")
+        self.cred: PeerCred | None = None
+        self.caller: IPAddress | None = None
+        self.port = 0
+        if sock.family == socket.AF_UNIX:
+            self.transport = "unix"
+            self.cred = peer_cred(sock)
+        else:
+            self.transport = "tcp"
+            self.caller, self.port = _caller(writer.get_extra_info("peername"))
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
@@ -126,25 +187,27 @@ class TcpConnection:
             if self.tasks:
                 await asyncio.wait(self.tasks)
         except XdrError as exc:
-            log.info("closing TCP connection from %s: %s", self.caller, exc)
+            log.info("closing %s connection from %s: %s", self.transport, self.caller or self.cred, exc)
         except (TimeoutError, ConnectionError):
             pass
         finally:
             self.writer.close()
 
     async def _answer(self, record: bytes) -> None:
-        reply = await self.dispatch(record, self.caller, self.port, "tcp")
+        reply = await self.dispatch(record, self.caller, self.port, self.transport, self.cred)
         if reply is not None and not self.writer.is_closing():
             self.writer.write(encode_record(reply))
 
 
-async def serve_tcp(sock: socket.socket, dispatch: Dispatch) -> asyncio.Server:
+async def serve_stream(sock: socket.socket, dispatch: Dispatch) -> asyncio.Server:
+    """Serve TCP or a UNIX socket: the connection tells which."""
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await TcpConnection(dispatch, reader, writer).serve()
+        await StreamConnection(dispatch, reader, writer).serve()
 
-    server = await asyncio.start_server(accept, sock=sock)
-    return server
+    if sock.family == socket.AF_UNIX:
+        return await asyncio.start_unix_server(accept, sock=sock)
+    return await asyncio.start_server(accept, sock=sock)
 
 
 async def serve_udp(sock: socket.socket, dispatch: Dispatch) -> tuple[asyncio.DatagramTransport, UdpProtocol]:

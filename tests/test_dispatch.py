@@ -29,6 +29,7 @@ from dracd.dispatch import CallContext, Dispatcher, check_auth
 from dracd.keys import KeyStyle
 from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
+from dracd.admin import AdminService
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from tests.fixtures.server import ServerThread, test_config
@@ -72,7 +73,7 @@ def denied_auth(stat: int) -> bytes:
 
 RPC_MISMATCH_2_2 = words(XID, 1, 1, 0, 2, 2)
 PROG_UNAVAIL = accepted(1)
-PROG_MISMATCH_1_2 = accepted(2, 1, 2)
+PROG_MISMATCH_1_3 = accepted(2, 1, 3)
 PROC_UNAVAIL = accepted(3)
 GARBAGE_ARGS = accepted(4)
 SYSTEM_ERR = accepted(5)
@@ -91,8 +92,8 @@ CASES: dict[str, Case] = {
     "rpcvers 3": Case(lambda p: call_bytes(p, 1, 1, V4, rpcvers=3), RPC_MISMATCH_2_2),
     "rpcvers 1": Case(lambda p: call_bytes(p, 1, 0, rpcvers=1), RPC_MISMATCH_2_2),
     "unknown program": Case(lambda p: call_bytes(p + 1, 1, 1, V4), PROG_UNAVAIL),
-    "program version 3": Case(lambda p: call_bytes(p, 3, 1, V4), PROG_MISMATCH_1_2),
-    "program version 0": Case(lambda p: call_bytes(p, 0, 0), PROG_MISMATCH_1_2),
+    "program version 4": Case(lambda p: call_bytes(p, 4, 1, V4), PROG_MISMATCH_1_3),
+    "program version 0": Case(lambda p: call_bytes(p, 0, 0), PROG_MISMATCH_1_3),
     "procedure 7": Case(lambda p: call_bytes(p, 1, 7, V4), PROC_UNAVAIL),
     "procedure 2 in v2": Case(lambda p: call_bytes(p, 2, 2, V6), PROC_UNAVAIL),
     "v1 argument truncated": Case(lambda p: call_bytes(p, 1, 1, V4[:3]), GARBAGE_ARGS),
@@ -166,7 +167,9 @@ def run_dispatcher(tmp_path: Path, messages: list[bytes], *, caller: str = "127.
         committer.start()
         try:
             dispatcher = Dispatcher()
-            DracService(table, committer, Settings(ALLOW, 600)).register(dispatcher, DRACPROG)
+            drac = DracService(table, committer, Settings(ALLOW, 600))
+            drac.register(dispatcher, DRACPROG)
+            AdminService(drac, str(tmp_path / "dracd.db"), "btree").register(dispatcher, DRACPROG)
             if setup is not None:
                 setup(dispatcher)
             return [await dispatcher.handle(m, ipaddress.ip_address(caller), 800, "udp") for m in messages]
@@ -355,7 +358,7 @@ def test_tcp_error_paths_on_one_connection(live: ServerThread, tcp: TcpClient) -
 
 
 def test_error_paths_over_ipv6(live: ServerThread) -> None:
-    for name in ("rpcvers 3", "program version 3", "v2 word 0xffffff00", "AUTH_DH rejected", "NULL v2"):
+    for name in ("rpcvers 3", "program version 4", "v2 word 0xffffff00", "AUTH_DH rejected", "NULL v2"):
         case = CASES[name]
         assert udp_exchange(live, case.build(live.config.program), host="::1") == case.reply
     client = TcpClient(live, "::1")
@@ -407,6 +410,6 @@ def test_server_still_adds_after_all_the_abuse(live: ServerThread) -> None:
     assert ipaddress.IPv4Address("198.51.100.77") in live.call(daemon_of(live).writer.read)
 
 
-def test_live_server_serves_both_versions(live: ServerThread) -> None:
-    assert live.call(lambda: daemon_of(live).dispatcher.versions(live.config.program)) == [1, 2]
+def test_live_server_serves_legacy_and_admin_versions(live: ServerThread) -> None:
+    assert live.call(lambda: daemon_of(live).dispatcher.versions(live.config.program)) == [1, 2, 3]
 

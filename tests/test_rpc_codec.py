@@ -603,8 +603,8 @@ def test_calls_against_the_real_server(make_server: Callable[..., ServerThread],
         call(endpoint, prog, 1, 7, transport=transport, timeout=TIMEOUT)
     assert info.value.reply.accept_stat is AcceptStat.PROC_UNAVAIL
     with pytest.raises(RpcRefused) as info:
-        call(endpoint, prog, 3, 0, transport=transport, timeout=TIMEOUT)
-    assert (info.value.reply.accept_stat, info.value.reply.mismatch) == (AcceptStat.PROG_MISMATCH, (1, 2))
+        call(endpoint, prog, 4, 0, transport=transport, timeout=TIMEOUT)
+    assert (info.value.reply.accept_stat, info.value.reply.mismatch) == (AcceptStat.PROG_MISMATCH, (1, 3))
     with pytest.raises(RpcRefused) as info:
         call(endpoint, prog, 1, 1, b"\0\0", transport=transport, timeout=TIMEOUT)
     assert info.value.reply.accept_stat is AcceptStat.GARBAGE_ARGS

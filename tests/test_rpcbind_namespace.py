@@ -79,8 +79,9 @@ def test_without_rpcbind_dracd_serves_and_says_so_once(tmp_path: Path) -> None:
 
 def test_reregisters_after_rpcbind_restart_without_warm_start(tmp_path: Path) -> None:
     data = run_scenario("rpcbind-restart", tmp_path)
-    expected = sorted([vers, netid, uaddr] for vers in (1, 2) for netid, uaddr in (
-        ("udp", "127.0.0.1.*"), ("tcp", "127.0.0.1.*"), ("udp6", "::1.*"), ("tcp6", "::1.*")))
+    expected = sorted([[vers, netid, uaddr] for vers in (1, 2) for netid, uaddr in (
+        ("udp", "127.0.0.1.*"), ("tcp", "127.0.0.1.*"), ("udp6", "::1.*"), ("tcp6", "::1.*"))]
+        + [[3, "tcp", "127.0.0.1.*"], [3, "tcp6", "::1.*"]])  # admin: TCP only
     assert data["isolated"], "the system rpcbind is reachable from inside the namespace"
     assert data["registered_at_ready"] == expected, "READY=1 must come after the registration"
     assert data["lookup_add_before"] == "ok"
@@ -138,7 +139,7 @@ def _add(server: str, address: str, **kwargs: Any) -> str:
     from dracclient.errors import DracError
 
     try:
-        add(server, address, timeout=3.0, **kwargs)
+        add(address, servers=server, timeout=3.0, **kwargs)
     except DracError as exc:
         return type(exc).__name__
     return "ok"

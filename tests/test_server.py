@@ -188,7 +188,7 @@ def test_stale_registration_naming_another_host_is_replaced_without_probing_it(
         server = make_server(rpcbind=True, program=prog, listen=("127.0.0.1",))
         assert probed == ["127.0.0.1"]
         found = {(m.vers, m.netid): m.port for m in rpcb.dump() if m.prog == prog}
-        assert found == {(v, n): server.port for v in (1, 2) for n in ("udp", "tcp")}
+        assert found == {(v, n): server.port for v in (1, 2) for n in ("udp", "tcp")} | {(3, "tcp"): server.port}
     finally:
-        rpcb.unregister(prog, 1)
-        rpcb.unregister(prog, 2)
+        for vers in (1, 2, 3):
+            rpcb.unregister(prog, vers)

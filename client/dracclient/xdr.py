@@ -12,6 +12,7 @@ import struct
 
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
+_U64 = struct.Struct(">Q")
 
 
 class XdrError(ValueError):
@@ -36,6 +37,13 @@ class Packer:
     def int(self, value: int) -> Packer:
         self._parts.append(_I32.pack(value))
         return self
+
+    def uhyper(self, value: builtins.int) -> Packer:
+        self._parts.append(_U64.pack(value))
+        return self
+
+    def bool(self, value: builtins.bool) -> Packer:
+        return self.uint(1 if value else 0)
 
     def opaque(self, data: bytes) -> Packer:
         """Variable-length opaque: length word, bytes, padding."""
@@ -85,6 +93,16 @@ class Unpacker:
     def int(self) -> int:
         value: int = _I32.unpack(self._take(4))[0]
         return value
+
+    def uhyper(self) -> builtins.int:
+        value: int = _U64.unpack(self._take(8))[0]
+        return value
+
+    def bool(self) -> builtins.bool:
+        value = self.uint()
+        if value > 1:
+            raise XdrError(f"bool {value} is neither 0 nor 1")
+        return value == 1
 
     def opaque(self, max_length: builtins.int) -> bytes:
         """Variable-length opaque of at most ``max_length`` bytes; padding must be zero."""

@@ -1,0 +1,180 @@
+"""Version 3 of program 900101: dracd's administration procedures.
+
+The wire format is docs/drac.x; this module encodes and decodes it, on
+bytes only, for both the server and the client.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from .drac import IPAddress
+from .xdr import Packer, Unpacker, XdrError
+
+DRACVERS_ADMIN = 3
+DRACPROC_ADD3 = 1
+DRACPROC_DEL3 = 2
+DRACPROC_GET3 = 3
+DRACPROC_LIST3 = 4
+DRACPROC_FLUSH3 = 5
+DRACPROC_STATUS3 = 6
+MAX_LIST = 8192
+_MAX_STRING = 4096
+
+
+class AdminStat(enum.IntEnum):
+    ADMIN_OK = 0
+    ADMIN_NOTFOUND = 1
+    ADMIN_SYSERR = 2
+    ADMIN_INVAL = 3
+    ADMIN_EXPIRED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    address: IPAddress
+    expiry: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    status: AdminStat
+    cookie: int
+    total: int
+    entries: list[Entry]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    entries: int
+    map_path: str
+    map_type: str
+    last_write: int
+    last_write_us: int
+    lifetime: int
+    started: int
+    server_version: str
+
+
+def _stat(value: int) -> AdminStat:
+    try:
+        return AdminStat(value)
+    except ValueError:
+        raise XdrError(f"unknown adminstat {value}") from None
+
+
+def pack_addr(packer: Packer, address: IPAddress) -> Packer:
+    return packer.opaque(address.packed)
+
+
+def unpack_addr(reader: Unpacker) -> IPAddress:
+    raw = reader.opaque(16)
+    if len(raw) not in (4, 16):
+        raise XdrError(f"an address has 4 or 16 bytes, not {len(raw)}")
+    return ipaddress.ip_address(raw)
+
+
+def encode_addr(address: IPAddress) -> bytes:
+    return pack_addr(Packer(), address).bytes()
+
+
+def decode_addr(data: bytes) -> IPAddress:
+    reader = Unpacker(data)
+    address = unpack_addr(reader)
+    reader.done()
+    return address
+
+
+def encode_add3(address: IPAddress, lifetime: int) -> bytes:
+    return pack_addr(Packer(), address).uint(lifetime).bytes()
+
+
+def decode_add3(data: bytes) -> tuple[IPAddress, int]:
+    reader = Unpacker(data)
+    address, lifetime = unpack_addr(reader), reader.uint()
+    reader.done()
+    return address, lifetime
+
+
+def encode_adminstat(stat: AdminStat) -> bytes:
+    return Packer().uint(stat).bytes()
+
+
+def decode_adminstat(data: bytes) -> AdminStat:
+    reader = Unpacker(data)
+    stat = _stat(reader.uint())
+    reader.done()
+    return stat
+
+
+def encode_get3_res(stat: AdminStat, expiry: int = 0) -> bytes:
+    return Packer().uint(stat).uhyper(expiry).bytes()
+
+
+def decode_get3_res(data: bytes) -> tuple[AdminStat, int]:
+    reader = Unpacker(data)
+    result = _stat(reader.uint()), reader.uhyper()
+    reader.done()
+    return result
+
+
+def encode_list3_args(cookie: int, offset: int, count: int) -> bytes:
+    return Packer().uhyper(cookie).uint(offset).uint(count).bytes()
+
+
+def decode_list3_args(data: bytes) -> tuple[int, int, int]:
+    reader = Unpacker(data)
+    result = reader.uhyper(), reader.uint(), reader.uint()
+    reader.done()
+    return result
+
+
+def encode_list3_res(page: ListPage) -> bytes:
+    packer = Packer().uint(page.status).uhyper(page.cookie).uint(page.total).uint(len(page.entries))
+    for entry in page.entries:
+        pack_addr(packer, entry.address).uhyper(entry.expiry)
+    return packer.bool(page.more).bytes()
+
+
+def decode_list3_res(data: bytes) -> ListPage:
+    reader = Unpacker(data)
+    status, cookie, total = _stat(reader.uint()), reader.uhyper(), reader.uint()
+    count = reader.uint()
+    if count > MAX_LIST:
+        raise XdrError(f"{count} entries in one page exceed {MAX_LIST}")
+    entries = [Entry(unpack_addr(reader), reader.uhyper()) for _ in range(count)]
+    more = reader.bool()
+    reader.done()
+    return ListPage(status, cookie, total, entries, more)
+
+
+def encode_flush3_res(stat: AdminStat, removed: int) -> bytes:
+    return Packer().uint(stat).uint(removed).bytes()
+
+
+def decode_flush3_res(data: bytes) -> tuple[AdminStat, int]:
+    reader = Unpacker(data)
+    result = _stat(reader.uint()), reader.uint()
+    reader.done()
+    return result
+
+
+def encode_status3_res(status: Status) -> bytes:
+    return (
+        Packer().uint(status.entries).string(status.map_path).string(status.map_type)
+        .uhyper(status.last_write).uint(status.last_write_us).uint(status.lifetime)
+        .uhyper(status.started).string(status.server_version).bytes()
+    )
+
+
+def decode_status3_res(data: bytes) -> Status:
+    reader = Unpacker(data)
+    status = Status(
+        reader.uint(), reader.string(_MAX_STRING), reader.string(_MAX_STRING), reader.uhyper(), reader.uint(),
+        reader.uint(), reader.uhyper(), reader.string(_MAX_STRING),
+    )
+    reader.done()
+    return status

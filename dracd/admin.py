@@ -1,0 +1,169 @@
+"""Version 3 of program 900101: administration (docs/drac.x).
+
+Every procedure first checks that the caller is an admin (policy.AdminPolicy)
+and otherwise refuses it at the RPC level, changing nothing. Changes are
+answered once the map holds them, like ADD.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from dracclient.adminproto import (
+    DRACPROC_ADD3,
+    DRACPROC_DEL3,
+    DRACPROC_FLUSH3,
+    DRACPROC_GET3,
+    DRACPROC_LIST3,
+    DRACPROC_STATUS3,
+    DRACVERS_ADMIN,
+    MAX_LIST,
+    AdminStat,
+    Entry,
+    ListPage,
+    Status,
+    decode_add3,
+    decode_addr,
+    decode_list3_args,
+    encode_adminstat,
+    encode_flush3_res,
+    encode_get3_res,
+    encode_list3_res,
+    encode_status3_res,
+)
+from dracclient.drac import AddStat
+from dracclient.xdr import Unpacker
+
+from . import __version__
+from .dispatch import AuthRefused, CallContext, Dispatcher
+from .keys import IPAddress, canonical
+from .service import DracService
+
+log = logging.getLogger(__name__)
+
+LIST_IDLE = 60.0
+MAX_LISTINGS = 16
+#: Longest lifetime an admin may give one entry (about ten years).
+MAX_LIFETIME = 10 * 365 * 86400
+
+
+@dataclass
+class Listing:
+    """A snapshot of the table being paged through by one client."""
+
+    addresses: list[IPAddress]
+    used: float = field(default_factory=time.monotonic)
+
+
+class AdminService:
+    def __init__(self, drac: DracService, map_path: str, map_type: str) -> None:
+        self.drac = drac
+        self.table = drac.table
+        self.map_path = map_path
+        self.map_type = map_type
+        self.started = int(time.time())
+        self._listings: dict[int, Listing] = {}
+        self._next_cookie = 1
+
+    def register(self, dispatcher: Dispatcher, prog: int) -> None:
+        procedures = {
+            0: self.null, DRACPROC_ADD3: self.add, DRACPROC_DEL3: self.delete, DRACPROC_GET3: self.get,
+            DRACPROC_LIST3: self.list, DRACPROC_FLUSH3: self.flush, DRACPROC_STATUS3: self.status,
+        }
+        for proc, handler in procedures.items():
+            dispatcher.register(prog, DRACVERS_ADMIN, proc, handler)
+
+    def _require_admin(self, ctx: CallContext, what: str) -> None:
+        if not self.drac.settings.admin.permits(ctx):
+            log.warning("admin %s from %s refused: not an admin caller", what, ctx)
+            raise AuthRefused()
+
+    async def null(self, args: bytes, ctx: CallContext) -> bytes:
+        Unpacker(args).done()
+        return b""
+
+    async def add(self, args: bytes, ctx: CallContext) -> bytes:
+        address, lifetime = decode_add3(args)
+        self._require_admin(ctx, "ADD")
+        if lifetime > MAX_LIFETIME:
+            return encode_adminstat(AdminStat.ADMIN_INVAL)
+        stat = await self.drac.add(address, ctx, lifetime or None)
+        return encode_adminstat({
+            AddStat.ADD_SUCCESS: AdminStat.ADMIN_OK,
+            AddStat.ADD_SYSERR: AdminStat.ADMIN_SYSERR,
+        }.get(stat, AdminStat.ADMIN_INVAL))
+
+    async def delete(self, args: bytes, ctx: CallContext) -> bytes:
+        address = canonical(decode_addr(args))
+        self._require_admin(ctx, "DEL")
+        if not self.table.remove(address):
+            return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
+        if not await self.drac.commit(f"DEL {address}", ctx):
+            return encode_adminstat(AdminStat.ADMIN_SYSERR)
+        log.info("DEL %s from %s ok", address, ctx)
+        return encode_adminstat(AdminStat.ADMIN_OK)
+
+    async def get(self, args: bytes, ctx: CallContext) -> bytes:
+        address = canonical(decode_addr(args))
+        self._require_admin(ctx, "GET")
+        expiry = self.table.get(address)
+        if expiry is None or expiry <= self.table.clock():
+            return encode_get3_res(AdminStat.ADMIN_NOTFOUND)
+        return encode_get3_res(AdminStat.ADMIN_OK, expiry)
+
+    async def list(self, args: bytes, ctx: CallContext) -> bytes:
+        cookie, offset, count = decode_list3_args(args)
+        self._require_admin(ctx, "LIST")
+        self._drop_idle_listings()
+        if cookie == 0:
+            cookie = self._start_listing()
+        listing = self._listings.get(cookie)
+        if listing is None:
+            return encode_list3_res(ListPage(AdminStat.ADMIN_EXPIRED, cookie, 0, [], False))
+        listing.used = time.monotonic()
+        chunk = listing.addresses[offset : offset + min(count, MAX_LIST)]
+        entries = [Entry(address, expiry) for address in chunk if (expiry := self.table.get(address)) is not None]
+        more = offset + len(chunk) < len(listing.addresses)
+        if not more:
+            del self._listings[cookie]
+        return encode_list3_res(ListPage(AdminStat.ADMIN_OK, cookie, len(listing.addresses), entries, more))
+
+    def _start_listing(self) -> int:
+        if len(self._listings) >= MAX_LISTINGS:
+            oldest = min(self._listings, key=lambda c: self._listings[c].used)
+            del self._listings[oldest]
+        cookie = self._next_cookie
+        self._next_cookie += 1
+        self._listings[cookie] = Listing(list(self.table))
+        return cookie
+
+    def _drop_idle_listings(self) -> None:
+        now = time.monotonic()
+        for cookie in [c for c, listing in self._listings.items() if now - listing.used > LIST_IDLE]:
+            del self._listings[cookie]
+
+    async def flush(self, args: bytes, ctx: CallContext) -> bytes:
+        Unpacker(args).done()
+        self._require_admin(ctx, "FLUSH")
+        removed = self.table.clear()
+        if not await self.drac.commit("FLUSH", ctx):
+            return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed)
+        log.info("FLUSH from %s ok: %d entries removed", ctx, removed)
+        return encode_flush3_res(AdminStat.ADMIN_OK, removed)
+
+    async def status(self, args: bytes, ctx: CallContext) -> bytes:
+        Unpacker(args).done()
+        self._require_admin(ctx, "STATUS")
+        committer = self.drac.committer
+        return encode_status3_res(Status(
+            entries=len(self.table),
+            map_path=self.map_path,
+            map_type=self.map_type,
+            last_write=int(committer.last_write or 0),
+            last_write_us=int(committer.last_duration * 1e6),
+            lifetime=self.drac.settings.lifetime,
+            started=self.started,
+            server_version=__version__,
+        ))
