@@ -18,8 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dracclient.durations import parse_duration
+
 from . import __version__
-from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_duration, parse_listen
+from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_listen
 from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
 from .notify import notify

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import grp
 import ipaddress
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from dracclient.drac import DRACPROG
+from dracclient.durations import parse_duration
 
 from .keys import Ipv6Keys
 from .maps import BERKELEY_TYPES
@@ -24,24 +24,10 @@ DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file and key or line."""
-
-
-def parse_duration(text: str) -> int:
-    """``90s``, ``30m``, ``2h``, ``1d`` -> seconds. A unit is required: a bare
-    number is ambiguous (legacy ``-e`` counts minutes)."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 2h or 1d")
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError("a lifetime must be positive")
-    return seconds
 
 
 def parse_listen(text: str) -> str:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dracclient.durations import parse_duration
 from dracd.cli import build_parser, resolve_config
-from dracd.config import Config, ConfigError, load_config, parse_duration
+from dracd.config import Config, ConfigError, load_config
 from dracd.keys import Ipv6Keys
 
 REPO = Path(__file__).resolve().parent.parent
