@@ -120,14 +120,14 @@ def test_ready_means_registered_everywhere_and_adds_work_through_rpcbind(
     found = registrations(prog)
     port = registered_port(prog)
     assert {(m.vers, m.netid, m.uaddr) for m in found} == expected_registrations(port)
-    assert len(found) == 8
+    assert len(found) == 10
     # Registered over rpcbind's unix socket as root: other local users cannot UNSET it.
     assert {m.owner for m in found} == {"superuser"}
     # No port given: dracclient asks rpcbind (GETADDR) for each netid.
-    add("127.0.0.1", "192.0.2.7", prog=prog)
-    add("127.0.0.1", "192.0.2.8", prog=prog, transport="tcp")
-    add("::1", "2001:db8::7", prog=prog)
-    add("::1", "2001:db8::8", prog=prog, transport="tcp")
+    add("192.0.2.7", servers="127.0.0.1", prog=prog)
+    add("192.0.2.8", servers="127.0.0.1", prog=prog, transport="tcp")
+    add("2001:db8::7", servers="::1", prog=prog)
+    add("2001:db8::8", servers="::1", prog=prog, transport="tcp")
     assert set(read_map(db)) == {"192.0.2.7", "192.0.2.8", "2001:db8::7", "2001:db8::8"}
 
 
@@ -136,7 +136,7 @@ def test_ready_means_registered_everywhere_and_adds_work_through_rpcbind(
 
 def test_legacy_expire_minutes_and_relative_positional_dbfile(start: Start, prog: int, tmp_path: Path) -> None:
     start(*loopback(prog, "127.0.0.1"), "-e", "1", "legacy.db", cwd=tmp_path)
-    window = expiry_window(60, lambda: add("127.0.0.1", "192.0.2.7", prog=prog))
+    window = expiry_window(60, lambda: add("192.0.2.7", servers="127.0.0.1", prog=prog))
     entries = read_map(tmp_path / "legacy.db")
     assert set(entries) == {"192.0.2.7"}
     assert entries["192.0.2.7"] in window, f"expiry {entries['192.0.2.7']} not now+60 s ({window})"
@@ -147,20 +147,20 @@ def test_restart_keeps_entries_and_dash_i_drops_them(start: Start, prog: int, tm
     db = tmp_path / "dracd.db"
     args = [*loopback(prog, "127.0.0.1"), "-e", "5", db]
     first = start(*args)
-    add("127.0.0.1", "192.0.2.1", prog=prog)
+    add("192.0.2.1", servers="127.0.0.1", prog=prog)
     kept = read_map(db)["192.0.2.1"]
     assert first.stop() == 0
 
     second = start(*args)
     # Reloaded with its original expiry (not renewed), and written back at start.
     assert read_map(db) == {"192.0.2.1": kept}
-    add("127.0.0.1", "192.0.2.2", prog=prog)
+    add("192.0.2.2", servers="127.0.0.1", prog=prog)
     assert set(read_map(db)) == {"192.0.2.1", "192.0.2.2"}
     assert second.stop() == 0
 
     third = start("-i", *args)
     assert read_map(db) == {}, "-i must start with an empty table and write it at once"
-    add("127.0.0.1", "192.0.2.3", prog=prog)
+    add("192.0.2.3", servers="127.0.0.1", prog=prog)
     assert set(read_map(db)) == {"192.0.2.3"}
     assert third.stop() == 0
     assert "starting with an empty table (-i)" in third.log()
@@ -244,7 +244,7 @@ def test_add_from_refused_caller_is_perm_via_add_too(start: Start, prog: int, tm
     (tmp_path / "dracd.allow").write_text("255.255.255.255 127.0.0.2\n")
     start(*loopback(prog, "127.0.0.1"), db)
     with pytest.raises(PermissionRefused):
-        add("127.0.0.1", "192.0.2.9", prog=prog, timeout=3)
+        add("192.0.2.9", servers="127.0.0.1", prog=prog, timeout=3)
     assert read_map(db) == {}
 
 
@@ -339,7 +339,7 @@ def test_bad_config_at_start_exits_78_without_serving(start: Start, prog: int, t
 def test_sigterm_exits_0_writes_map_and_unregisters(start: Start, prog: int, tmp_path: Path) -> None:
     db = tmp_path / "dracd.db"
     server = start(*loopback(prog), db)
-    add("127.0.0.1", "192.0.2.7", prog=prog)
+    add("192.0.2.7", servers="127.0.0.1", prog=prog)
     inode = db.stat().st_ino
     assert registrations(prog)
     assert server.stop() == 0
@@ -471,7 +471,7 @@ def test_rpc_dracd_forks_serves_reloads_and_stops(
     assert os.getsid(child.pid) == child.pid, "the daemon must lead its own session (setsid)"
     assert child.cwd() == "/"
     db = tmp_path / "fork.db"
-    window = expiry_window(600, lambda: add("127.0.0.1", "192.0.2.7", prog=prog))
+    window = expiry_window(600, lambda: add("192.0.2.7", servers="127.0.0.1", prog=prog))
     assert read_map(db)["192.0.2.7"] in window
     assert add_status(port, prog, "192.0.2.8", source="127.0.0.3") == AddStat.ADD_SUCCESS
 
@@ -481,7 +481,7 @@ def test_rpc_dracd_forks_serves_reloads_and_stops(
     notify_socket.wait_for("READY=1", 5)  # sent when the reload is done, failed or not
     text = log.read_text()
     assert "reload failed" not in text and "restart dracd to apply" not in text, text
-    window = expiry_window(120, lambda: add("127.0.0.1", "192.0.2.9", prog=prog))
+    window = expiry_window(120, lambda: add("192.0.2.9", servers="127.0.0.1", prog=prog))
     assert read_map(db)["192.0.2.9"] in window
     assert add_status(port, prog, "192.0.2.10", source="127.0.0.3") == AddStat.ADD_SUCCESS
     assert add_status(port, prog, "192.0.2.11", source="127.0.0.2") == AddStat.ADD_PERM
@@ -530,8 +530,8 @@ def test_second_server_refuses_then_takes_over_a_stale_registration(
     assert registered_set(prog) == expected_registrations(third_port)
     if third_port != first_port:
         assert "removing stale rpcbind registration" in third.log()
-    add("127.0.0.1", "192.0.2.7", prog=prog)
-    add("::1", "2001:db8::7", prog=prog, transport="tcp")
+    add("192.0.2.7", servers="127.0.0.1", prog=prog)
+    add("2001:db8::7", servers="::1", prog=prog, transport="tcp")
     assert set(read_map(tmp_path / "third.db")) == {"192.0.2.7", "2001:db8::7"}
     assert third.stop() == 0
     assert registrations(prog) == []

@@ -23,13 +23,13 @@ from dracclient.drac import DRACPROG, encode_add_args
 from dracclient.record import RecordReader, encode_record
 from dracclient.rpc import AuthFlavor, AuthStat, OpaqueAuth, decode_reply, encode_call
 from dracclient.xdr import Packer, XdrError
+from dracd.admin import AdminService
 from dracd.commit import Committer
 from dracd.daemon import Daemon
 from dracd.dispatch import CallContext, Dispatcher, check_auth
 from dracd.keys import KeyStyle
 from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
-from dracd.admin import AdminService
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from tests.fixtures.server import ServerThread, test_config

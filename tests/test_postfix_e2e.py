@@ -22,14 +22,14 @@ def test_relay_follows_the_drac_table(
     code, text = postfix.probe_relay("127.0.0.5")
     assert code == 554 and "Relay access denied" in text
 
-    add("127.0.0.1", "127.0.0.5", port=server.port, prog=server.config.program)
+    add("127.0.0.5", servers="127.0.0.1", port=server.port, prog=server.config.program)
     added = time.time()
     code, text = postfix.probe_relay("127.0.0.5")
     assert code == 250, text
     assert postfix.postmap_query("127.0.0.5") is not None
     assert postfix.probe_relay("127.0.0.6")[0] == 554
 
-    add("::1", "::1", port=server.port, prog=server.config.program, transport="tcp")
+    add("::1", servers="::1", port=server.port, prog=server.config.program, transport="tcp")
     assert postfix.probe_relay("::1")[0] == 250
 
     assert wait_for(lambda: b"127.0.0.5" not in map_keys(server.config.map.path), timeout=LIFETIME + 3)

@@ -1,6 +1,11 @@
-"""Client for DRAC (Dynamic Relay Authorization Control) servers."""
+"""Client for DRAC (Dynamic Relay Authorization Control) servers.
 
-from .client import add, ping
+``add()`` and ``ping()`` block; ``dracclient.aio`` has asyncio twins with the
+same signatures (imported on demand, so hooks that do not use it never load
+asyncio).
+"""
+
+from .client import ServerResult, add, ping
 from .drac import DRACPROG, DRACVERS, DRACVERS6, AddStat
 from .errors import (
     BadReply,
@@ -15,6 +20,7 @@ from .errors import (
 __all__ = [
     "add",
     "ping",
+    "ServerResult",
     "AddStat",
     "DRACPROG",
     "DRACVERS",

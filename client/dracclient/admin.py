@@ -37,6 +37,7 @@ from .adminproto import (
 from .drac import DRACPROG, IPAddress
 from .errors import BadReply, DracError, PermissionRefused, RpcRefused, ServerError, Unavailable
 from .rpc import ReplyStat
+from .client import server_host
 from .rpccall import call
 from .xdr import XdrError
 
@@ -70,7 +71,7 @@ class AdminClient:
         if (socket_path is None) == (server is None):
             raise ValueError("give either socket_path or server")
         self.socket_path = socket_path
-        self.server = "127.0.0.1" if server == "localhost" else server
+        self.server = None if server is None else server_host(server)
         self.port = port
         self.prog = prog
         self.timeout = timeout

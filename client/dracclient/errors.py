@@ -1,12 +1,27 @@
-"""One exception tree for every way a DRAC call can fail."""
+"""One exception tree for every way a DRAC call can fail.
+
+Every error is a :class:`DracError`; its message is one line that names the
+server, e.g. ``cannot reach dracd on 127.0.0.1: timed out after 3.0 s``.
+When :func:`dracclient.add` raises because no server took the address, the
+error is the first server's and carries every server's outcome in
+:attr:`DracError.results`.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .rpc import Reply
+
+if TYPE_CHECKING:
+    from .client import ServerResult
 
 
 class DracError(Exception):
     """The DRAC call failed."""
+
+    #: Set by ``add()`` on the error it raises: one result per server, in the order given.
+    results: list[ServerResult] | None = None
 
 
 class RpcTimeout(DracError):
@@ -14,7 +29,7 @@ class RpcTimeout(DracError):
 
 
 class Unavailable(DracError):
-    """The server could not be reached (connection refused, not registered)."""
+    """The server could not be reached (connection refused, not registered with rpcbind)."""
 
 
 class BadReply(DracError):
@@ -22,12 +37,14 @@ class BadReply(DracError):
 
 
 class RpcRefused(DracError):
-    """The server answered the call with an RPC-level error."""
+    """The server answered the call with an RPC-level error (wrong program or
+    version, authentication refused, garbage arguments, system error)."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, peer: str | None = None) -> None:
         status = reply.accept_stat or reply.auth_stat or reply.reject_stat
         detail = f" {reply.mismatch}" if reply.mismatch else ""
-        super().__init__(f"RPC refused: {status.name if status is not None else '?'}{detail}")
+        name = status.name if status is not None else "?"
+        super().__init__(f"{peer} refused the call: {name}{detail}" if peer else f"RPC refused: {name}{detail}")
         self.reply = reply
 
 

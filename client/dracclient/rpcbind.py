@@ -11,8 +11,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from .errors import BadReply, DracError
-from .rpccall import Transport, call
+from .errors import BadReply, DracError, RpcRefused
+from .rpccall import Deadline, Transport, call
 from .xdr import Packer, Unpacker, XdrError
 
 RPCBPROG = 100000
@@ -86,7 +86,7 @@ def unregister(
     return _bool(_local_call(RPCBPROC_UNSET, args, timeout, socket_path))
 
 
-def _netid_route(netid: str, host: str | None) -> tuple[str, Transport]:
+def netid_route(netid: str, host: str | None) -> tuple[str, Transport]:
     """rpcbind answers GETADDR for the netid the request arrived on, whatever
     r_netid says, so each netid must be asked over its own transport."""
     transport: Transport = "tcp" if netid.startswith("tcp") else "udp"
@@ -95,20 +95,34 @@ def _netid_route(netid: str, host: str | None) -> tuple[str, Transport]:
     return host, transport
 
 
-def getaddr(
-    prog: int, vers: int, netid: str, *, host: str | None = None, timeout: float = 3.0
-) -> tuple[str, int] | None:
-    """rpcbind v4 GETADDR: where ``prog``/``vers`` listens for ``netid``, or None."""
-    host, transport = _netid_route(netid, host)
-    args = _rpcb(prog, vers, netid, "", "")
-    results = call((host, RPCBIND_PORT), RPCBPROG, RPCBVERS4, RPCBPROC_GETADDR, args,
-                   transport=transport, timeout=timeout)
+_netid_route = netid_route
+
+
+def getaddr_args(prog: int, vers: int, netid: str) -> bytes:
+    """Arguments of RPCBPROC_GETADDR."""
+    return _rpcb(prog, vers, netid, "", "")
+
+
+def parse_getaddr(results: bytes) -> tuple[str, int] | None:
+    """The (host, port) a GETADDR reply names, or None if not registered."""
     try:
         reader = Unpacker(results)
         uaddr = reader.string(MAX_UADDR)
+        reader.done()
         return parse_uaddr(uaddr) if uaddr else None
     except (XdrError, ValueError) as exc:
         raise BadReply(f"bad GETADDR reply: {exc}") from None
+
+
+def getaddr(
+    prog: int, vers: int, netid: str, *, host: str | None = None, timeout: float = 3.0,
+    deadline: Deadline | None = None, peer: str | None = None,
+) -> tuple[str, int] | None:
+    """rpcbind v4 GETADDR: where ``prog``/``vers`` listens for ``netid``, or None."""
+    host, transport = netid_route(netid, host)
+    results = call((host, RPCBIND_PORT), RPCBPROG, RPCBVERS4, RPCBPROC_GETADDR, getaddr_args(prog, vers, netid),
+                   transport=transport, timeout=timeout, deadline=deadline, peer=peer)
+    return parse_getaddr(results)
 
 
 @dataclass(frozen=True)
@@ -138,32 +152,60 @@ def dump(*, timeout: float = 3.0, socket_path: str = RPCBIND_SOCKET) -> list[Map
     return found
 
 
-def getport(
-    prog: int, vers: int, proto: str, *, host: str = "127.0.0.1", timeout: float = 3.0
-) -> int | None:
-    """portmap v2 GETPORT, for rpcbind-less portmappers; None if not registered."""
-    args = Packer().uint(prog).uint(vers).uint(IPPROTO[proto]).uint(0).bytes()
-    reader = Unpacker(call((host, RPCBIND_PORT), RPCBPROG, PMAPVERS, PMAPPROC_GETPORT, args, timeout=timeout))
+def getport_args(prog: int, vers: int, proto: str) -> bytes:
+    """Arguments of portmap v2 PMAPPROC_GETPORT."""
+    return Packer().uint(prog).uint(vers).uint(IPPROTO[proto]).uint(0).bytes()
+
+
+def parse_getport(results: bytes) -> int | None:
+    """The port a GETPORT reply names, or None if not registered."""
     try:
+        reader = Unpacker(results)
         port = reader.uint()
+        reader.done()
     except XdrError as exc:
         raise BadReply(f"bad GETPORT reply: {exc}") from None
+    if port > 0xFFFF:
+        raise BadReply(f"bad GETPORT reply: port {port}")
     return port or None
 
 
-def lookup(prog: int, vers: int, host: str, transport: str, *, timeout: float = 3.0) -> tuple[str, int] | None:
-    """Find a program's address: GETADDR first, then portmap GETPORT (IPv4 only)."""
-    family6 = ":" in host
-    netid = transport + ("6" if family6 else "")
-    try:
-        found = getaddr(prog, vers, netid, host=host, timeout=timeout)
-    except DracError:
-        if family6:
-            raise
-        port = getport(prog, vers, transport, host=host, timeout=timeout)
-        return (host, port) if port else None
+def getport(
+    prog: int, vers: int, proto: str, *, host: str = "127.0.0.1", timeout: float = 3.0,
+    deadline: Deadline | None = None, peer: str | None = None,
+) -> int | None:
+    """portmap v2 GETPORT, for rpcbind-less portmappers; None if not registered."""
+    results = call((host, RPCBIND_PORT), RPCBPROG, PMAPVERS, PMAPPROC_GETPORT, getport_args(prog, vers, proto),
+                   timeout=timeout, deadline=deadline, peer=peer)
+    return parse_getport(results)
+
+
+def lookup_netid(host: str, transport: str) -> str:
+    """The netid to ask about: ``udp``/``tcp``, with ``6`` for an IPv6 host."""
+    return transport + ("6" if ":" in host else "")
+
+
+def found_at(found: tuple[str, int] | None, host: str) -> tuple[str, int] | None:
+    """A GETADDR answer as an address to call: a wildcard means the host we asked."""
     if found and found[0] in ("0.0.0.0", "::"):
         return host, found[1]
     return found
 
 
+def lookup(
+    prog: int, vers: int, host: str, transport: str, *, timeout: float = 3.0,
+    deadline: Deadline | None = None, peer: str | None = None,
+) -> tuple[str, int] | None:
+    """Find a program's address on ``host`` (an IP literal): rpcbind v4 GETADDR,
+    then, if the peer is a portmapper that refuses version 4 (IPv4 only), portmap
+    v2 GETPORT. Both steps share one deadline. None if not registered."""
+    deadline = deadline or Deadline(timeout)
+    netid = lookup_netid(host, transport)
+    try:
+        found = getaddr(prog, vers, netid, host=host, deadline=deadline, peer=peer)
+    except RpcRefused:
+        if netid.endswith("6"):
+            raise
+        port = getport(prog, vers, transport, host=host, deadline=deadline, peer=peer)
+        return (host, port) if port else None
+    return found_at(found, host)
