@@ -37,6 +37,7 @@ run: install check-rpcbind
 	@echo "dracd: map var/dracd.db, listening on 127.0.0.1 and ::1, registered with rpcbind."
 	@echo "Try it from another shell:"
 	@echo "    $(BIN)/dracctl add 192.0.2.7"
+	@echo "    $(BIN)/dracctl -S var/dracd.sock list"
 	@echo "    db5.3_dump -p var/dracd.db"
 	@echo "Stop with Ctrl-C."
 	exec $(BIN)/dracd -c etc/dracd.yaml
