@@ -33,12 +33,11 @@ from dracclient.adminproto import (
     encode_list3_res,
     encode_status3_res,
 )
-from dracclient.drac import AddStat
 from dracclient.xdr import Unpacker
 
 from . import __version__
 from .dispatch import AuthRefused, CallContext, Dispatcher
-from .keys import IPAddress, canonical
+from .keys import IPAddress, canonical, relayable
 from .service import DracService
 
 log = logging.getLogger(__name__)
@@ -85,19 +84,25 @@ class AdminService:
         return b""
 
     async def add(self, args: bytes, ctx: CallContext) -> bytes:
-        address, lifetime = decode_add3(args)
+        # The caller is checked first: a non-admin is refused whatever it sent.
         self._require_admin(ctx, "ADD")
-        if lifetime > MAX_LIFETIME:
+        address, lifetime = decode_add3(args)
+        address = canonical(address)
+        # An admin is not held to the MRA allow list (DracService.add would answer
+        # ADD_PERM to an admin_allow caller missing from dracd.allow).
+        if lifetime > MAX_LIFETIME or not relayable(address):
+            log.warning("admin ADD %s (lifetime %d) from %s refused: not a unicast host address or bad lifetime",
+                        address, lifetime, ctx)
             return encode_adminstat(AdminStat.ADMIN_INVAL)
-        stat = await self.drac.add(address, ctx, lifetime or None)
-        return encode_adminstat({
-            AddStat.ADD_SUCCESS: AdminStat.ADMIN_OK,
-            AddStat.ADD_SYSERR: AdminStat.ADMIN_SYSERR,
-        }.get(stat, AdminStat.ADMIN_INVAL))
+        expiry = self.table.add(address, lifetime or self.drac.settings.lifetime)
+        if not await self.drac.commit(f"ADD {address}", ctx):
+            return encode_adminstat(AdminStat.ADMIN_SYSERR)
+        log.info("admin ADD %s from %s ok, expires %d", address, ctx, expiry)
+        return encode_adminstat(AdminStat.ADMIN_OK)
 
     async def delete(self, args: bytes, ctx: CallContext) -> bytes:
-        address = canonical(decode_addr(args))
         self._require_admin(ctx, "DEL")
+        address = canonical(decode_addr(args))
         if not self.table.remove(address):
             return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
         if not await self.drac.commit(f"DEL {address}", ctx):
@@ -106,16 +111,16 @@ class AdminService:
         return encode_adminstat(AdminStat.ADMIN_OK)
 
     async def get(self, args: bytes, ctx: CallContext) -> bytes:
-        address = canonical(decode_addr(args))
         self._require_admin(ctx, "GET")
+        address = canonical(decode_addr(args))
         expiry = self.table.get(address)
         if expiry is None or expiry <= self.table.clock():
             return encode_get3_res(AdminStat.ADMIN_NOTFOUND)
         return encode_get3_res(AdminStat.ADMIN_OK, expiry)
 
     async def list(self, args: bytes, ctx: CallContext) -> bytes:
-        cookie, offset, count = decode_list3_args(args)
         self._require_admin(ctx, "LIST")
+        cookie, offset, count = decode_list3_args(args)
         self._drop_idle_listings()
         if cookie == 0:
             cookie = self._start_listing()
@@ -145,8 +150,8 @@ class AdminService:
             del self._listings[cookie]
 
     async def flush(self, args: bytes, ctx: CallContext) -> bytes:
-        Unpacker(args).done()
         self._require_admin(ctx, "FLUSH")
+        Unpacker(args).done()
         removed = self.table.clear()
         if not await self.drac.commit("FLUSH", ctx):
             return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed)
@@ -154,8 +159,8 @@ class AdminService:
         return encode_flush3_res(AdminStat.ADMIN_OK, removed)
 
     async def status(self, args: bytes, ctx: CallContext) -> bytes:
-        Unpacker(args).done()
         self._require_admin(ctx, "STATUS")
+        Unpacker(args).done()
         committer = self.drac.committer
         return encode_status3_res(Status(
             entries=len(self.table),

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None], Awaitable[bytes | None]]
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
-_MAX_GROUPS = 1024
+_PEERGROUPS_BUFFER = 1024
 
 MAX_RECORD = 64 * 1024
 IDLE_TIMEOUT = 120.0
@@ -117,12 +117,25 @@ class AdminSocketInUse(Exception):
 def peer_cred(sock: socket.socket) -> PeerCred:
     """Who is at the other end of a UNIX socket, as the kernel says."""
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return PeerCred(pid, uid, gid, _peer_groups(sock, pid))
+
+
+def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    """Supplementary groups: SO_PEERGROUPS (Python caps its buffer at 1024 bytes,
+    256 groups), else the peer's /proc status for callers in more groups."""
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
-        groups = frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BUFFER)
+        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
     except OSError:
-        groups = frozenset()
-    return PeerCred(pid, uid, gid, groups)
+        pass
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return frozenset(int(gid) for gid in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
 
 
 def bind_unix(path: Path) -> socket.socket:

@@ -10,6 +10,7 @@ from .drac import DRACPROG, DRACVERS, DRACVERS6, AddStat
 from .errors import (
     BadReply,
     DracError,
+    InvalidRequest,
     PermissionRefused,
     RpcRefused,
     RpcTimeout,
@@ -27,6 +28,7 @@ __all__ = [
     "DRACVERS6",
     "BadReply",
     "DracError",
+    "InvalidRequest",
     "PermissionRefused",
     "RpcRefused",
     "RpcTimeout",

@@ -34,10 +34,10 @@ from .adminproto import (
     encode_addr,
     encode_list3_args,
 )
-from .drac import DRACPROG, IPAddress
-from .errors import BadReply, DracError, PermissionRefused, RpcRefused, ServerError, Unavailable
-from .rpc import ReplyStat
 from .client import server_host
+from .drac import DRACPROG, IPAddress
+from .errors import BadReply, DracError, InvalidRequest, PermissionRefused, RpcRefused, ServerError, Unavailable
+from .rpc import ReplyStat
 from .rpccall import call
 from .xdr import XdrError
 
@@ -47,6 +47,13 @@ T = TypeVar("T")
 
 class NotFound(DracError):
     """The address is not in the table."""
+
+
+class ListingExpired(ServerError):
+    """The server dropped the listing (ADMIN_EXPIRED: idle too long, or too many
+    listings at once); start again."""
+
+
 
 
 def _address(value: str | IPAddress) -> IPAddress:
@@ -112,7 +119,7 @@ class AdminClient:
         if stat == AdminStat.ADMIN_NOTFOUND:
             raise NotFound(f"{address} is not in the table")
         if stat == AdminStat.ADMIN_INVAL:
-            raise ServerError(f"{self.where} rejected {address}: not a unicast host address or bad lifetime")
+            raise InvalidRequest(f"{self.where} rejected {address}: not a unicast host address or bad lifetime")
         raise ServerError(f"{self.where} could not write its map ({stat.name})")
 
     def ping(self) -> float:
@@ -143,19 +150,25 @@ class AdminClient:
         return int(expiry)
 
     def entries(self, page_size: int = MAX_LIST) -> Iterator[Entry]:
-        """Every entry of a snapshot of the table, page by page."""
+        """Every entry of a snapshot of the table, page by page (at most MAX_LIST a page)."""
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive integer, not {page_size!r}")
+        return self._pages(min(page_size, MAX_LIST))
+
+    def _pages(self, count: int) -> Iterator[Entry]:
         cookie, offset = 0, 0
         while True:
-            data = self._call(DRACPROC_LIST3, encode_list3_args(cookie, offset, min(page_size, MAX_LIST)))
+            data = self._call(DRACPROC_LIST3, encode_list3_args(cookie, offset, count))
             page = self._decode("LIST", decode_list3_res, data)
             if page.status == AdminStat.ADMIN_EXPIRED:
-                raise ServerError(f"{self.where} dropped the listing (idle too long); start again")
+                raise ListingExpired(f"{self.where} dropped the listing (idle too long); start again")
             self._check(page.status)
             yield from page.entries
             if not page.more:
                 return
             cookie = page.cookie
-            offset += page_size
+            # The server serves at most ``count`` a page: advancing by page_size would skip entries.
+            offset += count
 
     def flush(self) -> int:
         """Remove every entry; return how many there were."""

@@ -16,13 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .admin import DEFAULT_SOCKET, AdminClient, NotFound
 from .client import ServerResult, add, ping
 from .drac import DRACPROG
 from .durations import parse_duration
-from .errors import DracError, PermissionRefused, RpcTimeout, ServerError, Unavailable
+from .errors import DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, Unavailable
 
 EX_OK = 0
 EX_REFUSED = 1
@@ -38,6 +38,8 @@ EXIT_CODES = """exit codes: 0 ok, 1 refused or not found, 64 usage, 69 dracd una
 def exit_code(exc: DracError) -> int:
     if isinstance(exc, (PermissionRefused, NotFound)):
         return EX_REFUSED
+    if isinstance(exc, InvalidRequest):
+        return EX_USAGE  # ADMIN_INVAL: a bad address or lifetime; trying again will not help
     if isinstance(exc, (RpcTimeout, Unavailable)):
         return EX_UNAVAILABLE
     if isinstance(exc, ServerError):
@@ -52,8 +54,15 @@ def _lifetime(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, like every other dracctl error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dracctl: {message} (see dracctl --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dracctl", description="See and change a dracd relay table.", epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -27,7 +27,7 @@ from .drac import (
     encode_add_args,
     version_for,
 )
-from .errors import BadReply, DracError, PermissionRefused, RpcTimeout, ServerError, Unavailable
+from .errors import BadReply, DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, Unavailable
 from .rpccall import Deadline, call, seconds
 from .xdr import XdrError
 
@@ -134,6 +134,8 @@ def addstat_error(results: bytes, server: str, address: IPAddress) -> DracError 
         return None
     if stat == AddStat.ADD_PERM:
         return PermissionRefused(f"{server} refused this host (ADD_PERM): check dracd.allow")
+    if stat == AddStat.ADD_UNKOWN:
+        return InvalidRequest(f"{server} rejected {address} (ADD_UNKOWN): not a unicast host address")
     return ServerError(f"{server} could not record {address} ({stat.name}): see dracd's log")
 
 

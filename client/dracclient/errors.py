@@ -54,3 +54,8 @@ class PermissionRefused(DracError):
 
 class ServerError(DracError):
     """The server could not record the address (ADD_SYSERR or ADD_UNKOWN)."""
+
+
+class InvalidRequest(ServerError):
+    """The server rejected the request itself (ADD_UNKOWN, ADMIN_INVAL): not a
+    unicast host address, or a lifetime over its limit. Trying again will not help."""
