@@ -22,6 +22,7 @@ import pytest
 
 from dracclient import add
 from dracclient.admin import AdminClient
+from dracclient.cli import main as dracctl
 from tests.fixtures.exim import (
     DENY_MESSAGE,
     KEY_LOG_PREFIX,
@@ -104,7 +105,8 @@ def test_relay_follows_add_expiry_and_delete(
     # Delete through the admin socket after a fresh add.
     drac_add(server, CLIENT)
     assert_relays(exim, CLIENT)
-    admin(server).delete(CLIENT)
+    assert dracctl(["-S", str(server.config.admin_socket), "--program", str(server.config.program),
+                    "del", CLIENT]) == 0
     assert CLIENT.encode() not in map_keys(map_path), "DEL is answered once the map is rewritten"
     assert_refused(exim, CLIENT)
 

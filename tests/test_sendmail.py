@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from dracclient import add
-from dracclient.admin import AdminClient
+from dracclient.cli import main as dracctl
 from dracd.keys import Ipv6Keys
 from tests.fixtures.sendmail import SendmailError, SendmailInstance, ensure_sendmail
 from tests.fixtures.server import ServerThread, map_keys, wait_for
@@ -97,8 +97,8 @@ def test_relay_follows_add_expiry_and_delete(
 
     add_v4(server, CLIENT)
     assert_relays(sendmail.probe_relay(CLIENT), sendmail)
-    admin = AdminClient(socket_path=str(server.config.admin_socket), prog=server.config.program)
-    admin.delete(CLIENT)
+    assert dracctl(["-S", str(server.config.admin_socket), "--program", str(server.config.program),
+                    "del", CLIENT]) == 0
     assert_denied(sendmail.probe_relay(CLIENT), sendmail)
     assert sendmail.map_lookup(CLIENT) is None
 
