@@ -6,22 +6,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind \
 	rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
-	m4 libldap-2.5-0
+	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd
 PYTEST_ARGS ?=
 
 .PHONY: install apt run test lint bench check-rpcbind clean
 
 install: $(VENV)/.installed
 
-# Postfix is preseeded to "No configuration" so installing it never starts or
-# configures a system mail server; tests run private instances.
+# Postfix is preseeded to "No configuration" and a temporary policy-rc.d keeps
+# apt from starting system Dovecot/Postfix services: tests run private instances.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "make: as root, install: $$missing" >&2; exit 1; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; status=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		exit $$status; \
 	fi
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml | apt
