@@ -1,0 +1,75 @@
+"""Converters for dracd-logwatch's YAML values: each checks one value and raises
+ValueError saying what was expected (config.py adds the file and key)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dracclient.client import server_host
+from dracclient.durations import parse_duration
+
+from ..config import _expect, _str
+
+_PROGRAM = re.compile(r"[^\s\[\]:]+")
+
+
+def duration(value: Any) -> int:
+    _expect("a duration like 90s, 30m or 2h", isinstance(value, str), value)
+    return parse_duration(value)
+
+
+def dedup(value: Any) -> int:
+    return 0 if value == 0 or value == "0" else duration(value)
+
+
+def seconds(value: Any) -> float:
+    if isinstance(value, str):
+        return float(parse_duration(value))
+    _expect("a number of seconds", isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 < value <= 300, value)
+    return float(value)
+
+
+def interval(value: Any) -> float:
+    _expect("a number of seconds (0.01..60)", isinstance(value, int | float) and not isinstance(value, bool)
+            and 0.01 <= value <= 60, value)
+    return float(value)
+
+
+def programs(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    _expect("a program name (syslog tag) or a list of them", isinstance(items, list) and bool(items), value)
+    for item in items:
+        _expect("a program name without spaces, brackets or colons",
+                isinstance(item, str) and _PROGRAM.fullmatch(item) is not None, item)
+    return tuple(items)
+
+
+def strings(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    _expect("a string or a list of strings", isinstance(items, list) and bool(items), value)
+    return tuple(_str(item) for item in items)
+
+
+def servers(value: Any) -> tuple[str, ...]:
+    names = strings(value)
+    for name in names:
+        server_host(name)  # ValueError for a host name: never resolved
+    return names
+
+
+def prefix(low: int, high: int, why: str) -> Any:
+    def convert(value: Any) -> int:
+        _expect(f"a prefix length {low}..{high}", isinstance(value, int) and not isinstance(value, bool), value)
+        if value < low:
+            raise ValueError(f"/{value} is shorter than /{low}: {why}")
+        _expect(f"a prefix length {low}..{high}", value <= high, value)
+        return int(value)
+    return convert
+
+
+WHY4 = ("dracd's map holds host addresses, so a prefix is authorized address by address, "
+        "and /24 (254 ADDs) is the most this program enumerates")
+WHY6 = ("dracd's map holds host addresses, and a /64 holds 2^64 of them, which cannot be enumerated; "
+        "authorizing IPv6 networks needs network entries in dracd (not supported yet)")
