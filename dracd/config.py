@@ -61,6 +61,13 @@ class Config:
     admin_socket: Path | None = DEFAULT_ADMIN_SOCKET
     admin_groups: tuple[int, ...] = ()
     admin_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: UDP sources can be forged: None accepts any (legacy), else only these networks.
+    udp_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    max_entries: int = 1_000_000
+    max_connections: int = 256
+    max_record: int = 64 * 1024
+    idle_timeout: int = 120
+    record_timeout: int = 10
     source: str = "built-in defaults"
 
     @property
@@ -124,6 +131,20 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return tuple(ipaddress.ip_network(_str(item), strict=False) for item in value)
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _udp_from(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """``any`` (legacy), ``loopback``, or a list of networks."""
+    if value == "any":
+        return None
+    if value == "loopback":
+        return LOOPBACK
+    if isinstance(value, list):
+        return _networks(value)
+    raise ValueError(f"expected any, loopback or a list of networks, got {value!r}")
+
+
 def _optional_path(value: Any) -> str | None:
     return None if value in (None, "") else _str(value)
 
@@ -147,6 +168,12 @@ _TOP_KEYS: dict[str, Any] = {
     "admin_socket": _optional_path,
     "admin_group": _groups,
     "admin_allow": _networks,
+    "udp_from": _udp_from,
+    "max_entries": _int_range(1, 100_000_000),
+    "max_connections": _int_range(1, 65_536),
+    "max_record": _int_range(1024, 16 * 1024 * 1024),
+    "idle_timeout": lambda v: parse_duration(_str(v)),
+    "record_timeout": lambda v: parse_duration(_str(v)),
 }
 
 

@@ -30,7 +30,7 @@ from .policy import AdminPolicy, load_allow
 from .registration import Registration, entries_for
 from .service import DracService, Settings
 from .table import Clock, RelayTable
-from .transport import Listener, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
+from .transport import Listener, StreamLimits, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ EXPIRY_TICK = 0.25
 
 def admin_policy(config: Config) -> AdminPolicy:
     return AdminPolicy(groups=frozenset(config.admin_groups), allow=config.admin_allow)
+
+
+def stream_limits(config: Config) -> StreamLimits:
+    return StreamLimits(max_record=config.max_record, max_connections=config.max_connections,
+                        idle_timeout=config.idle_timeout, record_timeout=config.record_timeout)
 
 
 def key_style(config: Config) -> KeyStyle:
@@ -83,7 +88,8 @@ class Daemon:
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
         self.committer = Committer(self.table, self.writer)
         self.settings = Settings(
-            load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config)
+            load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
+            config.udp_from, config.max_entries,
         )
         self.service = DracService(self.table, self.committer, self.settings)
         self.admin = AdminService(self.service, str(config.map.path), config.map.type)
@@ -136,11 +142,11 @@ class Daemon:
             if listener.netid.startswith("udp"):
                 self._udp.append(await serve_udp(listener.sock, dispatch))
             else:
-                self._servers.append(await serve_stream(listener.sock, dispatch))
+                self._servers.append(await serve_stream(listener.sock, dispatch, stream_limits(self.config)))
         log.info("listening on %s", ", ".join(f"{x.netid} {x.host} port {x.port}" for x in self.listeners))
         if self.config.admin_socket is not None:
             self._admin_sock = bind_unix(self.config.admin_socket)
-            self._servers.append(await serve_stream(self._admin_sock, dispatch))
+            self._servers.append(await serve_stream(self._admin_sock, dispatch, stream_limits(self.config)))
             log.info("admin socket %s", self.config.admin_socket)
         if self.config.rpcbind:
             entries = entries_for(self.listeners, self.dispatcher.versions(self.config.program))
@@ -163,13 +169,16 @@ class Daemon:
     def reload(self, config: Config) -> None:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
-        fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket")
+        fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket", "max_connections", "max_record",
+                 "idle_timeout", "record_timeout")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
         self.settings.allow = allow
         self.settings.lifetime = config.lifetime
         self.settings.admin = admin_policy(config)
+        self.settings.udp_from = config.udp_from
+        self.settings.max_entries = config.max_entries
         self.config = config
         log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
                  config.source, allow.source, len(allow.rules), config.lifetime)

@@ -21,10 +21,12 @@ from .commit import Committer
 from .dispatch import CallContext, Dispatcher
 from .keys import IPAddress, canonical, relayable
 from .maps import MapError
-from .policy import AdminPolicy, AllowList
+from .policy import AdminPolicy, AllowList, Network
+from .ratelog import RateLimitedLog
 from .table import RelayTable
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
 
 
 @dataclass
@@ -34,6 +36,9 @@ class Settings:
     allow: AllowList
     lifetime: int
     admin: AdminPolicy = field(default_factory=AdminPolicy)
+    #: None: UDP from anywhere (legacy); else the networks UDP callers must be in.
+    udp_from: tuple[Network, ...] | None = None
+    max_entries: int = 1_000_000
 
 
 class DracService:
@@ -59,9 +64,14 @@ class DracService:
         return encode_addstat(await self.add(decode_add_v2(args), ctx))
 
     def permitted(self, ctx: CallContext) -> bool:
-        """Network callers by the allow list; UNIX socket callers if they are admins."""
+        """Network callers by the allow list (and udp_from over UDP); UNIX socket callers if they are admins."""
         if ctx.caller is None:
             return self.settings.admin.permits(ctx)
+        udp_from = self.settings.udp_from
+        if ctx.transport == "udp" and udp_from is not None:
+            caller = canonical(ctx.caller)
+            if not any(caller.version == net.version and caller in net for net in udp_from):
+                return False
         return self.settings.allow.permits(ctx.caller)
 
     async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
@@ -73,6 +83,10 @@ class DracService:
         if not relayable(address):
             log.warning("ADD %s from %s refused: not a unicast host address", address, ctx)
             return AddStat.ADD_UNKOWN
+        if address not in self.table and len(self.table) >= self.settings.max_entries:
+            limited.warning("full", "ADD %s from %s refused: the table is full (%d entries, max_entries)",
+                            address, ctx, len(self.table))
+            return AddStat.ADD_SYSERR
         expiry = self.table.add(address, lifetime or self.settings.lifetime)
         if not await self.commit(f"ADD {address}", ctx):
             return AddStat.ADD_SYSERR

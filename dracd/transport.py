@@ -25,16 +25,34 @@ from dracclient.xdr import XdrError
 
 from .dispatch import PeerCred
 from .keys import IPAddress
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
 
 Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None], Awaitable[bytes | None]]
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 _PEERGROUPS_BUFFER = 1024
 
-MAX_RECORD = 64 * 1024
-IDLE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What one TCP or UNIX-socket client may cost us."""
+
+    max_record: int = 64 * 1024
+    max_connections: int = 256
+    #: A connection with no partial record is closed after this long.
+    idle_timeout: float = 120.0
+    #: A record that has started must be complete within this long (slow senders).
+    record_timeout: float = 10.0
+    #: Calls of one connection answered concurrently; reading waits beyond it.
+    max_in_flight: int = 64
+
+
+#: Datagrams being answered at once; beyond it new ones are dropped (clients retransmit).
+MAX_UDP_IN_FLIGHT = 4096
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(self.tasks) >= MAX_UDP_IN_FLIGHT:
+            limited.warning("udp", "UDP overload: %d calls in progress, dropping datagrams", len(self.tasks))
+            return
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -170,8 +191,11 @@ def bind_unix(path: Path) -> socket.socket:
 class StreamConnection:
     """One TCP or UNIX-socket client: read records, answer each (concurrently), close when idle."""
 
-    def __init__(self, dispatch: Dispatch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, dispatch: Dispatch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: StreamLimits
+    ) -> None:
         self.dispatch = dispatch
+        self.limits = limits
         self.reader = reader
         self.writer = writer
         sock = writer.get_extra_info("socket")
@@ -187,10 +211,15 @@ class StreamConnection:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
-        records = RecordReader(MAX_RECORD)
+        limits = self.limits
+        records = RecordReader(limits.max_record)
         try:
             while True:
-                data = await asyncio.wait_for(self.reader.read(65536), IDLE_TIMEOUT)
+                if len(self.tasks) >= limits.max_in_flight:
+                    await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                timeout = limits.record_timeout if records.pending else limits.idle_timeout
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
                 if not data:
                     break
                 for record in records.feed(data):
@@ -200,8 +229,11 @@ class StreamConnection:
             if self.tasks:
                 await asyncio.wait(self.tasks)
         except XdrError as exc:
-            log.info("closing %s connection from %s: %s", self.transport, self.caller or self.cred, exc)
-        except (TimeoutError, ConnectionError):
+            limited.warning(f"record-{self.transport}", "closing %s connection from %s: %s",
+                            self.transport, self.caller or self.cred, exc)
+        except TimeoutError:
+            log.debug("closing idle or stalled %s connection from %s", self.transport, self.caller or self.cred)
+        except ConnectionError:
             pass
         finally:
             self.writer.close()
@@ -212,11 +244,21 @@ class StreamConnection:
             self.writer.write(encode_record(reply))
 
 
-async def serve_stream(sock: socket.socket, dispatch: Dispatch) -> asyncio.Server:
+async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLimits) -> asyncio.Server:
     """Serve TCP or a UNIX socket: the connection tells which."""
+    active = 0
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await StreamConnection(dispatch, reader, writer).serve()
+        nonlocal active
+        if active >= limits.max_connections:
+            limited.warning("connections", "refusing a connection: %d connections open already", active)
+            writer.close()
+            return
+        active += 1
+        try:
+            await StreamConnection(dispatch, reader, writer, limits).serve()
+        finally:
+            active -= 1
 
     if sock.family == socket.AF_UNIX:
         return await asyncio.start_unix_server(accept, sock=sock)
