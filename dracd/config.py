@@ -42,6 +42,9 @@ class MapConfig:
     nul_terminated: bool = False
     cidr_keys: bool = False
     ipv6_keys: Ipv6Keys = Ipv6Keys.POSTFIX
+    #: Like Sendmail's DontBlameSendmail=MapInUnsafeDirPath: accept a map whose
+    #: directory (or an ancestor) others may write to without the sticky bit.
+    allow_unsafe_directory: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ _MAP_KEYS: dict[str, Any] = {
     "nul_terminated": _bool,
     "cidr_keys": _bool,
     "ipv6_keys": lambda v: Ipv6Keys(_choice(tuple(Ipv6Keys))(v)),
+    "allow_unsafe_directory": _bool,
 }
 _TOP_KEYS: dict[str, Any] = {
     "lifetime": lambda v: parse_duration(_str(v) if not isinstance(v, int) else str(v)),

@@ -25,7 +25,7 @@ from .commit import Committer
 from .config import Config
 from .dispatch import Dispatcher
 from .keys import KeyStyle
-from .maps import MapError, MapWriter, open_writer
+from .maps import MapError, MapWriter, open_writer, unsafe_directory
 from .policy import AdminPolicy, load_allow
 from .registration import Registration, entries_for
 from .service import DracService, Settings
@@ -121,6 +121,12 @@ class Daemon:
                  len(self.table), self.config.map.path, len(expired))
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        unsafe = unsafe_directory(self.config.map.path)
+        if unsafe is not None and not self.config.map.allow_unsafe_directory:
+            raise MapError(
+                f"{unsafe} is writable by others without the sticky bit, so they could replace "
+                f"{self.config.map.path}; fix its mode or set map.allow_unsafe_directory"
+            )
         self._lock_fd = lock_map(self.config.map.path)
         try:
             await self._start()

@@ -177,3 +177,20 @@ def test_update_refuses_a_map_someone_else_replaced(tmp_path: Path) -> None:
     assert records(path) == {b"unknown": b"1"}
     writer.write({V6: 2})
     assert records(path) == {b"2001:db8::7": b"2"} and writer.can_update()
+
+
+def test_unsafe_map_directories_are_found(tmp_path: Path) -> None:
+    from dracd.maps import unsafe_directory
+
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    assert unsafe_directory(safe / "dracd.db") is None
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "sub").mkdir(mode=0o755)
+    assert unsafe_directory(shared / "sub" / "dracd.db") == shared
+    shared.chmod(0o1777)  # sticky, like /tmp
+    assert unsafe_directory(shared / "sub" / "dracd.db") is None
+    shared.chmod(0o775)
+    assert unsafe_directory(shared / "dracd.db") == shared

@@ -192,3 +192,18 @@ def test_stale_registration_naming_another_host_is_replaced_without_probing_it(
     finally:
         for vers in (1, 2, 3):
             rpcb.unregister(prog, vers)
+
+
+def test_map_in_an_unsafe_directory_is_refused_unless_allowed(make_server: Make, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    try:
+        make_server(map_path=shared / "dracd.db")
+    except MapError as exc:
+        assert str(shared) in str(exc) and "allow_unsafe_directory" in str(exc)
+    else:
+        raise AssertionError("started with its map in a world-writable directory")
+    assert not (shared / "dracd.db").exists()
+    server = make_server(map_path=shared / "dracd.db", map_allow_unsafe_directory=True)
+    assert add_status(server, "192.0.2.1") == AddStat.ADD_SUCCESS

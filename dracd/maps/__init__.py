@@ -49,3 +49,18 @@ def open_writer(kind: str, path: Path, style: KeyStyle) -> MapWriter:
 
         return BerkeleyMap(path, kind, style)
     raise MapError(f"unknown map type {kind!r}")
+
+
+def unsafe_directory(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that users other than its owner
+    may write to without the sticky bit (anyone there could swap the map), or None."""
+    import stat
+
+    for directory in [path.parent, *path.parent.parents]:
+        try:
+            mode = directory.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            return directory
+    return None
