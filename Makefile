@@ -9,7 +9,7 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench check-rpcbind clean
+.PHONY: install apt run test lint bench soak check-rpcbind clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/udp_adds.py
+
+# Long runs kept out of `make test`: many kill -9 rounds.
+soak: install check-rpcbind
+	DRACD_CRASH_ROUNDS=200 $(BIN)/python -m pytest -q -s tests/test_crash.py
 
 clean:
 	rm -rf $(VENV) var build tests/c/build
