@@ -9,7 +9,7 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench soak check-rpcbind clean
+.PHONY: install apt run test lint bench soak fuzz check-rpcbind clean
 
 install: $(VENV)/.installed
 
@@ -52,11 +52,17 @@ test: install check-rpcbind lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check dracd client tests bench
+	$(BIN)/ruff check dracd client tests bench fuzz
 	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/udp_adds.py
+
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(BIN)/pip install -q atheris
+	mkdir -p .cache/fuzz-corpus
+	$(BIN)/python fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.cache/ .cache/fuzz-corpus
 
 # Long runs kept out of `make test`: many kill -9 rounds.
 soak: install check-rpcbind
