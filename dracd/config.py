@@ -67,6 +67,7 @@ class Config:
     #: UDP sources can be forged: None accepts any (legacy), else only these networks.
     udp_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     max_entries: int = 1_000_000
+    rate_per_caller: int = 0
     max_connections: int = 256
     max_record: int = 64 * 1024
     idle_timeout: int = 120
@@ -174,6 +175,7 @@ _TOP_KEYS: dict[str, Any] = {
     "admin_allow": _networks,
     "udp_from": _udp_from,
     "max_entries": _int_range(1, 100_000_000),
+    "rate_per_caller": _int_range(0, 1_000_000),
     "max_connections": _int_range(1, 65_536),
     "max_record": _int_range(1024, 16 * 1024 * 1024),
     "idle_timeout": lambda v: parse_duration(_str(v)),

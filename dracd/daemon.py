@@ -89,7 +89,7 @@ class Daemon:
         self.committer = Committer(self.table, self.writer)
         self.settings = Settings(
             load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
-            config.udp_from, config.max_entries,
+            config.udp_from, config.max_entries, config.rate_per_caller,
         )
         self.service = DracService(self.table, self.committer, self.settings)
         self.admin = AdminService(self.service, str(config.map.path), config.map.type)
@@ -185,6 +185,7 @@ class Daemon:
         self.settings.admin = admin_policy(config)
         self.settings.udp_from = config.udp_from
         self.settings.max_entries = config.max_entries
+        self.settings.rate_per_caller = config.rate_per_caller
         self.config = config
         log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
                  config.source, allow.source, len(allow.rules), config.lifetime)

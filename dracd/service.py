@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dracclient.drac import (
@@ -39,6 +41,31 @@ class Settings:
     #: None: UDP from anywhere (legacy); else the networks UDP callers must be in.
     udp_from: tuple[Network, ...] | None = None
     max_entries: int = 1_000_000
+    #: ADDs per second one network caller may make (burst: twice that); 0 = no limit.
+    rate_per_caller: int = 0
+
+
+class CallerBuckets:
+    """A token bucket per caller, so one MRA (or a forger) cannot flood the table."""
+
+    MAX_CALLERS = 65_536
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[IPAddress, tuple[float, float]] = {}
+
+    def allow(self, caller: IPAddress, rate: int) -> bool:
+        now = self.clock()
+        burst = 2.0 * rate
+        tokens, last = self._buckets.get(caller, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if len(self._buckets) >= self.MAX_CALLERS and caller not in self._buckets:
+            self._buckets.clear()  # forget everyone rather than grow without bound
+        if tokens < 1.0:
+            self._buckets[caller] = (tokens, now)
+            return False
+        self._buckets[caller] = (tokens - 1.0, now)
+        return True
 
 
 class DracService:
@@ -46,6 +73,7 @@ class DracService:
         self.table = table
         self.committer = committer
         self.settings = settings
+        self.buckets = CallerBuckets()
 
     def register(self, dispatcher: Dispatcher, prog: int) -> None:
         for vers in (DRACVERS, DRACVERS6):
@@ -79,6 +107,11 @@ class DracService:
             log.warning("ADD %s from %s refused: caller not in allow list (%s)",
                         address, ctx, self.settings.allow.source)
             return AddStat.ADD_PERM
+        rate = self.settings.rate_per_caller
+        if rate and ctx.caller is not None and not self.buckets.allow(canonical(ctx.caller), rate):
+            limited.warning(f"rate-{ctx.caller}", "ADD %s from %s refused: over %d ADDs per second",
+                            address, ctx, rate)
+            return AddStat.ADD_SYSERR
         address = canonical(address)
         if not relayable(address):
             log.warning("ADD %s from %s refused: not a unicast host address", address, ctx)

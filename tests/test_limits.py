@@ -154,3 +154,26 @@ def test_server_keeps_answering_through_a_flood_of_bad_datagrams(server: ServerT
             assert add_status(server, f"192.0.2.{100 + round_}", timeout=10) == AddStat.ADD_SUCCESS
     assert sent > 90_000
     assert {f"192.0.2.{100 + n}".encode() for n in range(10)} <= set(map_keys(server.config.map.path))
+
+
+def test_rate_per_caller(make_server: Make, tmp_path: Path) -> None:
+    (tmp_path / "dracd.allow").write_text("127.0.0.0/8\n")
+    server = make_server(rate_per_caller=5)
+    results = [add_status(server, f"198.51.100.{n}") for n in range(1, 31)]
+    # A burst of 2 x rate passes, then roughly the rate.
+    assert results[:10] == [AddStat.ADD_SUCCESS] * 10
+    assert AddStat.ADD_SYSERR in results[10:]
+    # Another caller has a bucket of its own.
+    assert add_status(server, "198.51.100.200", source="127.0.0.2") == AddStat.ADD_SUCCESS
+
+
+def test_caller_buckets_refill_with_time() -> None:
+    from dracd.service import CallerBuckets
+
+    now = [0.0]
+    buckets = CallerBuckets(clock=lambda: now[0])
+    caller = ipaddress.ip_address("192.0.2.1")
+    assert [buckets.allow(caller, 2) for _ in range(5)] == [True] * 4 + [False]
+    now[0] += 1.0
+    assert [buckets.allow(caller, 2) for _ in range(3)] == [True, True, False]
+    assert buckets.allow(ipaddress.ip_address("192.0.2.2"), 2)
