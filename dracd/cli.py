@@ -26,6 +26,7 @@ from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
 from .notify import notify
 from .policy import AllowFileError
+from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
 from .transport import AdminSocketInUse
 
@@ -78,6 +79,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--no-rpcbind", dest="rpcbind", action="store_false", default=None,
                         help="do not register with rpcbind")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--user", metavar="USER", help="run as USER once bound and registered (needs root)")
+    parser.add_argument("--group", metavar="GROUP", help="with --user: run with this group")
     parser.add_argument("--admin-socket", metavar="PATH",
                         help="UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
@@ -104,6 +107,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "rpcbind": args.rpcbind,
         "program": args.program,
         "log_level": args.log_level,
+        "user": args.user,
+        "group": args.group,
     }
     config = override(config, **changes)
     if args.admin_socket is not None:
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     except MapError as exc:
         log.error("%s", exc)
         return EX_CANTCREAT
-    except (AlreadyRegistered, MapInUse, AdminSocketInUse) as exc:
+    except (AlreadyRegistered, MapInUse, AdminSocketInUse, PrivilegeError) as exc:
         log.error("%s", exc)
         return EX_UNAVAILABLE
     except OSError as exc:

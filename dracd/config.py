@@ -68,6 +68,9 @@ class Config:
     udp_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     max_entries: int = 1_000_000
     rate_per_caller: int = 0
+    #: Run as this user (and group) once bound and registered; None: stay as started.
+    user: str | None = None
+    group: str | None = None
     max_connections: int = 256
     max_record: int = 64 * 1024
     idle_timeout: int = 120
@@ -176,6 +179,8 @@ _TOP_KEYS: dict[str, Any] = {
     "udp_from": _udp_from,
     "max_entries": _int_range(1, 100_000_000),
     "rate_per_caller": _int_range(0, 1_000_000),
+    "user": _str,
+    "group": _str,
     "max_connections": _int_range(1, 65_536),
     "max_record": _int_range(1024, 16 * 1024 * 1024),
     "idle_timeout": lambda v: parse_duration(_str(v)),

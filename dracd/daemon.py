@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from dracclient.adminproto import DRACVERS_ADMIN
@@ -27,6 +28,7 @@ from .dispatch import Dispatcher
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer, unsafe_directory
 from .policy import AdminPolicy, load_allow
+from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .registration import Registration, entries_for
 from .service import DracService, Settings
 from .table import Clock, RelayTable
@@ -104,6 +106,9 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
         self._admin_sock: socket.socket | None = None
+        self._guard_fd: int | None = None
+        #: Resolved now so a bad user or group fails before anything is bound or written.
+        self.run_as = resolve(config.user, config.group) if config.user is not None else None
 
     @property
     def port(self) -> int:
@@ -160,7 +165,31 @@ class Daemon:
             entries = [e for e in entries if not (e.vers == DRACVERS_ADMIN and e.netid.startswith("udp"))]
             self.registration = Registration(self.config.program, entries)
             await self.registration.start()
+        if self.run_as is not None:
+            self._give_up_root(self.run_as)
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(), name="dracd-expiry")
+
+    def _give_up_root(self, run_as: RunAs) -> None:
+        """Run as config.user from here on; a root helper cleans up after our exit."""
+        if os.geteuid() != 0:
+            raise PrivilegeError(f"user: {run_as.name} needs dracd to be started as root")
+        registration, admin_socket = self.registration, self.config.admin_socket
+
+        def cleanup() -> None:
+            if registration is not None:
+                registration.release_now()
+            if admin_socket is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(admin_socket)
+
+        self._guard_fd = start_guard(cleanup)
+        drop(run_as)
+        self.settings.admin = replace(self.settings.admin, uid=run_as.uid)
+        try:
+            self.committer.write_now()
+        except MapError as exc:
+            raise MapError(f"as user {run_as.name}: {exc}; make the map's directory writable by it") from None
+        log.info("running as user %s (uid %d, gid %d)", run_as.name, run_as.uid, run_as.gid)
 
     async def _expire_loop(self) -> None:
         while True:

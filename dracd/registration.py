@@ -144,6 +144,10 @@ class Registration:
             except DracError as exc:
                 self._unavailable(exc)
 
+    def release_now(self) -> None:
+        """Unregister synchronously (for the root helper after dracd's exit)."""
+        self._release()
+
     def _release(self) -> None:
         """Unregister only what still points at us, never a successor's entry."""
         mine = {(entry.vers, entry.netid, entry.port) for entry in self.registered}
