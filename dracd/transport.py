@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,10 @@ class StreamConnection:
             self.transport = "tcp"
             self.caller, self.port = _caller(writer.get_extra_info("peername"))
         self.tasks: set[asyncio.Task[None]] = set()
+        self.last_activity = time.monotonic()
+
+    def close(self) -> None:
+        self.writer.close()
 
     async def serve(self) -> None:
         limits = self.limits
@@ -222,6 +227,7 @@ class StreamConnection:
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
                 if not data:
                     break
+                self.last_activity = time.monotonic()
                 for record in records.feed(data):
                     task = asyncio.get_running_loop().create_task(self._answer(record))
                     self.tasks.add(task)
@@ -245,20 +251,31 @@ class StreamConnection:
 
 
 async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLimits) -> asyncio.Server:
-    """Serve TCP or a UNIX socket: the connection tells which."""
-    active = 0
+    """Serve TCP or a UNIX socket: the connection tells which.
+
+    At max_connections a new client does not wait for idle ones to time out:
+    the connection that has been quiet longest (and owes no answer) makes room,
+    so clients that connect and send nothing cannot lock others out.
+    """
+    active: set[StreamConnection] = set()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal active
-        if active >= limits.max_connections:
-            limited.warning("connections", "refusing a connection: %d connections open already", active)
-            writer.close()
-            return
-        active += 1
+        connection = StreamConnection(dispatch, reader, writer, limits)
+        if len(active) >= limits.max_connections:
+            quiet = [c for c in active if not c.tasks]
+            if not quiet:
+                limited.warning("connections", "refusing a connection: %d busy connections open", len(active))
+                writer.close()
+                return
+            oldest = min(quiet, key=lambda c: c.last_activity)
+            limited.warning("evict", "%d connections open: closing the quietest, from %s",
+                            len(active), oldest.caller or oldest.cred)
+            oldest.close()
+        active.add(connection)
         try:
-            await StreamConnection(dispatch, reader, writer, limits).serve()
+            await connection.serve()
         finally:
-            active -= 1
+            active.discard(connection)
 
     if sock.family == socket.AF_UNIX:
         return await asyncio.start_unix_server(accept, sock=sock)

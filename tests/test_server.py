@@ -207,3 +207,22 @@ def test_map_in_an_unsafe_directory_is_refused_unless_allowed(make_server: Make,
     assert not (shared / "dracd.db").exists()
     server = make_server(map_path=shared / "dracd.db", map_allow_unsafe_directory=True)
     assert add_status(server, "192.0.2.1") == AddStat.ADD_SUCCESS
+
+
+def test_full_disk_gives_syserr_and_recovers_when_space_returns(make_server: Make, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", size="256k") as directory:
+        server = make_server(map_path=directory / "dracd.db")
+        assert add_status(server, "192.0.2.1") == AddStat.ADD_SUCCESS
+        filler = directory / "filler"
+        with open(filler, "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass  # the file system is full now
+        assert add_status(server, "192.0.2.2") == AddStat.ADD_SYSERR
+        assert set(map_keys(directory / "dracd.db")) == {b"192.0.2.1"}
+        filler.unlink()
+        assert wait_for(lambda: b"192.0.2.2" in map_keys(directory / "dracd.db"), timeout=5.0)
+        assert add_status(server, "192.0.2.3") == AddStat.ADD_SUCCESS
+        server.stop()
