@@ -9,9 +9,14 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench soak fuzz check-rpcbind clean
+.PHONY: install apt run test lint bench bench-quick soak fuzz check-rpcbind clean
 
+# Man pages go where `man` finds them when .venv/bin is on PATH (MANDIR=... to change).
+MANDIR ?= $(VENV)/share/man
 install: $(VENV)/.installed
+	for page in docs/man/*.[158]; do \
+		install -D -m 644 $$page $(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; done
+	ln -sf dracd.8 $(MANDIR)/man8/rpc.dracd.8
 
 # Postfix is preseeded to "No configuration" and a temporary policy-rc.d keeps
 # apt from starting system Dovecot/Postfix services: tests run private instances.
@@ -55,8 +60,14 @@ lint: install
 	$(BIN)/ruff check dracd client tests bench fuzz
 	$(BIN)/mypy
 
+# Benchmark suite (issue 7), not part of `make test`: the full matrix with 3 repetitions
+# (well under an hour), or `make bench-quick` (< 1 min). Results: bench/results/*.json.
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python bench/udp_adds.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 FUZZ_SECONDS ?= 60
 fuzz: install
