@@ -21,10 +21,10 @@ from typing import Any
 from dracclient.durations import parse_duration
 
 from . import __version__
+from . import notify as sd
 from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_listen
 from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
-from .notify import notify
 from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
@@ -134,27 +134,49 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
+    # STATUS= goes in a datagram of its own, before READY=1: tests (and tools) that
+    # look for the bare "READY=1" datagram keep matching.
+    def status() -> str:
+        return f"STATUS=serving {len(daemon.table)} entries, map {daemon.config.map.path}"
+
+    started = False
+
     def reload() -> None:
+        # A SIGHUP during start-up reloads too, but READY=1 must wait for ready().
+        if started:
+            sd.reloading()
         try:
             new = resolve_config(args)
             daemon.reload(new)
             logging.getLogger().setLevel(new.log_level.upper())
         except (ConfigError, AllowFileError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-        notify("READY=1")
+            if started:
+                sd.notify(f"STATUS=reload failed, running the previous configuration: {exc}")
+                sd.notify("READY=1")
+            return
+        if started:
+            sd.notify(status())
+            sd.notify("READY=1")
 
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     def ready() -> None:
-        notify("READY=1")
+        nonlocal started
+        started = True
+        # Map written, sockets bound, rpcbind registration done (Daemon.start's order).
+        sd.notify(status())
+        sd.notify("READY=1")
         if on_ready is not None:
             on_ready()
 
+    # Connected now, as root: READY=1 comes after `user:` dropped privileges.
+    sd.connect()
     await daemon.start(ready)
     await stopping.wait()
-    notify("STOPPING=1")
+    sd.notify("STOPPING=1")
     log.info("stopping on signal")
     await daemon.stop()
     return EX_OK
