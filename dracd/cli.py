@@ -79,6 +79,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--no-rpcbind", dest="rpcbind", action="store_false", default=None,
                         help="do not register with rpcbind")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--syslog", action="store_true", default=None,
+                        help="log to syslog, facility mail (default: rpc.dracd yes, dracd stderr)")
     parser.add_argument("--user", metavar="USER", help="run as USER once bound and registered (needs root)")
     parser.add_argument("--group", metavar="GROUP", help="with --user: run with this group")
     parser.add_argument("--admin-socket", metavar="PATH",
@@ -108,6 +110,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "program": args.program,
         "log_level": args.log_level,
         "user": args.user,
+        "syslog": args.syslog,
         "group": args.group,
     }
     config = override(config, **changes)
@@ -116,10 +119,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def setup_logging(level: str, *, syslog: bool = False) -> None:
+def setup_logging(level: str, *, syslog: bool = False, address: str = "/dev/log") -> None:
+    """stderr (journald picks it up under systemd), or syslog facility mail,
+    where mail administrators look, when asked or for the forking rpc.dracd."""
     handler: logging.Handler
-    if syslog and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+    if syslog and os.path.exists(address):
+        handler = logging.handlers.SysLogHandler(address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
         handler.setFormatter(logging.Formatter("dracd[%(process)d]: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         return EX_CONFIG
     if args.check_config:
         return _check(prog, config)
-    setup_logging(config.log_level, syslog=background)
+    setup_logging(config.log_level, syslog=background if config.syslog is None else config.syslog)
     on_ready = _daemonize() if background else None
     try:
         return asyncio.run(run(args, config, on_ready))

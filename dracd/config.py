@@ -60,6 +60,8 @@ class Config:
     #: For tests and private deployments that must not collide with a real dracd.
     program: int = DRACPROG
     log_level: str = "info"
+    #: None: syslog for the forking rpc.dracd, stderr for dracd; True/False forces it.
+    syslog: bool | None = None
     #: None: no admin socket.
     admin_socket: Path | None = DEFAULT_ADMIN_SOCKET
     admin_groups: tuple[int, ...] = ()
@@ -173,6 +175,7 @@ _TOP_KEYS: dict[str, Any] = {
     "rpcbind": _bool,
     "program": _int_range(1, 0xFFFFFFFF),
     "log_level": _choice(LOG_LEVELS),
+    "syslog": _bool,
     "admin_socket": _optional_path,
     "admin_group": _groups,
     "admin_allow": _networks,

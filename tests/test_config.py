@@ -110,3 +110,35 @@ def test_e_and_lifetime_conflict(tmp_path: Path) -> None:
 def test_shipped_run_config_is_valid() -> None:
     config = load_config(REPO / "etc/dracd.yaml")
     assert config.map.path == REPO / "var/dracd.db" and config.listen == ("127.0.0.1", "::1")
+
+
+def test_syslog_logging_uses_facility_mail(tmp_path: Path) -> None:
+    import logging
+    import socket
+
+    from dracd.cli import setup_logging
+
+    path = tmp_path / "log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(path))
+        sink.settimeout(5)
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            setup_logging("info", syslog=True, address=str(path))
+            logging.getLogger("dracd.test").info("ADD 192.0.2.7 from 127.0.0.1/udp ok")
+            message = sink.recv(4096).decode()
+        finally:
+            for handler in root.handlers:
+                handler.close()
+            root.handlers[:], _ = saved
+            root.setLevel(saved[1])
+    # <PRI> = facility mail (2) * 8 + info (6)
+    assert message.startswith("<22>dracd[") and "ADD 192.0.2.7 from 127.0.0.1/udp ok" in message
+
+
+def test_syslog_key_and_flag(tmp_path: Path) -> None:
+    path = cfg(tmp_path, "syslog: true\n")
+    assert load_config(path).syslog is True
+    assert resolve_config(build_parser().parse_args(["--syslog"])).syslog is True
+    assert resolve_config(build_parser().parse_args([])).syslog is None
