@@ -21,6 +21,7 @@ from dracclient.adminproto import (
     DRACVERS_ADMIN,
     MAX_LIST,
     AdminStat,
+    Counter,
     Entry,
     ListPage,
     Status,
@@ -171,4 +172,5 @@ class AdminService:
             lifetime=self.drac.settings.lifetime,
             started=self.started,
             server_version=__version__,
+            counters=tuple(Counter(name, value) for name, value in self.drac.metrics.counters()),
         ))

@@ -22,7 +22,7 @@ from dracclient.durations import parse_duration
 
 from . import __version__
 from . import notify as sd
-from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_listen
+from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_listen, parse_metrics_listen
 from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
 from .policy import AllowFileError
@@ -50,6 +50,13 @@ def _duration(text: str) -> int:
 def _listen(text: str) -> str:
     try:
         return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _metrics_listen(text: str) -> str:
+    try:
+        return parse_metrics_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -85,6 +92,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--group", metavar="GROUP", help="with --user: run with this group")
     parser.add_argument("--admin-socket", metavar="PATH",
                         help="UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)")
+    parser.add_argument("--metrics-listen", type=_metrics_listen, metavar="ADDR:PORT",
+                        help="serve Prometheus metrics there (needs the metrics extra; default off)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -112,6 +121,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "user": args.user,
         "syslog": args.syslog,
         "group": args.group,
+        "metrics_listen": args.metrics_listen,
     }
     config = override(config, **changes)
     if args.admin_socket is not None:
@@ -234,6 +244,14 @@ def _check(prog: str, config: Config) -> int:
     except (AllowFileError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if config.metrics_listen is not None:
+        from .prometheus import MetricsUnavailable, require
+
+        try:
+            require()
+        except MetricsUnavailable as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return EX_CONFIG
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s)")
     return EX_OK
 

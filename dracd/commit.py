@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .maps import MapError, MapWriter, StaleMap
+from .metrics import Metrics
 from .table import RelayTable
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,12 @@ GATHER_MAX = 0.002
 
 
 class Committer:
-    def __init__(self, table: RelayTable, writer: MapWriter) -> None:
+    def __init__(self, table: RelayTable, writer: MapWriter, metrics: Metrics | None = None) -> None:
         self.table = table
         self.writer = writer
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: monotonic time of the oldest table change not yet on disk (for map_lag).
+        self._pending_since: float | None = None
         self.written_version = -1
         self.last_write: float | None = None
         self.last_duration = 0.0
@@ -52,6 +56,7 @@ class Committer:
         target = self.table.version
         if self.written_version >= target:
             return
+        self._changed()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         self._wake.set()
@@ -59,14 +64,23 @@ class Committer:
 
     def request(self) -> None:
         """Ask for a write without waiting for it (expiry, reloads)."""
+        self._changed()
         self._wake.set()
+
+    def _changed(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
 
     def write_now(self) -> None:
         """Synchronous write of the current table, for start-up and shutdown."""
         version = self.table.version
-        started = time.monotonic()
-        self.writer.write(self.table.snapshot())
-        self._done(version, started)
+        started, since, self._pending_since = time.monotonic(), self._pending_since, None
+        try:
+            self.writer.write(self.table.snapshot())
+        except Exception:
+            self._failed(since)
+            raise
+        self._done(version, started, "full", since)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -78,10 +92,24 @@ class Committer:
                 future.set_exception(MapError("server is shutting down"))
         self._executor.shutdown(wait=True)
 
-    def _done(self, version: int, started: float) -> None:
+    def _done(self, version: int, started: float, kind: str, since: float | None) -> None:
+        now = time.monotonic()
         self.written_version = version
         self.last_write = time.time()
-        self.last_duration = time.monotonic() - started
+        self.last_duration = now - started
+        self.metrics.map_writes.inc(kind)
+        self.metrics.map_write.observe(self.last_duration)
+        if since is not None:
+            self.metrics.map_lag.value = max(0, round((now - since) * 1e6))
+
+    def _failed(self, since: float | None) -> None:
+        self.metrics.map_writes.inc("failed")
+        self._still_pending(since)
+
+    def _still_pending(self, since: float | None) -> None:
+        """A write did not happen: its changes are still pending since ``since``."""
+        if since is not None and (self._pending_since is None or since < self._pending_since):
+            self._pending_since = since
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,30 +120,34 @@ class Committer:
             await self._gather()
             version = self.table.version
             if version <= self.written_version:
+                self._pending_since = None  # a request with nothing new to write
                 self._settle(version, None)
                 continue
-            started = time.monotonic()
+            started, since, self._pending_since = time.monotonic(), self._pending_since, None
             # Changes are taken on the loop thread: the table is not thread-safe.
             changes = self.table.take_changes()
             # A change log as big as the table (a flush) is cheaper as a full write.
+            kind = "full"
             if full or not self.writer.can_update() or len(changes) > max(FULL_WRITE_CHANGES, len(self.table)):
                 job, data = self.writer.write, self.table.snapshot()
             else:
-                job, data = self.writer.update, changes  # type: ignore[assignment]
+                job, data, kind = self.writer.update, changes, "incremental"  # type: ignore[assignment]
             try:
                 await loop.run_in_executor(self._executor, job, data)
             except StaleMap as exc:
                 log.warning("%s; writing the whole map", exc)
+                self._still_pending(since)
                 full = True
                 self._wake.set()
                 continue
             except MapError as exc:
+                self._failed(since)
                 full = True
                 self._settle(version, exc)
                 self._schedule_retry(exc)
                 continue
             full = False
-            self._done(version, started)
+            self._done(version, started, kind, since)
             if self._failing:
                 log.warning("map %s is writable again", self.writer.path)
                 self._failing, self._retry_delay = False, RETRY_FIRST

@@ -35,6 +35,15 @@ def parse_listen(text: str) -> str:
     return str(ipaddress.ip_address(text.strip().strip("[]")))
 
 
+def parse_metrics_listen(text: str) -> str:
+    """``ADDR:PORT`` for the Prometheus endpoint, IPv6 in brackets: ``[::1]:9150``."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9150")
+    address = ipaddress.ip_address(host.strip("[]"))
+    return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"
+
+
 @dataclass(frozen=True)
 class MapConfig:
     path: Path = DEFAULT_MAP
@@ -77,6 +86,8 @@ class Config:
     max_record: int = 64 * 1024
     idle_timeout: int = 120
     record_timeout: int = 10
+    #: ADDR:PORT of the Prometheus endpoint (needs the metrics extra); None: off.
+    metrics_listen: str | None = None
     source: str = "built-in defaults"
 
     @property
@@ -158,6 +169,12 @@ def _optional_path(value: Any) -> str | None:
     return None if value in (None, "") else _str(value)
 
 
+def _metrics_listen(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    return parse_metrics_listen(_str(value))
+
+
 _MAP_KEYS: dict[str, Any] = {
     "path": _str,
     "type": _choice(BERKELEY_TYPES),
@@ -188,6 +205,7 @@ _TOP_KEYS: dict[str, Any] = {
     "max_record": _int_range(1024, 16 * 1024 * 1024),
     "idle_timeout": lambda v: parse_duration(_str(v)),
     "record_timeout": lambda v: parse_duration(_str(v)),
+    "metrics_listen": _metrics_listen,
 }
 
 

@@ -27,8 +27,10 @@ from .config import Config
 from .dispatch import Dispatcher
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer, unsafe_directory
+from .metrics import Metrics
 from .policy import AdminPolicy, load_allow
 from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
+from .prometheus import Endpoint
 from .registration import Registration, entries_for
 from .service import DracService, Settings
 from .table import Clock, RelayTable
@@ -87,15 +89,17 @@ class Daemon:
     def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
         self.table = RelayTable(clock)
+        self.metrics = Metrics()
+        self.metrics.table_entries.read = self.table.__len__
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
-        self.committer = Committer(self.table, self.writer)
+        self.committer = Committer(self.table, self.writer, self.metrics)
         self.settings = Settings(
             load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
             config.udp_from, config.max_entries, config.rate_per_caller,
         )
-        self.service = DracService(self.table, self.committer, self.settings)
+        self.service = DracService(self.table, self.committer, self.settings, self.metrics)
         self.admin = AdminService(self.service, str(config.map.path), config.map.type)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(self.metrics)
         self.service.register(self.dispatcher, config.program)
         self.admin.register(self.dispatcher, config.program)
         self.listeners: list[Listener] = []
@@ -107,6 +111,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._admin_sock: socket.socket | None = None
         self._guard_fd: int | None = None
+        self._endpoint: Endpoint | None = None
         #: Resolved now so a bad user or group fails before anything is bound or written.
         self.run_as = resolve(config.user, config.group) if config.user is not None else None
 
@@ -159,6 +164,8 @@ class Daemon:
             self._admin_sock = bind_unix(self.config.admin_socket)
             self._servers.append(await serve_stream(self._admin_sock, dispatch, stream_limits(self.config)))
             log.info("admin socket %s", self.config.admin_socket)
+        if self.config.metrics_listen is not None:
+            self._endpoint = Endpoint(self.metrics, self.config.metrics_listen)
         if self.config.rpcbind:
             entries = entries_for(self.listeners, self.dispatcher.versions(self.config.program))
             # Admin calls are refused over UDP (forgeable sources): don't advertise them there.
@@ -198,6 +205,7 @@ class Daemon:
             await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
             gone = self.table.expire()
             if gone:
+                self.metrics.expired.inc(amount=len(gone))
                 log.info("expired %d entries%s", len(gone), f": {gone[0]}" if len(gone) == 1 else "")
                 self.committer.request()
 
@@ -205,7 +213,7 @@ class Daemon:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
         fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket", "max_connections", "max_record",
-                 "idle_timeout", "record_timeout")
+                 "idle_timeout", "record_timeout", "metrics_listen")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
@@ -243,6 +251,9 @@ class Daemon:
         log.info("stopped")
 
     async def _close_listeners(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
         for server in self._servers:
             server.close()
         for transport, _ in self._udp:

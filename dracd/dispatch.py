@@ -27,6 +27,7 @@ from dracclient.rpc import (
 from dracclient.xdr import Unpacker, XdrError
 
 from .keys import IPAddress
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ def check_auth(cred: OpaqueAuth) -> AuthStat:
 
 
 class Dispatcher:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._handlers: dict[int, dict[int, dict[int, Handler]]] = {}
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def register(self, prog: int, vers: int, proc: int, handler: Handler) -> None:
         self._handlers.setdefault(prog, {}).setdefault(vers, {})[proc] = handler
@@ -113,32 +115,41 @@ class Dispatcher:
         try:
             call = decode_call(message)
         except RpcVersionMismatch as exc:
+            self.metrics.rpc_errors.inc("RPC_MISMATCH")
             return encode_rpc_mismatch(exc.xid)
         except XdrError as exc:
             # As libtirpc does, an undecodable header is dropped: there is no xid to trust.
+            self.metrics.rpc_errors.inc("dropped")
             log.debug("dropped %d-byte message from %s: %s", len(message), caller, exc)
             return None
         auth = check_auth(call.cred)
         if auth != AuthStat.AUTH_OK:
+            self.metrics.rpc_errors.inc(auth.name)
             return encode_auth_error(call.xid, auth)
         versions = self._handlers.get(call.prog)
         if versions is None:
+            self.metrics.rpc_errors.inc("PROG_UNAVAIL")
             return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL)
         procedures = versions.get(call.vers)
         if procedures is None:
+            self.metrics.rpc_errors.inc("PROG_MISMATCH")
             return encode_accepted(call.xid, AcceptStat.PROG_MISMATCH, mismatch=(min(versions), max(versions)))
         handler = procedures.get(call.proc)
         if handler is None:
+            self.metrics.rpc_errors.inc("PROC_UNAVAIL")
             return encode_accepted(call.xid, AcceptStat.PROC_UNAVAIL)
         try:
             results = await handler(call.args, CallContext(caller, port, transport, call, cred))
         except AuthRefused as exc:
+            self.metrics.rpc_errors.inc(exc.stat.name)
             return encode_auth_error(call.xid, exc.stat)
         except XdrError as exc:
+            self.metrics.rpc_errors.inc("GARBAGE_ARGS")
             log.info("garbage arguments from %s (prog %d vers %d proc %d): %s",
                      caller, call.prog, call.vers, call.proc, exc)
             return encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS)
         except Exception:
+            self.metrics.rpc_errors.inc("SYSTEM_ERR")
             log.exception("procedure %d.%d.%d failed for %s", call.prog, call.vers, call.proc, caller)
             return encode_accepted(call.xid, AcceptStat.SYSTEM_ERR)
         return encode_accepted(call.xid, AcceptStat.SUCCESS, results)

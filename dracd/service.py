@@ -23,6 +23,7 @@ from .commit import Committer
 from .dispatch import CallContext, Dispatcher
 from .keys import IPAddress, canonical, relayable
 from .maps import MapError
+from .metrics import Metrics
 from .policy import AdminPolicy, AllowList, Network
 from .ratelog import RateLimitedLog
 from .table import RelayTable
@@ -69,11 +70,13 @@ class CallerBuckets:
 
 
 class DracService:
-    def __init__(self, table: RelayTable, committer: Committer, settings: Settings) -> None:
+    def __init__(self, table: RelayTable, committer: Committer, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
         self.table = table
         self.committer = committer
         self.settings = settings
         self.buckets = CallerBuckets()
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def register(self, dispatcher: Dispatcher, prog: int) -> None:
         for vers in (DRACVERS, DRACVERS6):
@@ -93,30 +96,44 @@ class DracService:
 
     def permitted(self, ctx: CallContext) -> bool:
         """Network callers by the allow list (and udp_from over UDP); UNIX socket callers if they are admins."""
+        return self.refusal(ctx) is None
+
+    def refusal(self, ctx: CallContext) -> str | None:
+        """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may."""
         if ctx.caller is None:
-            return self.settings.admin.permits(ctx)
+            return None if self.settings.admin.permits(ctx) else "admin"
         udp_from = self.settings.udp_from
         if ctx.transport == "udp" and udp_from is not None:
             caller = canonical(ctx.caller)
             if not any(caller.version == net.version and caller in net for net in udp_from):
-                return False
-        return self.settings.allow.permits(ctx.caller)
+                return "udp_from"
+        return None if self.settings.allow.permits(ctx.caller) else "allow"
 
     async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
-        if not self.permitted(ctx):
+        stat = await self._add(address, ctx, lifetime)
+        self.metrics.adds.inc(str(ctx.call.vers), ctx.transport, stat.name)
+        return stat
+
+    async def _add(self, address: IPAddress, ctx: CallContext, lifetime: int | None) -> AddStat:
+        reason = self.refusal(ctx)
+        if reason is not None:
+            self.metrics.refusals.inc(reason)
             log.warning("ADD %s from %s refused: caller not in allow list (%s)",
                         address, ctx, self.settings.allow.source)
             return AddStat.ADD_PERM
         rate = self.settings.rate_per_caller
         if rate and ctx.caller is not None and not self.buckets.allow(canonical(ctx.caller), rate):
+            self.metrics.refusals.inc("rate")
             limited.warning(f"rate-{ctx.caller}", "ADD %s from %s refused: over %d ADDs per second",
                             address, ctx, rate)
             return AddStat.ADD_SYSERR
         address = canonical(address)
         if not relayable(address):
+            self.metrics.refusals.inc("not_unicast")
             log.warning("ADD %s from %s refused: not a unicast host address", address, ctx)
             return AddStat.ADD_UNKOWN
         if address not in self.table and len(self.table) >= self.settings.max_entries:
+            self.metrics.refusals.inc("table_full")
             limited.warning("full", "ADD %s from %s refused: the table is full (%d entries, max_entries)",
                             address, ctx, len(self.table))
             return AddStat.ADD_SYSERR

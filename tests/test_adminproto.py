@@ -56,9 +56,23 @@ def test_list3_round_trip(stat: ap.AdminStat, cookie: int, total: int,
     assert ap.decode_list3_args(ap.encode_list3_args(cookie, total, 7)) == (cookie, total, 7)
 
 
-@given(st.builds(ap.Status, u32, text, text, u64, u32, u32, u64, text))
+counters = st.lists(st.builds(ap.Counter, text, u64), max_size=20).map(tuple)
+
+
+@given(st.builds(ap.Status, u32, text, text, u64, u32, u32, u64, text, counters))
 def test_status3_round_trip(status: ap.Status) -> None:
     assert ap.decode_status3_res(ap.encode_status3_res(status)) == status
+
+
+def test_status3_counters_are_last_and_bounded() -> None:
+    plain = ap.Status(1, "/m", "btree", 2, 3, 4, 5, "0.1.0")
+    counted = ap.Status(1, "/m", "btree", 2, 3, 4, 5, "0.1.0", (ap.Counter("expired_total", 7),))
+    # The counters array is appended after server_version: the rest is unchanged.
+    assert ap.encode_status3_res(counted).startswith(ap.encode_status3_res(plain)[:-4])
+    assert ap.encode_status3_res(plain).endswith(b"\0\0\0\0")
+    too_many = ap.encode_status3_res(plain)[:-4] + (ap.MAX_COUNTERS + 1).to_bytes(4, "big")
+    with pytest.raises(XdrError, match="exceed"):
+        ap.decode_status3_res(too_many)
 
 
 def test_bad_values_are_rejected() -> None:

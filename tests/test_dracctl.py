@@ -236,10 +236,12 @@ def test_status(server: ServerThread, capsys: Capsys) -> None:
     assert "entries:     1\n" in out
     assert f"map:         btree:{server.config.map.path}\n" in out
     assert f"lifetime:    {server.config.lifetime} s\n" in out and "last write:  never" not in out
+    assert "counters:" in out and "\n  table_entries 1\n" in out
     assert sock(server, "status", "--json") == EX_OK
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"entries", "map_path", "map_type", "last_write", "last_write_ms", "lifetime", "started",
-                         "version"}
+                         "version", "counters"}
+    assert data["counters"]["table_entries"] == 1 and data["counters"]["map_write_us_count"] >= 2
     assert (data["entries"], data["map_path"], data["map_type"], data["lifetime"]) == (
         1, str(server.config.map.path), "btree", server.config.lifetime)
     assert abs(data["last_write"] - time.time()) < 60 and data["version"] == dracd.__version__

@@ -21,6 +21,7 @@ DRACPROC_LIST3 = 4
 DRACPROC_FLUSH3 = 5
 DRACPROC_STATUS3 = 6
 MAX_LIST = 8192
+MAX_COUNTERS = 4096
 _MAX_STRING = 4096
 
 
@@ -48,6 +49,14 @@ class ListPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Counter:
+    """One operator figure: ``name{labels}`` and its value (durations in microseconds)."""
+
+    name: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     entries: int
     map_path: str
@@ -57,6 +66,7 @@ class Status:
     lifetime: int
     started: int
     server_version: str
+    counters: tuple[Counter, ...] = ()
 
 
 def _stat(value: int) -> AdminStat:
@@ -163,18 +173,25 @@ def decode_flush3_res(data: bytes) -> tuple[AdminStat, int]:
 
 
 def encode_status3_res(status: Status) -> bytes:
-    return (
+    packer = (
         Packer().uint(status.entries).string(status.map_path).string(status.map_type)
         .uhyper(status.last_write).uint(status.last_write_us).uint(status.lifetime)
-        .uhyper(status.started).string(status.server_version).bytes()
+        .uhyper(status.started).string(status.server_version).uint(len(status.counters))
     )
+    for counter in status.counters:
+        packer.string(counter.name).uhyper(counter.value)
+    return packer.bytes()
 
 
 def decode_status3_res(data: bytes) -> Status:
     reader = Unpacker(data)
-    status = Status(
+    fields = (
         reader.uint(), reader.string(_MAX_STRING), reader.string(_MAX_STRING), reader.uhyper(), reader.uint(),
         reader.uint(), reader.uhyper(), reader.string(_MAX_STRING),
     )
+    count = reader.uint()
+    if count > MAX_COUNTERS:
+        raise XdrError(f"{count} counters exceed {MAX_COUNTERS}")
+    counters = tuple(Counter(reader.string(_MAX_STRING), reader.uhyper()) for _ in range(count))
     reader.done()
-    return status
+    return Status(*fields, counters=counters)

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("del", "remove addresses from the table").add_argument("addresses", nargs="+", metavar="ADDRESS")
     command("list", "list the table: address, expiry, seconds left")
     command("flush", "remove every entry")
-    command("status", "table size, map, last write")
+    command("status", "table size, map, last write, counters")
     command("ping", "call the NULL procedure and print the round-trip time")
     command("check", "exit 0 if ADDRESS is authorized now").add_argument("address", metavar="ADDRESS")
     return parser
@@ -216,6 +216,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         "entries": status.entries, "map_path": status.map_path, "map_type": status.map_type,
         "last_write": status.last_write or None, "last_write_ms": round(status.last_write_us / 1000, 3),
         "lifetime": status.lifetime, "started": status.started, "version": status.server_version,
+        "counters": {counter.name: counter.value for counter in status.counters},
     }
     if out.json:
         return out.done(data)
@@ -223,6 +224,10 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     print(f"entries:     {status.entries}\nmap:         {status.map_type}:{status.map_path}\n"
           f"last write:  {last} ({data['last_write_ms']} ms)\nlifetime:    {status.lifetime} s\n"
           f"started:     {local_time(status.started)}\nversion:     dracd {status.server_version}")
+    if status.counters:
+        print("counters:    (durations in microseconds)")
+        for counter in status.counters:
+            print(f"  {counter.name} {counter.value}")
     return EX_OK
 
 
