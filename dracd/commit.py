@@ -113,7 +113,9 @@ class Committer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        full = True
+        # write_now() wrote the whole map at start: from here on, changes suffice
+        # unless the writer says otherwise (can_update) or a write failed.
+        full = False
         while True:
             await self._wake.wait()
             self._wake.clear()
