@@ -6,6 +6,7 @@ in its page, and `make install` puts the pages where `man` finds them."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,7 +32,15 @@ PAGES = ["dracd.8", "dracd.yaml.5", "dracd.allow.5", "dracctl.1", "dracd-logwatc
 EXAMPLE = REPO / "etc" / "dracd.example.yaml"
 BIN = Path(sys.executable).parent
 
-needs_man = pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed (apt-get install man-db)")
+def needs_man(test: Callable[..., None]) -> Callable[..., None]:
+    """Fail (never skip) with the reason when man is missing."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        assert shutil.which("man"), "man is not installed: `make install` installs man-db"
+        test(*args, **kwargs)
+
+    return run
 
 
 def render(page: Path) -> subprocess.CompletedProcess[str]:
@@ -201,7 +211,6 @@ def test_allow_examples_in_the_page_and_etc_parse(tmp_path: Path) -> None:
 
 # make install
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_install_puts_the_pages_under_mandir(tmp_path: Path) -> None:
     """The install recipe alone (-o: the venv and apt steps count as done)."""
     mandir = tmp_path / "share" / "man"
