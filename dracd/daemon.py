@@ -42,6 +42,7 @@ DRAIN_TIMEOUT = 5.0
 # Entries added while the expiry loop sleeps may expire before it would wake;
 # a short tick bounds how late they leave the map, at the cost of a few idle wake-ups.
 EXPIRY_TICK = 0.25
+EXPIRY_BATCH = 512
 
 
 def admin_policy(config: Config) -> AdminPolicy:
@@ -203,10 +204,16 @@ class Daemon:
             next_expiry = self.table.next_expiry()
             delay = EXPIRY_TICK if next_expiry is None else next_expiry - self.table.clock()
             await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
-            gone = self.table.expire()
-            if gone:
+            total = 0
+            while gone := self.table.expire(limit=EXPIRY_BATCH):
+                total += len(gone)
                 self.metrics.expired.inc(amount=len(gone))
-                log.info("expired %d entries%s", len(gone), f": {gone[0]}" if len(gone) == 1 else "")
+                if len(gone) < EXPIRY_BATCH:
+                    break
+                # Thousands due at once: let requests in between batches.
+                await asyncio.sleep(0)
+            if total:
+                log.info("expired %d entries", total)
                 self.committer.request()
 
     def reload(self, config: Config) -> None:

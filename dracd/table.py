@@ -82,11 +82,12 @@ class RelayTable:
             heapq.heappop(self._heap)
         return None
 
-    def expire(self, now: float | None = None) -> list[IPAddress]:
-        """Remove and return every entry whose expiry is at or before ``now``."""
+    def expire(self, now: float | None = None, limit: int | None = None) -> list[IPAddress]:
+        """Remove and return the entries whose expiry is at or before ``now``
+        (at most ``limit`` of them, so a caller can spread the work)."""
         now = self.clock() if now is None else now
-        gone = []
-        while self._heap and self._heap[0][0] <= now:
+        gone: list[IPAddress] = []
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(gone) < limit):
             expiry, _, address = heapq.heappop(self._heap)
             if self._expiry.get(address) == expiry:
                 del self._expiry[address]

@@ -108,3 +108,13 @@ def test_change_log_records_adds_refreshes_removals_and_expiry() -> None:
     table.add(B, 1)
     table.snapshot()
     assert table.take_changes() == {}
+
+
+def test_expire_with_a_limit_spreads_the_work() -> None:
+    table = RelayTable(Clock(0))
+    for n in range(10):
+        table.set(ipaddress.IPv4Address(0x0A000000 + n), 5)
+    first = table.expire(10, limit=4)
+    assert len(first) == 4 and len(table) == 6
+    assert len(table.expire(10, limit=4)) == 4 and len(table.expire(10, limit=4)) == 2
+    assert table.expire(10, limit=4) == [] and len(table) == 0
