@@ -459,3 +459,27 @@ def test_config_server_is_used_and_never_resolved_through_dns(
     uw.set_config(config_text(server="::1"))  # an IPv6 literal reaches dracd too
     pop3_login(uw, "127.0.0.15", account)
     assert "127.0.0.15" in relay_map(dracd)
+
+
+def test_logwatch_uw_preset_reads_the_real_servers_lines(uw: UWImapServers, dracd: ServerThread,
+                                                         account: tuple[str, str]) -> None:
+    """The lines ipop3d and imapd really write are what dracd-logwatch's uw preset
+    recognizes (for MRAs that are not patched): a login yields its client, a
+    failed login and everything else nothing."""
+    from dracd.logwatch.presets import Matcher, RuleOptions, preset_rule
+    from dracd.logwatch.record import parse_syslog_datagram
+
+    pop3_login(uw, "127.0.0.21", account)
+    with uw.imap("::1") as imap:
+        assert imap.login(*account)[0] == "OK"
+    with uw.imap("127.0.0.22") as imap, pytest.raises(imaplib.IMAP4.error):
+        imap.login(account[0], "wrong password")
+    uw.wait_for_log(r"^imapd\[\d+\]: Login user=\S+ host=(?:\S+ )?\[::1\]")
+    matcher = Matcher([preset_rule("uw", RuleOptions())])
+    found = []
+    for line in uw.log_text().splitlines():
+        record = parse_syslog_datagram(line.encode())
+        if record is not None and (login := matcher.match(record)) is not None:
+            found.append(login.ip)
+    assert "127.0.0.21" in found and "::1" in found
+    assert "127.0.0.22" not in found
