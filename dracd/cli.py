@@ -28,6 +28,7 @@ from .maps import BERKELEY_TYPES, MapError
 from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
+from .socketmap import parse_spec
 from .transport import AdminSocketInUse
 
 log = logging.getLogger("dracd")
@@ -59,6 +60,14 @@ def _metrics_listen(text: str) -> str:
         return parse_metrics_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _socketmap(text: str) -> str:
+    try:
+        spec = parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"unix:{spec.path.absolute()}" if spec.path is not None else str(spec)
 
 
 def _minutes(text: str) -> int:
@@ -94,6 +103,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
                         help="UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)")
     parser.add_argument("--metrics-listen", type=_metrics_listen, metavar="ADDR:PORT",
                         help="serve Prometheus metrics there (needs the metrics extra; default off)")
+    parser.add_argument("--socketmap", action="append", type=_socketmap, metavar="SPEC",
+                        help="answer socketmap lookups on inet:ADDR:PORT or unix:PATH (repeatable; default none)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -122,6 +133,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "syslog": args.syslog,
         "group": args.group,
         "metrics_listen": args.metrics_listen,
+        "socketmap": tuple(args.socketmap) if args.socketmap else None,
     }
     config = override(config, **changes)
     if args.admin_socket is not None:

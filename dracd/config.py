@@ -19,6 +19,7 @@ from dracclient.durations import parse_duration
 
 from .keys import Ipv6Keys
 from .maps import BERKELEY_TYPES
+from .socketmap import parse_spec
 
 DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
@@ -88,6 +89,8 @@ class Config:
     record_timeout: int = 10
     #: ADDR:PORT of the Prometheus endpoint (needs the metrics extra); None: off.
     metrics_listen: str | None = None
+    #: socketmap endpoints, ``inet:ADDR:PORT`` or ``unix:PATH``; empty: none.
+    socketmap: tuple[str, ...] = ()
     source: str = "built-in defaults"
 
     @property
@@ -175,6 +178,12 @@ def _metrics_listen(value: Any) -> str | None:
     return parse_metrics_listen(_str(value))
 
 
+def _socketmap(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    _expect("a list of inet:ADDR:PORT or unix:PATH", isinstance(items, list), value)
+    return tuple(str(parse_spec(_str(item))) for item in items)
+
+
 _MAP_KEYS: dict[str, Any] = {
     "path": _str,
     "type": _choice(BERKELEY_TYPES),
@@ -206,6 +215,7 @@ _TOP_KEYS: dict[str, Any] = {
     "idle_timeout": lambda v: parse_duration(_str(v)),
     "record_timeout": lambda v: parse_duration(_str(v)),
     "metrics_listen": _metrics_listen,
+    "socketmap": _socketmap,
 }
 
 
@@ -261,6 +271,9 @@ def config_from_dict(data: Any, path: Path) -> Config:
         top["allow_file"] = _resolve(base, top["allow_file"])
     if "admin_socket" in top:
         top["admin_socket"] = _resolve(base, top["admin_socket"]) if top["admin_socket"] else None
+    if "socketmap" in top:
+        top["socketmap"] = tuple(f"unix:{_resolve(base, spec[5:])}" if spec.startswith("unix:") else spec
+                                 for spec in top["socketmap"])
     if "admin_group" in top:
         top["admin_groups"] = top.pop("admin_group")
     return Config(map=MapConfig(**map_values), source=source, **top)

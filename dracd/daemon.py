@@ -33,6 +33,7 @@ from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .prometheus import Endpoint
 from .registration import Registration, entries_for
 from .service import DracService, Settings
+from .socketmap import SocketmapServer
 from .table import Clock, RelayTable
 from .transport import Listener, StreamLimits, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
 
@@ -113,6 +114,7 @@ class Daemon:
         self._admin_sock: socket.socket | None = None
         self._guard_fd: int | None = None
         self._endpoint: Endpoint | None = None
+        self.socketmap: SocketmapServer | None = None
         #: Resolved now so a bad user or group fails before anything is bound or written.
         self.run_as = resolve(config.user, config.group) if config.user is not None else None
 
@@ -165,6 +167,9 @@ class Daemon:
             self._admin_sock = bind_unix(self.config.admin_socket)
             self._servers.append(await serve_stream(self._admin_sock, dispatch, stream_limits(self.config)))
             log.info("admin socket %s", self.config.admin_socket)
+        if self.config.socketmap:
+            self.socketmap = SocketmapServer(self.table, self.config.socketmap, stream_limits(self.config))
+            await self.socketmap.start()
         if self.config.metrics_listen is not None:
             self._endpoint = Endpoint(self.metrics, self.config.metrics_listen)
         if self.config.rpcbind:
@@ -220,7 +225,7 @@ class Daemon:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
         fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket", "max_connections", "max_record",
-                 "idle_timeout", "record_timeout", "metrics_listen")
+                 "idle_timeout", "record_timeout", "metrics_listen", "socketmap")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
@@ -258,6 +263,9 @@ class Daemon:
         log.info("stopped")
 
     async def _close_listeners(self) -> None:
+        if self.socketmap is not None:
+            await self.socketmap.close()
+            self.socketmap = None
         if self._endpoint is not None:
             self._endpoint.close()
             self._endpoint = None

@@ -1,0 +1,61 @@
+"""Netstring framing: whole strings out of any pieces, typed errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from dracd.netstring import MAX_LENGTH, NetstringError, NetstringReader, NetstringTooLong, encode
+
+
+def test_encode() -> None:
+    assert encode(b"") == b"0:,"
+    assert encode(b"drac 192.0.2.7") == b"14:drac 192.0.2.7,"
+
+
+@pytest.mark.parametrize("piece", [1, 3, 4096])
+def test_pieces(piece: int) -> None:
+    payloads = [b"drac 192.0.2.7", b"", b"x" * MAX_LENGTH, b"drac ipv6:2001:db8:0:0:0:0:0:7"]
+    stream = b"".join(encode(p) for p in payloads)
+    reader = NetstringReader()
+    out = []
+    for i in range(0, len(stream), piece):
+        out += reader.feed(stream[i : i + piece])
+    assert out == payloads
+    assert not reader.pending
+
+
+def test_several_in_one_feed_and_partial_tail() -> None:
+    reader = NetstringReader()
+    assert reader.feed(b"1:a,2:bc,3:d") == [b"a", b"bc"]
+    assert reader.pending
+    assert reader.feed(b"ef,") == [b"def"]
+
+
+@pytest.mark.parametrize("data", [b"x:a,", b"-1:a,", b"01:a,", b":a,", b"1a:,", b" 1:a,", b"1:ab,", b"1:a;"])
+def test_bad_framing(data: bytes) -> None:
+    reader = NetstringReader()
+    with pytest.raises(NetstringError) as info:
+        reader.feed(data)
+    assert not isinstance(info.value, NetstringTooLong)
+    with pytest.raises(NetstringError):  # stays broken
+        reader.feed(b"1:a,")
+
+
+def test_bad_prefix_detected_before_the_colon() -> None:
+    with pytest.raises(NetstringError):
+        NetstringReader().feed(b"GET ")
+
+
+@pytest.mark.parametrize("data", [b"10001:", b"99999999", b"123456"])
+def test_too_long(data: bytes) -> None:
+    reader = NetstringReader()
+    with pytest.raises(NetstringTooLong):
+        for byte in data:
+            reader.feed(bytes([byte]))
+
+
+def test_custom_limit() -> None:
+    reader = NetstringReader(max_length=5)
+    assert reader.feed(b"5:abcde,") == [b"abcde"]
+    with pytest.raises(NetstringTooLong):
+        reader.feed(b"6:")
