@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def in_networks(address: IPAddress, networks: Iterable[Network]) -> bool:
+    """Whether ``address`` lies in one of ``networks`` (families never mix)."""
+    return any(address.version == net.version and address in net for net in networks)
 
 
 class AllowFileError(ValueError):
@@ -46,7 +52,7 @@ class NetRule:
     network: Network
 
     def matches(self, caller: IPAddress) -> bool:
-        return caller.version == self.network.version and caller in self.network
+        return in_networks(caller, (self.network,))
 
 
 Rule = MaskRule | NetRule
@@ -143,5 +149,5 @@ class AdminPolicy:
             )
         if ctx.transport == "tcp" and ctx.caller is not None:
             caller = canonical(ctx.caller)
-            return any(caller.version == net.version and caller in net for net in self.allow)
+            return in_networks(caller, self.allow)
         return False

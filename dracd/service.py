@@ -24,7 +24,7 @@ from .dispatch import CallContext, Dispatcher
 from .keys import IPAddress, canonical, relayable
 from .maps import MapError
 from .metrics import Metrics
-from .policy import AdminPolicy, AllowList, Network
+from .policy import AdminPolicy, AllowList, Network, in_networks
 from .ratelog import RateLimitedLog
 from .table import RelayTable
 
@@ -94,19 +94,14 @@ class DracService:
     async def add_v2(self, args: bytes, ctx: CallContext) -> bytes:
         return encode_addstat(await self.add(decode_add_v2(args), ctx))
 
-    def permitted(self, ctx: CallContext) -> bool:
-        """Network callers by the allow list (and udp_from over UDP); UNIX socket callers if they are admins."""
-        return self.refusal(ctx) is None
-
     def refusal(self, ctx: CallContext) -> str | None:
-        """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may."""
+        """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may: network
+        callers by the allow list (and udp_from over UDP), UNIX socket callers if they are admins."""
         if ctx.caller is None:
             return None if self.settings.admin.permits(ctx) else "admin"
         udp_from = self.settings.udp_from
-        if ctx.transport == "udp" and udp_from is not None:
-            caller = canonical(ctx.caller)
-            if not any(caller.version == net.version and caller in net for net in udp_from):
-                return "udp_from"
+        if ctx.transport == "udp" and udp_from is not None and not in_networks(canonical(ctx.caller), udp_from):
+            return "udp_from"
         return None if self.settings.allow.permits(ctx.caller) else "allow"
 
     async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
@@ -118,8 +113,10 @@ class DracService:
         reason = self.refusal(ctx)
         if reason is not None:
             self.metrics.refusals.inc(reason)
-            log.warning("ADD %s from %s refused: caller not in allow list (%s)",
-                        address, ctx, self.settings.allow.source)
+            why = {"allow": f"caller not in allow list ({self.settings.allow.source})",
+                   "udp_from": "UDP from a source udp_from does not trust",
+                   "admin": "not an admin on the UNIX socket"}[reason]
+            log.warning("ADD %s from %s refused: %s", address, ctx, why)
             return AddStat.ADD_PERM
         rate = self.settings.rate_per_caller
         if rate and ctx.caller is not None and not self.buckets.allow(canonical(ctx.caller), rate):
