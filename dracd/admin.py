@@ -25,9 +25,10 @@ from dracclient.adminproto import (
     Entry,
     ListPage,
     Status,
+    Target,
     decode_add3,
-    decode_addr,
     decode_list3_args,
+    decode_target,
     encode_adminstat,
     encode_flush3_res,
     encode_get3_res,
@@ -38,7 +39,8 @@ from dracclient.xdr import Unpacker
 
 from . import __version__
 from .dispatch import AuthRefused, CallContext, Dispatcher
-from .keys import IPAddress, canonical, relayable
+from .keys import Entry as TableEntry
+from .keys import IPAddress, canonical, entry_network, key_siblings, relayable
 from .service import DracService
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,12 @@ MAX_LIFETIME = 10 * 365 * 86400
 class Listing:
     """A snapshot of the table being paged through by one client."""
 
-    addresses: list[IPAddress]
+    addresses: list[TableEntry]
     used: float = field(default_factory=time.monotonic)
+
+
+def _canonical(target: Target) -> TableEntry:
+    return canonical(target) if isinstance(target, IPAddress) else target
 
 
 class AdminService:
@@ -87,13 +93,13 @@ class AdminService:
     async def add(self, args: bytes, ctx: CallContext) -> bytes:
         # The caller is checked first: a non-admin is refused whatever it sent.
         self._require_admin(ctx, "ADD")
-        address, lifetime = decode_add3(args)
-        address = canonical(address)
+        target, lifetime = decode_add3(args)
         # An admin is not held to the MRA allow list (DracService.add would answer
         # ADD_PERM to an admin_allow caller missing from dracd.allow).
-        if lifetime > MAX_LIFETIME or not relayable(address):
-            log.warning("admin ADD %s (lifetime %d) from %s refused: not a unicast host address or bad lifetime",
-                        address, lifetime, ctx)
+        address, why = self._entry(target)
+        if address is None or lifetime > MAX_LIFETIME:
+            log.warning("admin ADD %s (lifetime %d) from %s refused: %s", target, lifetime, ctx,
+                        why or "lifetime over ten years")
             return encode_adminstat(AdminStat.ADMIN_INVAL)
         expiry = self.table.add(address, lifetime or self.drac.settings.lifetime)
         if not await self.drac.commit(f"ADD {address}", ctx):
@@ -101,9 +107,23 @@ class AdminService:
         log.info("admin ADD %s from %s ok, expires %d", address, ctx, expiry)
         return encode_adminstat(AdminStat.ADMIN_OK)
 
+    def _entry(self, target: Target) -> tuple[TableEntry | None, str]:
+        """The table entry an admin ADD names, or None and why not."""
+        if isinstance(target, IPAddress):
+            address = canonical(target)
+            return (address, "") if relayable(address) else (None, "not a unicast host address")
+        entry = entry_network(target)
+        if entry is None:
+            return None, ("not a network the MTAs' partial lookups can match "
+                          "(IPv4 /8, /16, /24; IPv6 /48 to /112 in steps of 16)")
+        for sibling in key_siblings(target):
+            if sibling in self.table:
+                return None, f"it would share a map key with the entry {sibling}; delete that first"
+        return entry, ""
+
     async def delete(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "DEL")
-        address = canonical(decode_addr(args))
+        address = _canonical(decode_target(args))
         if not self.table.remove(address):
             return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
         if not await self.drac.commit(f"DEL {address}", ctx):
@@ -113,7 +133,7 @@ class AdminService:
 
     async def get(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "GET")
-        address = canonical(decode_addr(args))
+        address = _canonical(decode_target(args))
         expiry = self.table.get(address)
         if expiry is None or expiry <= self.table.clock():
             return encode_get3_res(AdminStat.ADMIN_NOTFOUND)

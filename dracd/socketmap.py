@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .keys import parse_key
+from .keys import IPAddress, parse_key
 from .netstring import NetstringError, NetstringReader, encode
 from .ratelog import RateLimitedLog
 from .table import RelayTable
@@ -74,10 +74,12 @@ def answer(table: RelayTable, request: bytes) -> bytes:
     name, sep, key = request.partition(b" ")
     if not sep or not name or not key:
         return BAD_REQUEST
-    address = parse_key(key.lower())
-    if address is None:
+    entry = parse_key(key.lower())
+    if entry is None:
         return NOTFOUND
-    expiry = table.get(address)
+    # A host is found through a network entry that holds it too: one exact query
+    # answers, whatever Postfix's partial lookups of the compressed text would give.
+    expiry = table.lookup(entry) if isinstance(entry, IPAddress) else table.get(entry)
     if expiry is None or expiry <= table.clock():
         return NOTFOUND
     return b"OK " + str(expiry).encode()

@@ -1,4 +1,4 @@
-"""The relay table: address -> expiry time, with no I/O.
+"""The relay table: address (or network) -> expiry time, with no I/O.
 
 Expiry uses a heap of (expiry, address) with lazy deletion, so expiring
 costs O(expired * log n), not a scan of the table. The clock is injected so
@@ -8,10 +8,12 @@ tests advance time instead of sleeping.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
-from .keys import IPAddress
+from .keys import Entry, IPAddress
 
 Clock = Callable[[], float]
 
@@ -19,13 +21,15 @@ Clock = Callable[[], float]
 class RelayTable:
     def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
-        self._expiry: dict[IPAddress, int] = {}
-        self._heap: list[tuple[int, int, IPAddress]] = []
+        self._expiry: dict[Entry, int] = {}
+        self._heap: list[tuple[int, int, Entry]] = []
         self._seq = 0
         #: Bumped on every change, so writers can tell which state they saved.
         self.version = 0
         #: What changed since the last take_changes(): address -> expiry, None if gone.
-        self._changes: dict[IPAddress, int | None] = {}
+        self._changes: dict[Entry, int | None] = {}
+        #: How many network entries of each (version, prefix length): what lookup() must try.
+        self._prefixes: Counter[tuple[int, int]] = Counter()
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -33,21 +37,35 @@ class RelayTable:
     def __contains__(self, address: object) -> bool:
         return address in self._expiry
 
-    def __iter__(self) -> Iterator[IPAddress]:
+    def __iter__(self) -> Iterator[Entry]:
         return iter(self._expiry)
 
-    def get(self, address: IPAddress) -> int | None:
+    def get(self, address: Entry) -> int | None:
         return self._expiry.get(address)
 
-    def add(self, address: IPAddress, lifetime: int) -> int:
+    def lookup(self, address: IPAddress) -> int | None:
+        """The latest expiry among ``address`` and the network entries that contain it."""
+        best = self._expiry.get(address)
+        for version, prefixlen in self._prefixes:
+            if version == address.version:
+                network = ipaddress.ip_network((address, prefixlen), strict=False)
+                expiry = self._expiry.get(network)
+                if expiry is not None and (best is None or expiry > best):
+                    best = expiry
+        return best
+
+    def add(self, address: Entry, lifetime: int) -> int:
         """Authorize ``address`` for ``lifetime`` seconds from now; return its expiry."""
         expiry = int(self.clock()) + lifetime
         self.set(address, expiry)
         return expiry
 
-    def set(self, address: IPAddress, expiry: int) -> None:
-        if self._expiry.get(address) == expiry:
+    def set(self, address: Entry, expiry: int) -> None:
+        previous = self._expiry.get(address)
+        if previous == expiry:
             return
+        if previous is None and not isinstance(address, IPAddress):
+            self._prefixes[address.version, address.prefixlen] += 1
         self._expiry[address] = expiry
         self._changes[address] = expiry
         # The sequence number breaks ties so addresses of both families never get compared.
@@ -57,9 +75,10 @@ class RelayTable:
         if len(self._heap) > 2 * len(self._expiry) + 1024:
             self._compact()
 
-    def remove(self, address: IPAddress) -> bool:
+    def remove(self, address: Entry) -> bool:
         if self._expiry.pop(address, None) is None:
             return False
+        self._forget_prefix(address)
         self._changes[address] = None
         self.version += 1
         return True
@@ -71,6 +90,7 @@ class RelayTable:
             self._changes.update(dict.fromkeys(self._expiry))
             self._expiry.clear()
             self._heap.clear()
+            self._prefixes.clear()
             self.version += 1
         return removed
 
@@ -82,30 +102,38 @@ class RelayTable:
             heapq.heappop(self._heap)
         return None
 
-    def expire(self, now: float | None = None, limit: int | None = None) -> list[IPAddress]:
+    def expire(self, now: float | None = None, limit: int | None = None) -> list[Entry]:
         """Remove and return the entries whose expiry is at or before ``now``
         (at most ``limit`` of them, so a caller can spread the work)."""
         now = self.clock() if now is None else now
-        gone: list[IPAddress] = []
+        gone: list[Entry] = []
         while self._heap and self._heap[0][0] <= now and (limit is None or len(gone) < limit):
             expiry, _, address = heapq.heappop(self._heap)
             if self._expiry.get(address) == expiry:
                 del self._expiry[address]
+                self._forget_prefix(address)
                 self._changes[address] = None
                 gone.append(address)
         if gone:
             self.version += 1
         return gone
 
-    def snapshot(self) -> dict[IPAddress, int]:
+    def snapshot(self) -> dict[Entry, int]:
         """The whole table; also resets the change log, as a full write covers it."""
         self._changes = {}
         return dict(self._expiry)
 
-    def take_changes(self) -> dict[IPAddress, int | None]:
+    def take_changes(self) -> dict[Entry, int | None]:
         """What changed since the last snapshot or take_changes()."""
         changes, self._changes = self._changes, {}
         return changes
+
+    def _forget_prefix(self, entry: Entry) -> None:
+        if not isinstance(entry, IPAddress):
+            key = entry.version, entry.prefixlen
+            self._prefixes[key] -= 1
+            if not self._prefixes[key]:
+                del self._prefixes[key]
 
     def _compact(self) -> None:
         self._heap = [item for item in self._heap if self._expiry.get(item[2]) == item[0]]

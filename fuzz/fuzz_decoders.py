@@ -26,7 +26,7 @@ DECODERS = [
     drac.decode_add_v2,
     drac.decode_addstat,
     adminproto.decode_add3,
-    adminproto.decode_addr,
+    adminproto.decode_target,
     adminproto.decode_list3_args,
     adminproto.decode_list3_res,
     adminproto.decode_status3_res,

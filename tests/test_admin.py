@@ -38,8 +38,8 @@ from dracclient.adminproto import (
     decode_get3_res,
     decode_list3_res,
     encode_add3,
-    encode_addr,
     encode_list3_args,
+    encode_target,
 )
 from dracclient.drac import DRACPROC_ADD, DRACVERS, AddStat, decode_addstat, encode_add_args
 from dracclient.errors import PermissionRefused, RpcRefused
@@ -203,9 +203,9 @@ def test_ipv4_mapped_addresses_are_ipv4(admin_server: ServerThread) -> None:
     # Raw calls, so the server (not AdminClient) does the folding.
     assert decode_adminstat(raw(admin_server, DRACPROC_ADD3, encode_add3(mapped, 60))) == AdminStat.ADMIN_OK
     assert set(map_keys(admin_server.config.map.path)) == {b"192.0.2.5"}
-    stat, expiry = decode_get3_res(raw(admin_server, DRACPROC_GET3, encode_addr(mapped)))
+    stat, expiry = decode_get3_res(raw(admin_server, DRACPROC_GET3, encode_target(mapped)))
     assert stat == AdminStat.ADMIN_OK and expiry == map_value(admin_server, "192.0.2.5")
-    assert decode_adminstat(raw(admin_server, DRACPROC_DEL3, encode_addr(mapped))) == AdminStat.ADMIN_OK
+    assert decode_adminstat(raw(admin_server, DRACPROC_DEL3, encode_target(mapped))) == AdminStat.ADMIN_OK
     assert map_keys(admin_server.config.map.path) == {}
     # And through AdminClient.
     admin = unix_client(admin_server)
@@ -220,7 +220,7 @@ def test_admin_over_udp_is_refused(admin_server: ServerThread) -> None:
     before = map_state(admin_server)
     calls = [
         (DRACPROC_ADD3, encode_add3(ip("192.0.2.9"), 60)),
-        (DRACPROC_DEL3, encode_addr(ip("192.0.2.1"))),
+        (DRACPROC_DEL3, encode_target(ip("192.0.2.1"))),
         (DRACPROC_FLUSH3, b""),
         (DRACPROC_STATUS3, b""),
     ]
@@ -372,9 +372,9 @@ def test_other_group_is_refused_where_admin_group_is_set(make_server: Make, open
 def changing_calls() -> list[tuple[int, bytes]]:
     return [
         (DRACPROC_ADD3, encode_add3(ip("198.51.100.1"), 60)),
-        (DRACPROC_DEL3, encode_addr(ip("192.0.2.1"))),
+        (DRACPROC_DEL3, encode_target(ip("192.0.2.1"))),
         (DRACPROC_FLUSH3, b""),
-        (DRACPROC_GET3, encode_addr(ip("192.0.2.1"))),
+        (DRACPROC_GET3, encode_target(ip("192.0.2.1"))),
         (DRACPROC_LIST3, encode_list3_args(0, 0, 10)),
         (DRACPROC_STATUS3, b""),
         (DRACPROC_ADD3, b"garbage"),  # refused before its arguments are looked at
@@ -403,7 +403,7 @@ def test_network_caller_outside_admin_allow_is_refused(make_server: Make) -> Non
         assert reply.reply_stat == ReplyStat.MSG_DENIED and reply.auth_stat == AuthStat.AUTH_TOOWEAK
     assert map_state(server) == before
     # The same call from 127.0.0.1 is taken.
-    assert decode_adminstat(raw(server, DRACPROC_DEL3, encode_addr(ip("192.0.2.1")),
+    assert decode_adminstat(raw(server, DRACPROC_DEL3, encode_target(ip("192.0.2.1")),
                                 source=("127.0.0.1", 0))) == AdminStat.ADMIN_OK
     assert map_keys(server.config.map.path) == {}
 

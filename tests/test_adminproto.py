@@ -17,12 +17,19 @@ addresses = st.one_of(
     st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
     st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
 )
+networks = st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 31)).map(
+        lambda t: ipaddress.IPv4Network((t[0], t[1]), strict=False)),
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 127)).map(
+        lambda t: ipaddress.IPv6Network((t[0], t[1]), strict=False)),
+)
+targets = st.one_of(addresses, networks)
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 text = st.text(max_size=50)
 
 DECODERS = [
-    ap.decode_addr, ap.decode_add3, ap.decode_adminstat, ap.decode_get3_res, ap.decode_list3_args,
+    ap.decode_target, ap.decode_add3, ap.decode_adminstat, ap.decode_get3_res, ap.decode_list3_args,
     ap.decode_list3_res, ap.decode_flush3_res, ap.decode_status3_res,
 ]
 
@@ -41,15 +48,23 @@ def test_decoders_raise_only_xdr_errors(data: bytes) -> None:
         pass
 
 
-@given(addresses, u32)
-def test_add3_round_trip(address: ipaddress.IPv4Address | ipaddress.IPv6Address, lifetime: int) -> None:
-    assert ap.decode_add3(ap.encode_add3(address, lifetime)) == (address, lifetime)
-    assert ap.decode_addr(ap.encode_addr(address)) == address
+@given(targets, u32)
+def test_add3_round_trip(target: ap.Target, lifetime: int) -> None:
+    assert ap.decode_add3(ap.encode_add3(target, lifetime)) == (target, lifetime)
+    assert ap.decode_target(ap.encode_target(target)) == target
 
 
-@given(st.sampled_from(ap.AdminStat), u64, u32, st.lists(st.tuples(addresses, u64), max_size=20), st.booleans())
+def test_a_target_is_the_address_then_its_prefix_length() -> None:
+    host = ipaddress.ip_address("192.0.2.7")
+    assert ap.encode_target(host) == b"\0\0\0\x04\xc0\x00\x02\x07\0\0\0\x20"
+    assert ap.encode_target(ipaddress.ip_network("192.0.2.0/24"))[-4:] == b"\0\0\0\x18"
+    assert ap.decode_target(ap.encode_target(ipaddress.ip_network("2001:db8:1:2::/64"))) == \
+        ipaddress.ip_network("2001:db8:1:2::/64")
+
+
+@given(st.sampled_from(ap.AdminStat), u64, u32, st.lists(st.tuples(targets, u64), max_size=20), st.booleans())
 def test_list3_round_trip(stat: ap.AdminStat, cookie: int, total: int,
-                          entries: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
+                          entries: list[tuple[ap.Target, int]],
                           more: bool) -> None:
     page = ap.ListPage(stat, cookie, total, [ap.Entry(a, e) for a, e in entries], more)
     assert ap.decode_list3_res(ap.encode_list3_res(page)) == page
@@ -77,7 +92,11 @@ def test_status3_counters_are_last_and_bounded() -> None:
 
 def test_bad_values_are_rejected() -> None:
     with pytest.raises(XdrError, match="4 or 16"):
-        ap.decode_addr(b"\0\0\0\x05" + b"abcde" + b"\0\0\0")
+        ap.decode_target(b"\0\0\0\x05" + b"abcde" + b"\0\0\0" + b"\0\0\0\x20")
+    with pytest.raises(XdrError, match="not a network"):  # host bits set
+        ap.decode_target(b"\0\0\0\x04\xc0\x00\x02\x07\0\0\0\x18")
+    with pytest.raises(XdrError, match="not a network"):
+        ap.decode_target(b"\0\0\0\x04\xc0\x00\x02\x07\0\0\0\x21")
     with pytest.raises(XdrError, match="adminstat"):
         ap.decode_adminstat(b"\0\0\0\x09")
     with pytest.raises(XdrError, match="exceed"):

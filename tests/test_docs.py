@@ -130,6 +130,19 @@ def test_example_config_passes_check_config() -> None:
     assert "OK" in result.stdout
 
 
+def test_logwatch_example_config_passes_check_config_and_shows_every_key() -> None:
+    example = REPO / "etc" / "dracd-logwatch.example.yaml"
+    result = subprocess.run([str(BIN / "dracd-logwatch"), "--check-config", "-c", str(example)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    text = example.read_text()
+    keys = set(logwatch_config._TOP_KEYS) | set(logwatch_config._RULE_KEYS) | set(logwatch_config._PATTERN_KEYS)
+    keys |= set(logwatch_config._SOURCE_KEYS) | set(logwatch_config._TARGET_KEYS) | set(logwatch_config._FILE_KEYS)
+    keys |= set(logwatch_config._JOURNAL_KEYS) | set(PRESETS)
+    missing = sorted(key for key in keys if not re.search(rf"\b{key}\b", text))
+    assert not missing, f"etc/dracd-logwatch.example.yaml does not show {missing}"
+
+
 # Command-line options against their pages.
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 
-from dracd.keys import Ipv6Keys, KeyStyle, canonical, parse_key, parse_value, relayable, sendmail_form
+from dracd.keys import (
+    Ipv6Keys,
+    KeyStyle,
+    canonical,
+    entry_network,
+    key_siblings,
+    parse_key,
+    parse_value,
+    postfix_network_keys,
+    relayable,
+    sendmail_form,
+)
 
 V4 = ipaddress.ip_address("192.0.2.7")
 V6 = ipaddress.ip_address("2001:db8::b8:10")
@@ -61,10 +73,11 @@ def test_parse_key_reads_every_ipv6_style(key: bytes) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    [b"unknown", b"127.0.0", b"192.0.2", b"", b"192.0.2.0/24", b"0.0.0.0", b"::", b"224.0.0.1",
-     b"255.255.255.255", b"\xff\xfe", b"192.0.2.7 ", b"example.org"],
+    [b"unknown", b"", b"0.0.0.0", b"::", b"224.0.0.1", b"255.255.255.255", b"\xff\xfe", b"192.0.2.7 ",
+     b"example.org", b"192.0.2.0/23", b"0.0", b"224.0.0", b"192.0.02", b"192.0.256", b"2001:db8", b"2001:db8:",
+     b"2001:db8:1:2:", b"2001:db8::/63", b"::ffff:0:0/96", b"1.2.3.4.5", b"2001:db8:1:2:3:4:5:6:7"],
 )
-def test_parse_key_rejects_anything_that_is_not_one_host(key: bytes) -> None:
+def test_parse_key_rejects_anything_that_is_not_a_host_or_network_entry(key: bytes) -> None:
     assert parse_key(key) is None
 
 
@@ -81,3 +94,102 @@ def test_canonical_and_relayable() -> None:
     assert relayable(V4) and relayable(V6)
     for bad in ("0.0.0.0", "::", "239.1.1.1", "ff02::1", "255.255.255.255"):
         assert not relayable(ipaddress.ip_address(bad))
+
+
+N24 = ipaddress.ip_network("192.0.2.0/24")
+N64 = ipaddress.ip_network("2001:db8:1:2::/64")
+
+
+@pytest.mark.parametrize(("key", "network"), [
+    (b"192.0.2", N24), (b"192.0.2\0", N24), (b"192.0", ipaddress.ip_network("192.0.0.0/16")),
+    (b"10", ipaddress.ip_network("10.0.0.0/8")), (b"192.0.2.0/24", N24),
+    (b"2001:db8:1:2", N64), (b"ipv6:2001:db8:1:2", N64), (b"2001:db8:1:2::/64", N64),
+    (b"2001:db8:0", ipaddress.ip_network("2001:db8::/48")),
+])
+def test_parse_key_reads_network_keys(key: bytes, network: ipaddress.IPv4Network) -> None:
+    assert parse_key(key) == network
+
+
+def test_network_keys_in_every_style() -> None:
+    assert KeyStyle().keys(N24) == [b"192.0.2"]
+    assert KeyStyle(nul=True).keys(N24) == [b"192.0.2\0"]
+    assert KeyStyle(cidr=True).keys(N24) == [b"192.0.2.0/24"]
+    assert KeyStyle().keys(N64) == [b"2001:db8:1:2"]
+    assert KeyStyle(ipv6=Ipv6Keys.SENDMAIL).keys(N64) == [b"ipv6:2001:db8:1:2"]
+    assert KeyStyle(ipv6=Ipv6Keys.BOTH).keys(N64) == [b"2001:db8:1:2", b"ipv6:2001:db8:1:2"]
+    # Trailing zero groups: the "::" of some hosts starts inside the prefix.
+    assert KeyStyle().keys(ipaddress.ip_network("2001:db8::/64")) == [b"2001:db8:0:0", b"2001:db8:"]
+    for style in (KeyStyle(), KeyStyle(ipv6=Ipv6Keys.BOTH), KeyStyle(cidr=True)):
+        for key in style.keys(N64) + style.keys(N24):
+            if not key.endswith(b":"):
+                assert parse_key(key) in (N64, N24)
+
+
+@pytest.mark.parametrize("text", ["192.0.2.0/23", "192.0.2.0/25", "0.0.0.0/8", "224.0.0.0/8",
+                                  "2001:db8::/63", "2001:db8::/32", "ff02::/64", "::ffff:0:0/96"])
+def test_only_networks_partial_lookups_can_match_become_entries(text: str) -> None:
+    assert entry_network(ipaddress.ip_network(text)) is None
+
+
+def test_a_host_network_is_the_host() -> None:
+    assert entry_network(ipaddress.ip_network("192.0.2.7/32")) == V4
+    assert entry_network(ipaddress.ip_network("::ffff:192.0.2.7/128")) == V4
+
+
+def postfix_partial_lookups(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """What Postfix's check_addr_access() looks up: the text, then cut at the last
+    "." or ":" again and again (compressed IPv6 text, as inet_ntop writes it)."""
+    text = str(address)
+    delimiter = ":" if address.version == 6 else "."
+    lookups = [text]
+    while delimiter in text:
+        text = text.rsplit(delimiter, 1)[0]
+        lookups.append(text)
+    return lookups
+
+
+def sample_hosts(network: ipaddress.IPv6Network, rng: random.Random) -> list[ipaddress.IPv6Address]:
+    """Hosts in and around ``network``: random ones, and ones whose zero runs put "::" anywhere."""
+    base = int(network.network_address)
+    span = network.num_addresses
+    hosts = {base + rng.randrange(span) for _ in range(200)}
+    for run_start in range(8):
+        for run_length in range(2, 8 - run_start + 1):
+            value = int(ipaddress.IPv6Address(":".join(["1"] * 8)))
+            for group in range(run_start, run_start + run_length):
+                value &= ~(0xFFFF << (16 * (7 - group)))
+            hosts.add(base | (value & (span - 1)))
+    neighbours = {host ^ (1 << bit) for host in list(hosts)[:50] for bit in range(128 - network.prefixlen, 128)}
+    return [ipaddress.IPv6Address(host) for host in hosts | neighbours]
+
+
+@pytest.mark.parametrize("text", ["2001:db8:1:2::/64", "2001:db8::/64", "2001:db8:5::/64", "2001:db8::/48",
+                                  "2001:db8:1::/48", "2001:db8:1:2:3::/80", "2001:0:0:5::/64", "2a02:1234:5600::/64"])
+def test_postfix_network_keys_match_hosts_inside_and_never_outside(text: str) -> None:
+    network = ipaddress.IPv6Network(text)
+    keys = set(postfix_network_keys(network))
+    rng = random.Random(text)
+    missed = []
+    for host in sample_hosts(network, rng):
+        matched = bool(keys & set(postfix_partial_lookups(host)))
+        if host in network:
+            missed += [] if matched else [host]
+        else:
+            assert not matched, f"{host} is outside {network} but matches {keys}"
+    # Only hosts whose "::" starts two or more groups before the prefix ends are missed.
+    for host in missed:
+        assert str(host).split("::")[0].count(":") + 2 < network.prefixlen // 16, (host, keys)
+    if ":0:0" not in str(network.network_address.exploded).replace(":0000", ":0")[: network.prefixlen // 4]:
+        assert not missed
+
+
+def test_ipv4_networks_match_by_partial_lookup() -> None:
+    (key,) = KeyStyle().keys(N24)
+    assert key.decode() in postfix_partial_lookups(ipaddress.IPv4Address("192.0.2.200"))
+    assert key.decode() not in postfix_partial_lookups(ipaddress.IPv4Address("192.0.20.1"))
+
+
+def test_nested_networks_that_share_a_key_are_siblings() -> None:
+    assert key_siblings(ipaddress.IPv6Network("2001:db8::/64")) == [ipaddress.IPv6Network("2001:db8::/48")]
+    assert key_siblings(N64) == []
+    assert key_siblings(N24) == []

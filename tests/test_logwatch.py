@@ -34,6 +34,7 @@ documentation addresses, 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -50,6 +51,7 @@ from dracd.logwatch.config import LogwatchConfig, config_from_dict, load_config,
 from dracd.logwatch.policy import (
     Policy,
     expand,
+    prefix_problem,
     parse_address,
     parse_mynetworks,
     postfix_mynetworks,
@@ -417,7 +419,11 @@ def test_trusted_networks_are_skipped() -> None:
     assert policy.decide(login("::ffff:192.0.2.5")) is None
     assert policy.decide(login("2001:db8::5")) is None
     decided = policy.decide(login("192.0.2.200"))
-    assert decided is not None and decided.addresses == (ipaddress.ip_address("192.0.2.200"),)
+    assert decided is not None and decided.entries == (ipaddress.ip_address("192.0.2.200"),)
+    # A network entry inside a trusted network is skipped too; one that overlaps it is not.
+    assert policy.decide(login("2001:db8::7", prefix6=64)) is None
+    decided = policy.decide(login("192.0.2.201", prefix4=24))
+    assert decided is not None and decided.entries == (ipaddress.ip_network("192.0.2.0/24"),)
 
 
 def write_main_cf(directory: Path, text: str) -> None:
@@ -456,18 +462,38 @@ def test_dedup_window() -> None:
     assert Policy(dedup=0, clock=lambda: 0.0).decide(login("192.0.2.70")) is not None
 
 
-def test_prefix_expansion() -> None:
-    network, hosts = expand(ipaddress.ip_address("192.0.2.77"), 24, 128)
+def test_prefix_becomes_network_entries_the_mtas_match() -> None:
+    def entries(text: str, prefix4: int = 32, prefix6: int = 128) -> list[str]:
+        return [str(entry) for entry in expand(ipaddress.ip_address(text), prefix4, prefix6)[1]]
+
+    assert entries("192.0.2.77", prefix4=24) == ["192.0.2.0/24"]
+    assert entries("192.0.2.77", prefix4=16) == ["192.0.0.0/16"]
+    assert entries("192.0.2.77", prefix4=23) == ["192.0.2.0/24", "192.0.3.0/24"]
+    assert entries("2001:db8:1:2::77", prefix6=64) == ["2001:db8:1:2::/64"]
+    assert entries("2001:db8:1:2::77", prefix6=48) == ["2001:db8:1::/48"]
+    assert len(entries("2001:db8:1:2::77", prefix6=56)) == 256  # a /56 is 256 /64 entries
+    assert len(entries("192.0.2.77", prefix4=26)) == 62  # below a /24: host addresses
+    for prefix, networks, problem in ((64, True, None), (56, True, None), (55, True, "more than 256"),
+                                      (120, False, None), (64, False, "target.admin_socket"),
+                                      (112, True, None), (116, True, "more than 256")):
+        found = prefix_problem(prefix, 6, networks)
+        assert (found is None) if problem is None else (problem in (found or "")), (prefix, found)
+    assert prefix_problem(24, 4, False) is None and "admin_socket" in (prefix_problem(23, 4, False) or "")
+
+
+def test_prefix_expansion_to_hosts_for_the_drac_protocol() -> None:
+    hosts_of = functools.partial(expand, networks=False)
+    network, hosts = hosts_of(ipaddress.ip_address("192.0.2.77"), 24, 128)
     assert str(network) == "192.0.2.0/24" and len(hosts) == 254
     assert str(hosts[0]) == "192.0.2.1" and str(hosts[-1]) == "192.0.2.254"
-    network, hosts = expand(ipaddress.ip_address("198.51.100.255"), 24, 128)  # from a wider network
+    network, hosts = hosts_of(ipaddress.ip_address("198.51.100.255"), 24, 128)  # from a wider network
     assert len(hosts) == 255 and ipaddress.ip_address("198.51.100.255") in hosts
-    network, hosts = expand(ipaddress.ip_address("2001:db8::1:77"), 32, 120)
+    network, hosts = hosts_of(ipaddress.ip_address("2001:db8::1:77"), 32, 120)
     assert str(network) == "2001:db8::1:0/120" and len(hosts) == 255
-    assert expand(ipaddress.ip_address("192.0.2.77"), 32, 128) == (None, (ipaddress.ip_address("192.0.2.77"),))
-    policy = Policy([ipaddress.ip_network("192.0.2.0/26")])
+    assert hosts_of(ipaddress.ip_address("192.0.2.77"), 32, 128) == (None, (ipaddress.ip_address("192.0.2.77"),))
+    policy = Policy([ipaddress.ip_network("192.0.2.0/26")], networks=False)
     decided = policy.decide(login("192.0.2.77", prefix4=24, lifetime=600))
-    assert decided is not None and decided.lifetime == 600 and len(decided.addresses) == 254 - 63
+    assert decided is not None and decided.lifetime == 600 and len(decided.entries) == 254 - 63
     assert policy.decide(login("192.0.2.78", prefix4=24)) is None  # the same /24, recently sent
 
 
@@ -546,10 +572,13 @@ CONFIG_ERRORS = [
     ("sources: {files: [a]}\npresets: [pop-before-smtp]\n", "unknown preset 'pop-before-smtp'"),
     ("sources: {files: [a]}\npresets: {uw: {lifetme: 5m}}\n", "unknown key 'presets.uw.lifetme'"),
     ("sources: {files: [a]}\npresets: {uw: {lifetime: 300}}\n", "'presets.uw.lifetime': expected a duration"),
-    ("sources: {files: [a]}\npresets: {uw: {prefix4: 16}}\n", "'presets.uw.prefix4': /16 is shorter than /24"),
-    ("sources: {files: [a]}\npresets: {uw: {prefix6: 64}}\n", "'presets.uw.prefix6': /64 is shorter than /120: "
-     "dracd's map holds host addresses, and a /64 holds 2^64 of them, which cannot be enumerated; authorizing "
-     "IPv6 networks needs network entries in dracd (not supported yet)"),
+    ("sources: {files: [a]}\npresets: {uw: {prefix4: 15}}\n", "'presets.uw.prefix4': /15 is shorter than /16"),
+    ("sources: {files: [a]}\npresets: {uw: {prefix6: 32}}\n", "'presets.uw.prefix6': /32 is shorter than /48: "
+     "a wider prefix than a /48 (one site's allocation) is a whole provider's customers"),
+    ("sources: {files: [a]}\npresets: {uw: {prefix6: 50}}\n", "'presets.uw.prefix6': /50: it would take more "
+     "than 256 entries"),
+    ("sources: {files: [a]}\npresets: {uw: {prefix6: 64}}\ntarget: {servers: [127.0.0.1]}\n",
+     "'presets.uw.prefix6': /64: the DRAC protocol carries host addresses only"),
     ("sources: {files: [a]}\npresets: {uw: {prefix6: 129}}\n", "'presets.uw.prefix6': expected a prefix length"),
     ("sources: {files: [a]}\npresets: {uw: {programs: ['ipop3d[1]']}}\n", "'presets.uw.programs'"),
     ("sources: {files: [a]}\npresets: {uw: {lifetime: 5m}}\ntarget: {servers: [127.0.0.1]}\n",

@@ -106,10 +106,25 @@ def test_foreign_records_are_never_loaded(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     table = db.DB()
     table.open(str(path), dbtype=db.DB_BTREE, flags=db.DB_CREATE)
-    for key, value in [(b"unknown", b"1"), (b"127.0.0", b"1"), (b"192.0.2.7", b"soon"), (b"192.0.2.8", b"9")]:
+    for key, value in [(b"unknown", b"1"), (b"127.0.0.0/23", b"1"), (b"192.0.2.7", b"soon"), (b"192.0.2.8", b"9"),
+                       (b"198.51.100", b"7"), (b"2001:db8:", b"7")]:
         table.put(key, value)
     table.close()
-    assert open_writer("btree", path, KeyStyle()).read() == {ipaddress.ip_address("192.0.2.8"): 9}
+    assert open_writer("btree", path, KeyStyle()).read() == {
+        ipaddress.ip_address("192.0.2.8"): 9, ipaddress.ip_network("198.51.100.0/24"): 7}
+
+
+def test_network_entries_round_trip_through_the_map(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    entries = {ipaddress.ip_network("198.51.100.0/24"): 5, ipaddress.ip_network("2001:db8::/64"): 6,
+               ipaddress.ip_network("2001:db8:1:2::/64"): 7, ipaddress.ip_address("192.0.2.8"): 9}
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write(entries)
+    assert records(path) == {b"198.51.100": b"5", b"2001:db8:0:0": b"6", b"2001:db8:": b"6",
+                             b"2001:db8:1:2": b"7", b"192.0.2.8": b"9"}
+    assert writer.read() == entries
+    writer.update({ipaddress.ip_network("2001:db8::/64"): None})
+    assert b"2001:db8:" not in records(path) and b"2001:db8:0:0" not in records(path)
 
 
 def test_read_only_directory_fails_cleanly_and_keeps_the_old_map(tmp_path: Path) -> None:

@@ -25,17 +25,18 @@ from .adminproto import (
     AdminStat,
     Entry,
     Status,
+    Target,
     decode_adminstat,
     decode_flush3_res,
     decode_get3_res,
     decode_list3_res,
     decode_status3_res,
     encode_add3,
-    encode_addr,
     encode_list3_args,
+    encode_target,
 )
 from .client import server_host
-from .drac import DRACPROG, IPAddress
+from .drac import DRACPROG
 from .errors import BadReply, DracError, InvalidRequest, PermissionRefused, RpcRefused, ServerError, Unavailable
 from .rpc import ReplyStat
 from .rpccall import call
@@ -56,7 +57,13 @@ class ListingExpired(ServerError):
 
 
 
-def _address(value: str | IPAddress) -> IPAddress:
+def _target(value: str | Target) -> Target:
+    """An address, or a network written ADDR/PREFIX ("192.0.2.0/24", "2001:db8:1:2::/64")."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network) or (isinstance(value, str) and "/" in value):
+        network = ipaddress.ip_network(value)
+        if network.prefixlen < network.max_prefixlen:
+            return network
+        value = network.network_address
     address = ipaddress.ip_address(value)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
@@ -128,22 +135,23 @@ class AdminClient:
         self._call(0)
         return time.monotonic() - started
 
-    def add(self, address: str | IPAddress, lifetime: int = 0) -> None:
-        """Authorize ``address`` for ``lifetime`` seconds (0: the server's lifetime)."""
-        addr = _address(address)
+    def add(self, address: str | Target, lifetime: int = 0) -> None:
+        """Authorize ``address`` (or a network, "192.0.2.0/24") for ``lifetime`` seconds
+        (0: the server's lifetime)."""
+        addr = _target(address)
         stat = self._decode("ADD", decode_adminstat, self._call(DRACPROC_ADD3, encode_add3(addr, lifetime)))
         self._check(stat, addr)
 
-    def delete(self, address: str | IPAddress) -> None:
-        """Remove ``address``; raises NotFound if it was not there."""
-        addr = _address(address)
-        stat = self._decode("DEL", decode_adminstat, self._call(DRACPROC_DEL3, encode_addr(addr)))
+    def delete(self, address: str | Target) -> None:
+        """Remove ``address`` (or a network entry); raises NotFound if it was not there."""
+        addr = _target(address)
+        stat = self._decode("DEL", decode_adminstat, self._call(DRACPROC_DEL3, encode_target(addr)))
         self._check(stat, addr)
 
-    def get(self, address: str | IPAddress) -> int | None:
-        """The expiry of ``address`` (epoch seconds), or None if it is not authorized."""
-        addr = _address(address)
-        stat, expiry = self._decode("GET", decode_get3_res, self._call(DRACPROC_GET3, encode_addr(addr)))
+    def get(self, address: str | Target) -> int | None:
+        """The expiry of the entry ``address`` (epoch seconds), or None if there is none."""
+        addr = _target(address)
+        stat, expiry = self._decode("GET", decode_get3_res, self._call(DRACPROC_GET3, encode_target(addr)))
         if stat == AdminStat.ADMIN_NOTFOUND:
             return None
         self._check(stat, addr)

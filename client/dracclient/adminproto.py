@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from .drac import IPAddress
 from .xdr import Packer, Unpacker, XdrError
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: What an admin procedure names: a host address, or a network (an authorized prefix).
+Target = IPAddress | IPNetwork
+
 DRACVERS_ADMIN = 3
 DRACPROC_ADD3 = 1
 DRACPROC_DEL3 = 2
@@ -35,7 +39,7 @@ class AdminStat(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    address: IPAddress
+    address: Target
     expiry: int
 
 
@@ -87,26 +91,43 @@ def unpack_addr(reader: Unpacker) -> IPAddress:
     return ipaddress.ip_address(raw)
 
 
-def encode_addr(address: IPAddress) -> bytes:
-    return pack_addr(Packer(), address).bytes()
+def pack_target(packer: Packer, target: Target) -> Packer:
+    """A drac_target: the address bytes, then the prefix length (the full length for a host)."""
+    if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return pack_addr(packer, target.network_address).uint(target.prefixlen)
+    return pack_addr(packer, target).uint(target.max_prefixlen)
 
 
-def decode_addr(data: bytes) -> IPAddress:
+def unpack_target(reader: Unpacker) -> Target:
+    address, prefix = unpack_addr(reader), reader.uint()
+    if prefix == address.max_prefixlen:
+        return address
+    try:
+        return ipaddress.ip_network((address, prefix))
+    except ValueError as exc:  # prefix too long, or host bits set
+        raise XdrError(f"not a network: {address}/{prefix}: {exc}") from None
+
+
+def encode_target(target: Target) -> bytes:
+    return pack_target(Packer(), target).bytes()
+
+
+def decode_target(data: bytes) -> Target:
     reader = Unpacker(data)
-    address = unpack_addr(reader)
+    target = unpack_target(reader)
     reader.done()
-    return address
+    return target
 
 
-def encode_add3(address: IPAddress, lifetime: int) -> bytes:
-    return pack_addr(Packer(), address).uint(lifetime).bytes()
+def encode_add3(target: Target, lifetime: int) -> bytes:
+    return pack_target(Packer(), target).uint(lifetime).bytes()
 
 
-def decode_add3(data: bytes) -> tuple[IPAddress, int]:
+def decode_add3(data: bytes) -> tuple[Target, int]:
     reader = Unpacker(data)
-    address, lifetime = unpack_addr(reader), reader.uint()
+    target, lifetime = unpack_target(reader), reader.uint()
     reader.done()
-    return address, lifetime
+    return target, lifetime
 
 
 def encode_adminstat(stat: AdminStat) -> bytes:
@@ -145,7 +166,7 @@ def decode_list3_args(data: bytes) -> tuple[int, int, int]:
 def encode_list3_res(page: ListPage) -> bytes:
     packer = Packer().uint(page.status).uhyper(page.cookie).uint(page.total).uint(len(page.entries))
     for entry in page.entries:
-        pack_addr(packer, entry.address).uhyper(entry.expiry)
+        pack_target(packer, entry.address).uhyper(entry.expiry)
     return packer.bool(page.more).bytes()
 
 
@@ -155,7 +176,7 @@ def decode_list3_res(data: bytes) -> ListPage:
     count = reader.uint()
     if count > MAX_LIST:
         raise XdrError(f"{count} entries in one page exceed {MAX_LIST}")
-    entries = [Entry(unpack_addr(reader), reader.uhyper()) for _ in range(count)]
+    entries = [Entry(unpack_target(reader), reader.uhyper()) for _ in range(count)]
     more = reader.bool()
     reader.done()
     return ListPage(status, cookie, total, entries, more)

@@ -9,6 +9,7 @@ its map (try again).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .admin import DEFAULT_SOCKET, AdminClient, NotFound
+from .adminproto import Entry
 from .client import ServerResult, add, ping
 from .drac import DRACPROG
 from .durations import parse_duration
@@ -155,7 +157,8 @@ def local_time(epoch: int) -> str:
 
 
 def cmd_add(args: argparse.Namespace, out: Output) -> None:
-    if args.lifetime is not None or args.socket:
+    # Networks and lifetimes exist only in the admin procedures; the DRAC ADD carries one host.
+    if args.lifetime is not None or args.socket or any("/" in address for address in args.addresses):
         admin = admin_client(args)
         for address in args.addresses:
             try:
@@ -193,9 +196,17 @@ def cmd_del(args: argparse.Namespace, out: Output) -> None:
             out.ok(f"{address}: deleted", address=address, ok=True)
 
 
+def _order(entry: Entry) -> tuple[int, int, int]:
+    """Hosts and networks together, by family then address (a network before its hosts)."""
+    target = entry.address
+    if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return target.version, int(target.network_address), target.prefixlen
+    return target.version, int(target), target.max_prefixlen
+
+
 def cmd_list(args: argparse.Namespace, out: Output) -> int:
     now = int(time.time())
-    entries = sorted(admin_client(args).entries(), key=lambda e: (e.address.version, e.address))
+    entries = sorted(admin_client(args).entries(), key=_order)
     if out.json:
         return out.done([{"address": str(e.address), "expiry": e.expiry, "expires": local_time(e.expiry),
                           "seconds_left": max(e.expiry - now, 0)} for e in entries])

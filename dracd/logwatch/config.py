@@ -31,7 +31,7 @@ from ..config import (
     _resolve,
     _str,
 )
-from .policy import MIN_PREFIX4, MIN_PREFIX6, IPNetwork
+from .policy import MIN_PREFIX4, MIN_PREFIX6, IPNetwork, prefix_problem
 from .presets import PRESETS, Rule, RuleOptions, custom_rule, preset_rule
 from .values import WHY4, WHY6, dedup, duration, interval, prefix, programs, seconds, servers, strings
 
@@ -268,9 +268,15 @@ def validate(config: LogwatchConfig) -> LogwatchConfig:
     target = config.target
     if (target.admin_socket is None) == (not target.servers):
         raise ConfigError(f"{source}: key 'target': give admin_socket or servers (exactly one)")
+    keyed = [(f"presets.{name}", options) for name, options in config.presets]
+    keyed += [(f"patterns[{i}]", p.options) for i, p in enumerate(config.patterns)]
+    networks = target.admin_socket is not None
+    for key, options in keyed:
+        for version, length in ((4, options.prefix4), (6, options.prefix6)):
+            problem = prefix_problem(length, version, networks)
+            if problem:
+                raise ConfigError(f"{source}: key '{key}.prefix{version}': /{length}: {problem}")
     if target.admin_socket is None:
-        keyed = [(f"presets.{name}", options) for name, options in config.presets]
-        keyed += [(f"patterns[{i}]", p.options) for i, p in enumerate(config.patterns)]
         for key, options in keyed:
             if options.lifetime:
                 raise ConfigError(f"{source}: key '{key}.lifetime': a lifetime per preset needs "

@@ -72,7 +72,7 @@ class Watcher:
         self.clock = clock
         self.target = target if target is not None else make_target(config.target)
         self.matcher = Matcher(config.rules(), clock)
-        self.policy = Policy(trusted_networks(config), config.dedup, clock)
+        self.policy = Policy(trusted_networks(config), config.dedup, clock, networks=self.target.networks)
         self.counters = Counters()
         self._queue: asyncio.Queue[Authorization] = asyncio.Queue()
         self._files: dict[Path, _Followed] = {}
@@ -117,10 +117,10 @@ class Watcher:
 
     async def _send(self, auth: Authorization) -> None:
         lifetime = f"lifetime {auth.lifetime} s" if auth.lifetime else "dracd's lifetime"
-        if not auth.addresses:
+        if not auth.entries:
             log.debug("nothing to add for %s (preset %s): every address is trusted", auth.describe(), auth.rule)
             return
-        outcomes = await self.target.add(auth.addresses, auth.lifetime)
+        outcomes = await self.target.add(auth.entries, auth.lifetime)
         failed = [outcome for outcome in outcomes if outcome.error is not None]
         self.counters.added += len(outcomes) - len(failed)
         self.counters.failed += len(failed)

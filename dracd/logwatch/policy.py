@@ -5,9 +5,12 @@ In order: the text must be an IP address that is a unicast host address
 client); addresses in trusted networks (a list, and optionally Postfix's
 ``mynetworks``) need nothing; an address (or prefix) already sent within
 the de-duplication window is not sent again; and a rule may widen the
-address to its IPv4 /24 (or longer) or IPv6 /120 (or longer) prefix, every
-host address of which is authorized, since dracd's map holds host
-addresses only. Every refusal is logged at debug level.
+address to a prefix. Through dracd's admin socket a prefix the MTAs' partial
+lookups can match (IPv4 /16, /24; IPv6 /48, /64, /80...) is one network
+entry, and one a little longer than those (a /56) is its /64s; the DRAC
+protocol carries host addresses only, so there a prefix is enumerated
+(IPv4 /24 or longer, IPv6 /120 or longer). Every refusal is logged at
+debug level.
 """
 
 from __future__ import annotations
@@ -21,15 +24,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..keys import IPAddress, canonical, relayable
+from ..keys import Entry, IPAddress, canonical, relayable
 from .presets import Login
 
 log = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: The shortest prefixes a rule may ask for (as network entries, through the admin socket).
+MIN_PREFIX4 = 16
+MIN_PREFIX6 = 48
 #: The shortest prefixes that can be enumerated into host addresses (254 and 256 of them).
-MIN_PREFIX4 = 24
-MIN_PREFIX6 = 120
+MIN_HOSTS4 = 24
+MIN_HOSTS6 = 120
+#: Most entries one prefix may become (a /56 is 256 /64 entries).
+MAX_ENTRIES = 256
 MAX_REMEMBERED = 65536
 
 
@@ -54,7 +62,8 @@ class Authorization:
     login: IPAddress
     #: The prefix the rule widened the address to, or None for the address alone.
     network: IPNetwork | None
-    addresses: tuple[IPAddress, ...]
+    #: What to ADD: host addresses, or network entries.
+    entries: tuple[Entry, ...]
     lifetime: int
 
     @property
@@ -64,19 +73,50 @@ class Authorization:
     def describe(self) -> str:
         if self.network is None:
             return str(self.login)
-        return f"{self.network} ({len(self.addresses)} addresses, for {self.login})"
+        if self.entries and not isinstance(self.entries[0], IPAddress):
+            if len(self.entries) == 1:
+                return f"{self.network} (for {self.login})"
+            return f"{self.network} ({len(self.entries)} networks, for {self.login})"
+        return f"{self.network} ({len(self.entries)} addresses, for {self.login})"
 
 
-def expand(address: IPAddress, prefix4: int, prefix6: int) -> tuple[IPNetwork | None, tuple[IPAddress, ...]]:
-    """The prefix around ``address`` and its host addresses (the address alone at /32 or /128)."""
+def entry_prefix(prefix: int, version: int, networks: bool) -> int:
+    """The prefix length of the entries a rule's prefix becomes: the next length the MTAs'
+    partial lookups match (whole octets or groups), or the host length without networks."""
+    max_prefixlen = 32 if version == 4 else 128
+    if not networks:
+        return max_prefixlen
+    step = 8 if version == 4 else 16
+    return min(-(-prefix // step) * step, max_prefixlen)
+
+
+def expand(address: IPAddress, prefix4: int, prefix6: int, networks: bool = True,
+           ) -> tuple[IPNetwork | None, tuple[Entry, ...]]:
+    """The prefix around ``address`` and the entries that authorize it: the address alone at
+    /32 or /128, else network entries (``networks``) or the prefix's host addresses."""
     prefix = prefix4 if address.version == 4 else prefix6
     if prefix == address.max_prefixlen:
         return None, (address,)
-    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-    hosts = [host for host in network.hosts() if relayable(host)]
+    network = ipaddress.ip_network((address, prefix), strict=False)
+    length = entry_prefix(prefix, address.version, networks)
+    if length < address.max_prefixlen:
+        return network, tuple(network.subnets(new_prefix=length))
+    hosts: list[Entry] = [host for host in network.hosts() if relayable(host)]
     if address not in hosts:  # e.g. x.y.z.255 logging in from a wider network than the /24
         hosts.append(address)
     return network, tuple(hosts)
+
+
+def prefix_problem(prefix: int, version: int, networks: bool) -> str | None:
+    """Why a rule may not ask for this prefix with this target, or None."""
+    if prefix < (MIN_HOSTS4 if version == 4 else MIN_HOSTS6) and not networks:
+        return ("the DRAC protocol carries host addresses only, so a prefix is enumerated and "
+                f"/{MIN_HOSTS4 if version == 4 else MIN_HOSTS6} is the widest; network entries "
+                "need target.admin_socket")
+    if 2 ** (entry_prefix(prefix, version, networks) - prefix) > MAX_ENTRIES:
+        return (f"it would take more than {MAX_ENTRIES} entries: use a prefix the MTAs match "
+                "whole (IPv4 /16, /24; IPv6 /48, /64, /80 ...) or one at most 8 bits shorter")
+    return None
 
 
 class Policy:
@@ -87,7 +127,10 @@ class Policy:
         trusted: Iterable[IPNetwork] = (),
         dedup: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        networks: bool = True,
     ) -> None:
+        #: Whether the target takes network entries (dracd's admin socket does).
+        self.networks = networks
         self.trusted = tuple(trusted)
         self.dedup = dedup
         self.clock = clock
@@ -107,9 +150,9 @@ class Policy:
         if (network := self._trusted_network(address)) is not None:
             log.debug("ignored %s from %s: trusted network %s", address, rule.name, network)
             return None
-        prefix, hosts = expand(address, rule.options.prefix4, rule.options.prefix6)
-        addresses = tuple(host for host in hosts if self._trusted_network(host) is None)
-        authorization = Authorization(rule.name, address, prefix, addresses, rule.options.lifetime)
+        prefix, entries = expand(address, rule.options.prefix4, rule.options.prefix6, self.networks)
+        wanted = tuple(entry for entry in entries if not self._trusted(entry))
+        authorization = Authorization(rule.name, address, prefix, wanted, rule.options.lifetime)
         now = self.clock()
         self._forget_older_than(now - self.dedup)
         if authorization.key in self._sent:
@@ -124,6 +167,12 @@ class Policy:
     def forget(self, authorization: Authorization) -> None:
         """The ADD failed: let the next login try again."""
         self._sent.pop(authorization.key, None)
+
+    def _trusted(self, entry: Entry) -> bool:
+        if isinstance(entry, IPAddress):
+            return self._trusted_network(entry) is not None
+        return any(entry.version == network.version and entry.subnet_of(network)  # type: ignore[arg-type]
+                   for network in self.trusted)
 
     def _trusted_network(self, address: IPAddress) -> IPNetwork | None:
         for network in self.trusted:

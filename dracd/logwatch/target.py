@@ -5,7 +5,8 @@ which presets need for their ``lifetime`` option; the DRAC protocol's ADD
 has none (dracd applies its own) but works across hosts, to several
 servers at once. Both clients block, so calls run in worker threads.
 
-A prefix expands to up to 256 ADDs. They go out concurrently, at most
+A prefix becomes one network entry (admin socket) or expands to up to 256
+ADDs. They go out concurrently, at most
 :data:`CONCURRENCY` at a time: dracd answers an ADD once its map holds it
 and writes concurrent ADDs in one map rewrite (group commit), so a batch
 costs a few rewrites, not 254.
@@ -24,7 +25,7 @@ from dracclient.admin import AdminClient
 from dracclient.drac import DRACPROG
 from dracclient.errors import DracError
 
-from ..keys import IPAddress
+from ..keys import Entry, IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ CONCURRENCY = 16
 class Outcome:
     """What the server made of one address: ``error`` is None if it took it."""
 
-    address: IPAddress
+    address: Entry
     error: str | None = None
 
 
@@ -44,19 +45,21 @@ class Target:
 
     #: Whether per-entry lifetimes reach the server.
     lifetimes = False
+    #: Whether network entries (an authorized prefix) can be sent.
+    networks = False
 
     def __init__(self) -> None:
         self._slots = asyncio.Semaphore(CONCURRENCY)
 
-    async def add_one(self, address: IPAddress, lifetime: int) -> None:
+    async def add_one(self, address: Entry, lifetime: int) -> None:
         raise NotImplementedError
 
     def describe(self) -> str:
         raise NotImplementedError
 
-    async def add(self, addresses: Sequence[IPAddress], lifetime: int) -> list[Outcome]:
-        """ADD every address (concurrently, bounded); one outcome per address, in order."""
-        async def one(address: IPAddress) -> Outcome:
+    async def add(self, addresses: Sequence[Entry], lifetime: int) -> list[Outcome]:
+        """ADD every entry (concurrently, bounded); one outcome per entry, in order."""
+        async def one(address: Entry) -> Outcome:
             async with self._slots:
                 try:
                     await self.add_one(address, lifetime)
@@ -68,9 +71,10 @@ class Target:
 
 
 class AdminTarget(Target):
-    """dracd's admin UNIX socket: per-entry lifetimes."""
+    """dracd's admin UNIX socket: per-entry lifetimes, network entries."""
 
     lifetimes = True
+    networks = True
 
     def __init__(self, socket_path: Path, *, prog: int = DRACPROG, timeout: float = 5.0) -> None:
         super().__init__()
@@ -79,7 +83,7 @@ class AdminTarget(Target):
     def describe(self) -> str:
         return f"dracd's admin socket {self.client.socket_path}"
 
-    async def add_one(self, address: IPAddress, lifetime: int) -> None:
+    async def add_one(self, address: Entry, lifetime: int) -> None:
         await asyncio.to_thread(self.client.add, address, lifetime)
 
 
@@ -98,5 +102,7 @@ class ServersTarget(Target):
         where = ", ".join(self.servers)
         return f"DRAC servers {where}" + (f" port {self.port}" if self.port else "")
 
-    async def add_one(self, address: IPAddress, lifetime: int) -> None:
+    async def add_one(self, address: Entry, lifetime: int) -> None:
+        if not isinstance(address, IPAddress):
+            raise ValueError(f"{address}: the DRAC protocol carries host addresses only")
         await aio.add(address, servers=self.servers, port=self.port, prog=self.prog, timeout=self.timeout)

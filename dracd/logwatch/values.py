@@ -69,7 +69,5 @@ def prefix(low: int, high: int, why: str) -> Any:
     return convert
 
 
-WHY4 = ("dracd's map holds host addresses, so a prefix is authorized address by address, "
-        "and /24 (254 ADDs) is the most this program enumerates")
-WHY6 = ("dracd's map holds host addresses, and a /64 holds 2^64 of them, which cannot be enumerated; "
-        "authorizing IPv6 networks needs network entries in dracd (not supported yet)")
+WHY4 = "a wider prefix than a /16 is a whole provider's customers, not one user's network"
+WHY6 = "a wider prefix than a /48 (one site's allocation) is a whole provider's customers"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from ..keys import IPAddress, KeyStyle
+from ..keys import Entry, KeyStyle
 
 
 class MapError(Exception):
@@ -26,17 +26,17 @@ class StaleMap(MapError):
 class MapWriter(Protocol):
     path: Path
 
-    def write(self, entries: Mapping[IPAddress, int]) -> None:
+    def write(self, entries: Mapping[Entry, int]) -> None:
         """Replace the whole map with ``entries``; raise :class:`MapError` on failure."""
 
-    def update(self, changes: Mapping[IPAddress, int | None]) -> None:
+    def update(self, changes: Mapping[Entry, int | None]) -> None:
         """Replace the map with a copy carrying ``changes`` (None: remove the address).
         Raise :class:`StaleMap` if the map is not the one last written here."""
 
     def can_update(self) -> bool:
         """Whether :meth:`update` may be used (this writer wrote the current map)."""
 
-    def read(self) -> dict[IPAddress, int]:
+    def read(self) -> dict[Entry, int]:
         """The entries in the current map (empty if there is none)."""
 
 

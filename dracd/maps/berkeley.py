@@ -19,7 +19,7 @@ from pathlib import Path
 
 from berkeleydb import db
 
-from ..keys import IPAddress, KeyStyle, parse_key, parse_value
+from ..keys import Entry, KeyStyle, parse_key, parse_value
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class BerkeleyMap:
         #: (device, inode, size, mtime) of the map this writer last put in place.
         self._written: tuple[int, int, int, int] | None = None
 
-    def write(self, entries: Mapping[IPAddress, int]) -> None:
+    def write(self, entries: Mapping[Entry, int]) -> None:
         items = sorted((key, self.style.value(expiry)) for address, expiry in entries.items()
                        for key in self.style.keys(address))
 
@@ -46,14 +46,16 @@ class BerkeleyMap:
 
         self._replace(fill, copy=False)
 
-    def update(self, changes: Mapping[IPAddress, int | None]) -> None:
+    def update(self, changes: Mapping[Entry, int | None]) -> None:
+        records = sorted((key, None if expiry is None else self.style.value(expiry))
+                         for entry, expiry in changes.items() for key in self.style.keys(entry))
+
         def apply(table: db.DB) -> None:
-            for address, expiry in sorted(changes.items(), key=lambda item: item[0].packed):
-                for key in self.style.keys(address):
-                    if expiry is not None:
-                        table.put(key, self.style.value(expiry))
-                    elif table.exists(key):
-                        table.delete(key)
+            for key, value in records:
+                if value is not None:
+                    table.put(key, value)
+                elif table.exists(key):
+                    table.delete(key)
 
         self._replace(apply, copy=True)
 
@@ -107,17 +109,18 @@ class BerkeleyMap:
                         break
                     offset += sent
 
-    def read(self) -> dict[IPAddress, int]:
+    def read(self) -> dict[Entry, int]:
         if not self.path.exists():
             return {}
-        entries: dict[IPAddress, int] = {}
+        entries: dict[Entry, int] = {}
         skipped = 0
         try:
             with self._locked(fcntl.LOCK_SH):
                 for key, value in _records(self.path):
                     address, expiry = parse_key(key), parse_value(value)
                     if address is None or expiry is None:
-                        skipped += 1
+                        # A network's second Postfix key ("2001:db8:") comes back with its first.
+                        skipped += not key.rstrip(b"\0").endswith(b":")
                         continue
                     entries[address] = max(expiry, entries.get(address, 0))
         except (OSError, db.DBError) as exc:
