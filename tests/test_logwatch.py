@@ -51,10 +51,10 @@ from dracd.logwatch.config import LogwatchConfig, config_from_dict, load_config,
 from dracd.logwatch.policy import (
     Policy,
     expand,
-    prefix_problem,
     parse_address,
     parse_mynetworks,
     postfix_mynetworks,
+    prefix_problem,
 )
 from dracd.logwatch.presets import PRESETS, SESSION_TTL, Login, Matcher, RuleOptions, preset_rule
 from dracd.logwatch.record import (

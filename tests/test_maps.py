@@ -174,7 +174,7 @@ def test_update_applies_changes_to_a_copy(tmp_path: Path) -> None:
     writer.update({V4: None, V6: 3, ipaddress.ip_address("192.0.2.8"): 4, ipaddress.ip_address("192.0.2.9"): None})
     assert path.stat().st_ino != inode
     assert records(path) == {b"2001:db8::7": b"3", b"ipv6:2001:db8:0:0:0:0:0:7": b"3", b"192.0.2.8": b"4"}
-    assert os.listdir(tmp_path) == ["dracd.db"]
+    assert sorted(os.listdir(tmp_path)) == [".dracd.db.spare", "dracd.db"]  # the old inode, kept as the spare
 
 
 def test_update_refuses_a_map_someone_else_replaced(tmp_path: Path) -> None:
@@ -209,3 +209,57 @@ def test_unsafe_map_directories_are_found(tmp_path: Path) -> None:
     assert unsafe_directory(shared / "sub" / "dracd.db") is None
     shared.chmod(0o775)
     assert unsafe_directory(shared / "dracd.db") == shared
+
+
+def test_updates_reuse_the_previous_inode_once_nobody_has_it_open(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    spare = tmp_path / ".dracd.db.spare"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    first = path.stat().st_ino
+    writer.update({V4: 2})  # a copy: the first inode becomes the spare, lacking V4: 2
+    second = path.stat().st_ino
+    assert second != first and spare.stat().st_ino == first
+    writer.update({ipaddress.ip_address("192.0.2.8"): 3})  # the spare catches up in place and comes back
+    assert path.stat().st_ino == first and spare.stat().st_ino == second
+    assert records(path) == {b"192.0.2.7": b"2", b"192.0.2.8": b"3"}
+    writer.update({V4: None})
+    assert path.stat().st_ino == second and records(path) == {b"192.0.2.8": b"3"}
+    assert writer.read() == {ipaddress.ip_address("192.0.2.8"): 3}
+
+
+def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    writer.update({V4: 2})
+    # An MTA session that opened the map before the last write still reads the old inode.
+    reader = db.DB()
+    reader.open(str(tmp_path / ".dracd.db.spare"), dbtype=db.DB_BTREE, flags=db.DB_RDONLY)
+    held = os.stat(tmp_path / ".dracd.db.spare").st_ino
+    try:
+        for expiry in range(3, 40):  # enough changes to grow the file, which crashes mmap readers
+            writer.update({ipaddress.ip_address(f"198.51.100.{expiry}"): expiry, V4: expiry})
+            assert path.stat().st_ino != held
+        assert reader.get(b"192.0.2.7") == b"1" and len(reader.keys()) == 1
+    finally:
+        reader.close()
+    assert records(path)[b"192.0.2.7"] == b"39" and len(records(path)) == 38
+    # That inode lost its names to newer copies; with no reader left, reuse resumes.
+    inodes = set()
+    for expiry in range(40, 46):
+        writer.update({V4: expiry})
+        inodes.add(path.stat().st_ino)
+    assert len(inodes) == 2 and held not in inodes
+
+
+def test_a_full_write_drops_the_spare(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    writer.update({V4: 2})
+    writer.write({V6: 5})
+    assert sorted(os.listdir(tmp_path)) == ["dracd.db"]
+    writer.update({V4: 3})
+    writer.update({V4: 4})
+    assert records(path) == {b"2001:db8::7": b"5", b"192.0.2.7": b"4"}

@@ -152,4 +152,4 @@ def test_postfix_relays_for_hosts_inside_a_network_entry_only(
         for host in outside:
             assert postfix.probe_relay_as(host)[0] == 554, (network, host)
         client.delete(network)
-        assert wait_for(lambda: postfix.probe_relay_as(inside[0])[0] == 554, 5), network
+        assert wait_for(lambda host=inside[0]: postfix.probe_relay_as(host)[0] == 554, 5), network

@@ -1,11 +1,24 @@
 """Berkeley DB btree/hash maps, as Postfix (btree:, hash:) and Sendmail read them.
 
-The readers flock(2) the file and mmap it, so updating in place crashes
-them when the file grows (DESIGN.md §3). Every write builds a complete new
-file beside the map (from scratch, or as a copy of the map we last wrote
-with the latest changes applied), fsyncs it and renames it over the map
-while holding flock(LOCK_EX) on the old one: open MTA sessions keep a
-consistent old inode and the next session opens the new one.
+The readers flock(2) the file and mmap it, so updating in place a file that
+a reader has open crashes it when the file grows (DESIGN.md §3). So a
+reader only ever sees a complete file that nobody changes any more: every
+write puts a finished, fsynced file in place with rename(2), under
+flock(LOCK_EX) on the old one; open MTA sessions keep their old inode and
+the next session opens the new one.
+
+Where the new file comes from, cheapest first:
+- the spare: the map's previous inode, kept under a hidden name. Once no
+  process has it open (a write lease, F_SETLEASE, can only be taken on a
+  file nobody else has open or mapped), it is brought up to date in place
+  with the changes it lacks and renamed back in: a commit costs its changes
+  and two fsyncs, whatever the size of the map. As it keeps a name, a reader
+  would not see that it was replaced by the inode losing its last link, so
+  its mtime moves forward at the swap (all Postfix and Sendmail look at);
+- a copy of the map we last wrote, with the changes applied (the spare is
+  busy, or lags too far behind);
+- a complete new file from the table (first write, or the map was replaced
+  by someone else).
 """
 
 from __future__ import annotations
@@ -26,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
+#: Most changes the spare may lag behind; beyond that a copy is cheaper.
+SPARE_MAX_PENDING = 4096
+Records = dict[bytes, bytes | None]
 
 
 class BerkeleyMap:
@@ -35,6 +51,10 @@ class BerkeleyMap:
         self.style = style
         #: (device, inode, size, mtime) of the map this writer last put in place.
         self._written: tuple[int, int, int, int] | None = None
+        self._spare = path.with_name(f".{path.name}.spare")
+        self._prev = path.with_name(f".{path.name}.prev")
+        #: The records the spare lacks (None: delete the key); None: there is no spare.
+        self._spare_lacks: Records | None = None
 
     def write(self, entries: Mapping[Entry, int]) -> None:
         items = sorted((key, self.style.value(expiry)) for address, expiry in entries.items()
@@ -45,19 +65,41 @@ class BerkeleyMap:
                 table.put(key, value)
 
         self._replace(fill, copy=False)
+        # The old inode may be anyone's; start the spare afresh from the next update.
+        self._spare_lacks = None
+        _unlink_quietly(self._spare)
 
     def update(self, changes: Mapping[Entry, int | None]) -> None:
-        records = sorted((key, None if expiry is None else self.style.value(expiry))
-                         for entry, expiry in changes.items() for key in self.style.keys(entry))
+        records: Records = {key: None if expiry is None else self.style.value(expiry)
+                            for entry, expiry in changes.items() for key in self.style.keys(entry)}
+        lacks = self._spare_lacks
+        if (lacks is not None and len(lacks) + len(records) <= SPARE_MAX_PENDING and self.can_update()
+                and _nobody_has_open(self._spare)):
+            try:
+                self._refresh_spare({**lacks, **records})
+            except (OSError, db.DBError) as exc:
+                log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
+                self._spare_lacks = None
+            else:
+                self._spare_lacks = records  # the previous map, now the spare, lacks this commit
+                return
+        self._replace(lambda table: _apply(table, records), copy=True)
+        self._spare_lacks = records
 
-        def apply(table: db.DB) -> None:
-            for key, value in records:
-                if value is not None:
-                    table.put(key, value)
-                elif table.exists(key):
-                    table.delete(key)
-
-        self._replace(apply, copy=True)
+    def _refresh_spare(self, records: Records) -> None:
+        """Bring the spare up to date in place and rename it over the map."""
+        table = db.DB()
+        table.open(str(self._spare), dbtype=_DB_TYPES[self.kind])
+        try:
+            _apply(table, records)
+        finally:
+            table.close()
+        fd = os.open(self._spare, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._install(self._spare)
 
     def can_update(self) -> bool:
         return self._written is not None and self._written == _identity(self.path)
@@ -83,10 +125,7 @@ class BerkeleyMap:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            with self._locked(fcntl.LOCK_EX):
-                os.rename(tmp, self.path)
-            self._written = _identity(self.path)
-            _fsync_dir(self.path.parent)
+            self._install(tmp)
         except StaleMap:
             _unlink_quietly(tmp)
             raise
@@ -94,6 +133,25 @@ class BerkeleyMap:
             _unlink_quietly(tmp)
             self._written = None
             raise MapError(f"cannot write {self.path}: {_describe(exc)}") from exc
+
+    def _install(self, new: Path) -> None:
+        """Rename ``new`` over the map; the map's inode stays as the spare."""
+        with self._locked(fcntl.LOCK_EX):
+            _unlink_quietly(self._prev)
+            try:
+                os.link(self.path, self._prev)
+            except FileNotFoundError:
+                pass
+            os.rename(new, self.path)
+            if os.path.lexists(self._prev):
+                os.rename(self._prev, self._spare)
+                # Readers tell a replaced map by its open inode losing its last name or
+                # changing mtime (Postfix: mtime differs; Sendmail: mtime is later).
+                # The spare keeps a name, so its mtime moves on, its content untouched.
+                st = os.stat(self._spare)
+                os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        self._written = _identity(self.path)
+        _fsync_dir(self.path.parent)
 
     def _copy_current(self, out_fd: int) -> None:
         """Copy the map, under a shared lock so no other writer is half-way through it."""
@@ -141,6 +199,31 @@ class BerkeleyMap:
             yield
         finally:
             os.close(fd)
+
+
+def _apply(table: db.DB, records: Records) -> None:
+    for key in sorted(records):
+        value = records[key]
+        if value is not None:
+            table.put(key, value)
+        elif table.exists(key):
+            table.delete(key)
+
+
+def _nobody_has_open(path: Path) -> bool:
+    """Whether no process has ``path`` open or mapped: only then can we take a write lease."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    except OSError:  # EAGAIN: someone has it open; EINVAL: no leases on this file system
+        return False
+    finally:
+        os.close(fd)
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
