@@ -28,7 +28,11 @@ documentation addresses, 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32):
   ``Authentication %s for %s`` (pop_auth.c), as pop-before-smtp's config
   and its contrib/popa3d patch (``... -- [IP]``) show them.
 * journald: entries shaped like ``journalctl -o json`` output per
-  systemd.journal-fields(7); NOT captured (no systemd on this machine).
+  systemd.journal-fields(7); tests/test_logwatch_journald.py runs a real
+  systemd-journald and journalctl.
+
+Courier, Cyrus and popa3d lines captured from the real daemons are in
+tests/vectors/logwatch/ and tested by tests/test_logwatch_captured.py.
 """
 
 from __future__ import annotations

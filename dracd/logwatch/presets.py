@@ -6,7 +6,9 @@ line must carry a PID, and patterns that must match the *whole* message
 syslog header was split off first (:mod:`.record`), text another program
 logs can never reach these patterns.
 
-Where each format comes from (tests/test_logwatch.py has a sample of each):
+Where each format comes from (tests/test_logwatch.py has a sample of each;
+tests/test_logwatch_captured.py runs the lines the real daemons wrote,
+tests/vectors/logwatch/):
 
 * ``dovecot``: Dovecot 2.3's login processes, ``pop3-login: Login: user=<U>,
   method=M, rip=IP, lip=IP, ...`` (captured from Debian 12's Dovecot
@@ -16,17 +18,29 @@ Where each format comes from (tests/test_logwatch.py has a sample of each):
   ``APOP`` with ``nmsgs=`` (ipop3d, mailbox opened), ``Login``/
   ``Authenticated ... mech=`` (imapd); host is ``NAME [IP]`` or ``[IP]``,
   NAME validated by c-client (letters, digits, dot, hyphen). openlog(LOG_PID).
-* ``courier``: Courier's ``LOGIN, user=U, ip=[IP], port=[P], protocol=X``,
-  written to stderr and sent to syslog by courierlogger (openlog without
-  LOG_PID, tag from ``-name=``: pop3d, imapd, pop3d-ssl, imapd-ssl).
+* ``courier``: ``LOGIN, user=U, ip=[IP], port=[P]`` (POP3, USER/PASS and
+  AUTH alike) and ``..., protocol=IMAP`` (LOGIN and AUTHENTICATE), captured
+  from Debian 12's courier-pop/courier-imap 1.0.16; couriertcpd listens on
+  ``::``, so IPv4 clients read ``::ffff:a.b.c.d``. courierlogger sends them
+  to syslog without LOG_PID, tagged by ``-name=`` (pop3d, imapd, pop3d-ssl,
+  imapd-ssl). Failures read ``LOGIN FAILED, ...``.
 * ``qpopper``: ``(vX) POP login by user "U" at (HOST) IP`` and the end-of-
   session ``Stats: U n n n n HOST IP``, optionally followed by
   `` [file.c:line]``; tag is argv[0] (popper, qpopper, in.qpopper), LOG_PID.
-* ``cyrus``: ``login: HOST [IP] USER MECH User logged in SESSIONID=<...>``
-  (Cyrus 2.x to 3.x), tag ``cyrus/<service>`` with LOG_PID.
-* ``popa3d``: stock popa3d logs ``Session from IP`` and, in the same
-  process, ``Authentication passed for USER``; the two are joined by PID.
-  The pop-before-smtp patch's ``Authentication passed for USER -- [IP]`` is
+  From qpopper's sources and users' logs only: it is not packaged in Debian
+  and was not run. It logs IPv4 only (``struct sockaddr_in``).
+* ``cyrus``: ``login: [HOST ][IP] USER MECH User logged in SESSIONID=<...>``,
+  captured from Debian 12's Cyrus 3.6.1 (MECH plaintext for IMAP LOGIN and
+  POP3 USER/PASS, PLAIN for AUTHENTICATE/AUTH, APOP), tag ``cyrus/<service>``
+  (Debian's ``syslog_prefix: cyrus``) with LOG_PID. Failures read
+  ``badlogin: ...``. pop3d logs the login before its ``popminpoll`` check,
+  which may still refuse the session: the password was right all the same.
+* ``popa3d``: captured from Debian 12's popa3d 1.0.3: standalone (``-D``),
+  the forked child logs ``Session from IP`` and, with the same PID,
+  ``Authentication passed for USER`` (or ``failed``); the two are joined by
+  PID, and a failure ends the session. Standalone popa3d is IPv4 only; run
+  from inetd it logs no address at all (so nothing to authorize). The
+  pop-before-smtp patch's ``Authentication passed for USER -- [IP]`` is
   read directly.
 """
 
@@ -62,6 +76,8 @@ class Preset:
     session_start: re.Pattern[str] | None = None
     #: ...until this line, from the same process, says the login succeeded.
     session_login: re.Pattern[str] | None = None
+    #: A line of the same process that ends its session unsuccessfully.
+    session_end: re.Pattern[str] | None = None
 
 
 def _re(pattern: str) -> re.Pattern[str]:
@@ -95,7 +111,9 @@ PRESETS: dict[str, Preset] = {
         Preset("popa3d", ("popa3d",), True, (
             _re(rf"Authentication passed for \S+ -- \[(?P<ip>{IP})\]"),
         ), session_start=_re(rf"Session from (?P<ip>{IP})"),
-            session_login=_re(r"Authentication passed for \S+")),
+            session_login=_re(r"Authentication passed for \S+"),
+            # Once popa3d said the login failed, a later "passed" with that PID is not this session's.
+            session_end=_re(r"Authentication failed for .*|Didn't attempt authentication")),
     )
 }
 
@@ -128,6 +146,7 @@ class Rule:
     whole: bool = True
     session_start: re.Pattern[str] | None = None
     session_login: re.Pattern[str] | None = None
+    session_end: re.Pattern[str] | None = None
 
 
 def preset_rule(name: str, options: RuleOptions) -> Rule:
@@ -140,6 +159,7 @@ def preset_rule(name: str, options: RuleOptions) -> Rule:
         options=options,
         session_start=preset.session_start,
         session_login=preset.session_login,
+        session_end=preset.session_end,
     )
 
 
@@ -205,6 +225,8 @@ class Matcher:
         if rule.session_login.fullmatch(record.message) is not None:
             seen = self._sessions.pop(key, None)
             return seen[0] if seen is not None else None
+        if rule.session_end is not None and rule.session_end.fullmatch(record.message) is not None:
+            self._sessions.pop(key, None)
         return None
 
     def _expire(self, now: float) -> None:
