@@ -154,6 +154,8 @@ class SharedTable:
         #: Addresses this instance changed while a resync runs: the resync must not undo them.
         self._dirty: set[IPAddress] | None = None
         self._own: dict[IPAddress, int] = {}
+        self._puts: list[tuple[IPAddress, int, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._channel = f"__keyspace@{self.backend.db}__:{config.prefix}"
@@ -173,10 +175,14 @@ class SharedTable:
                         self.where)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for _, _, future in self._puts:
+            if not future.done():
+                future.set_result(False)
         with contextlib.suppress(Exception):
             await self.backend.close()
 
@@ -187,15 +193,31 @@ class SharedTable:
         self._touch(address)
         # Marked before the write: its event may be read before the reply.
         self._own[address] = expiry
-        try:
-            await self.backend.client.set(self.key(address), expiry, exat=expiry)
-        except Exception as exc:  # noqa: BLE001 - any failure is "not shared": ADD_SYSERR
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._puts.append((address, expiry, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_puts(), name="dracd-redis-put")
+        if not await future:
             self._own.pop(address, None)
-            self._failed(f"ADD {address}", exc)
             return False
         if len(self._own) > MAX_OWN:
             self._own.clear()
         return True
+
+    async def _write_puts(self) -> None:
+        """Group commit, as for the map: the ADDs that arrive while one round trip
+        is out share the next one (a pipeline), instead of one round trip each."""
+        while self._puts:
+            batch, self._puts = self._puts, []
+            try:
+                await _pipeline(self.backend.client, [("set", self.key(a), e, {"exat": e}) for a, e, _ in batch])
+                error: Exception | None = None
+            except Exception as exc:  # noqa: BLE001 - any failure is "not shared": ADD_SYSERR
+                error = exc
+                self._failed(f"ADD {batch[0][0]}" + (f" and {len(batch) - 1} more" if len(batch) > 1 else ""), exc)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(error is None)
 
     async def delete(self, address: IPAddress) -> int | None:
         """Delete ``address`` in Redis: how many keys went (0 or 1), None (logged) on failure."""
