@@ -13,6 +13,9 @@ dracd instances A and B on it), then measures:
   over addresses that are all in the table;
 - for Redis: ADD on A -> OK from B's socketmap (median of 9, ms).
 
+With ``--instances 1`` A runs alone on Redis: on a small machine A, B, Redis
+and the load generator share the cores, and B's work (a GET per event) slows A.
+
 Prints one table and saves JSON under bench/results/ (name ..._shared_...).
 Asserts nothing about speed; exits 1 if a reply failed or an entry is missing.
 """
@@ -131,7 +134,7 @@ def run_backend(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
             redis, redis_port = start_redis(work)
             extra = ("--redis", f"redis://127.0.0.1:{redis_port}/0")
         ports = [free_port(), free_port()]
-        for i in range(2 if name == "redis" else 1):
+        for i in range(args.instances if name == "redis" else 1):
             (work / f"d{i}").mkdir()
             server = Server(work / f"d{i}" / "dracd.db",
                             extra=(*extra, "--socketmap", f"inet:127.0.0.1:{ports[i]}"))
@@ -168,6 +171,8 @@ def main() -> int:
     parser.add_argument("--lookups", type=int, default=100000, help="socketmap lookups per backend")
     parser.add_argument("--window", type=int, default=16, help="requests in flight per client")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--instances", type=int, choices=(1, 2), default=2,
+                        help="dracd instances on Redis (2: B follows A's ADDs, as deployed; 1: A alone)")
     parser.add_argument("--time-limit", type=float, default=30.0)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--no-save", action="store_true")

@@ -298,3 +298,29 @@ def test_reload_keeps_the_redis_settings(pair: tuple[ServerThread, ...]) -> None
     assert a.daemon is not None
     a.call(lambda: a.daemon.reload(replace(a.config, redis=None)))  # type: ignore[union-attr]
     assert a.daemon.shared is not None and add_status(a, "192.0.2.120") == AddStat.ADD_SUCCESS
+
+
+def test_two_dracd_processes_share_a_table_with_the_flag(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The real command line, `dracd --redis URL`, as two processes: ADD on one, in the other's map,
+    and both stop cleanly on SIGTERM."""
+    from tests.fixtures.process import DracdProcess
+    from tests.fixtures.process import add_status as process_add
+    from tests.fixtures.redis import free_port
+    from tests.fixtures.server import private_prog
+
+    prog, processes, ports = private_prog(), [], []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            ports.append(free_port())
+            processes.append(DracdProcess(
+                ["--no-rpcbind", "--listen", "127.0.0.1", "--port", str(ports[-1]), "--program", str(prog),
+                 "--redis", redis_server.url, str(tmp_path / name / "dracd.db")],
+                log_path=tmp_path / f"{name}.log").start_ready())
+        assert process_add(ports[0], prog, "192.0.2.130") == AddStat.ADD_SUCCESS
+        assert wait_for(lambda: b"192.0.2.130" in map_keys(tmp_path / "b" / "dracd.db"), VISIBLE)
+        assert all(process.stop() == 0 for process in processes)
+        assert "synchronised" in processes[1].log()
+    finally:
+        for process in processes:
+            process.kill()
