@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind \
 	rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils \
-	systemd man-db
+	systemd man-db redis-server redis-tools
 PYTEST_ARGS ?=
 
 .PHONY: install apt run test lint bench bench-quick soak fuzz check-rpcbind clean

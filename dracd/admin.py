@@ -101,8 +101,8 @@ class AdminService:
             log.warning("admin ADD %s (lifetime %d) from %s refused: %s", target, lifetime, ctx,
                         why or "lifetime over ten years")
             return encode_adminstat(AdminStat.ADMIN_INVAL)
-        expiry = self.table.add(address, lifetime or self.drac.settings.lifetime)
-        if not await self.drac.commit(f"ADD {address}", ctx):
+        expiry = await self.drac.authorize(address, lifetime or self.drac.settings.lifetime)
+        if expiry is None or not await self.drac.commit(f"ADD {address}", ctx):
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         log.info("admin ADD %s from %s ok, expires %d", address, ctx, expiry)
         return encode_adminstat(AdminStat.ADMIN_OK)
@@ -124,7 +124,10 @@ class AdminService:
     async def delete(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "DEL")
         address = _canonical(decode_target(args))
-        if not self.table.remove(address):
+        found = await self.drac.revoke(address)
+        if found is None:
+            return encode_adminstat(AdminStat.ADMIN_SYSERR)
+        if not found:
             return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
         if not await self.drac.commit(f"DEL {address}", ctx):
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
@@ -173,9 +176,9 @@ class AdminService:
     async def flush(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "FLUSH")
         Unpacker(args).done()
-        removed = self.table.clear()
-        if not await self.drac.commit("FLUSH", ctx):
-            return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed)
+        removed = await self.drac.revoke_all()
+        if removed is None or not await self.drac.commit("FLUSH", ctx):
+            return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed or 0)
         log.info("FLUSH from %s ok: %d entries removed", ctx, removed)
         return encode_flush3_res(AdminStat.ADMIN_OK, removed)
 

@@ -22,7 +22,17 @@ from dracclient.durations import parse_duration
 
 from . import __version__
 from . import notify as sd
-from .config import LOG_LEVELS, Config, ConfigError, load_config, override, parse_listen, parse_metrics_listen
+from .config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    RedisConfig,
+    load_config,
+    override,
+    parse_listen,
+    parse_metrics_listen,
+    parse_redis_url,
+)
 from .daemon import Daemon, MapInUse
 from .maps import BERKELEY_TYPES, MapError
 from .policy import AllowFileError
@@ -70,6 +80,13 @@ def _socketmap(text: str) -> str:
     return f"unix:{spec.path.absolute()}" if spec.path is not None else str(spec)
 
 
+def _redis_url(text: str) -> str:
+    try:
+        return parse_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _minutes(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
@@ -105,6 +122,9 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
                         help="serve Prometheus metrics there (needs the metrics extra; default off)")
     parser.add_argument("--socketmap", action="append", type=_socketmap, metavar="SPEC",
                         help="answer socketmap lookups on inet:ADDR:PORT or unix:PATH (repeatable; default none)")
+    parser.add_argument("--redis", type=_redis_url, metavar="URL",
+                        help="share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
+                             "(needs the redis extra; overrides redis: in the config)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -136,6 +156,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "socketmap": tuple(args.socketmap) if args.socketmap else None,
     }
     config = override(config, **changes)
+    if args.redis is not None:
+        # A URL names one server: it replaces Sentinel or Cluster addresses from the file.
+        base = config.redis or RedisConfig()
+        config = replace(config, redis=replace(base, url=args.redis, sentinels=(), service=None, cluster=(), db=0))
     if args.admin_socket is not None:
         config = replace(config, admin_socket=Path(args.admin_socket).absolute() if args.admin_socket else None)
     return config
@@ -262,6 +286,15 @@ def _check(prog: str, config: Config) -> int:
         try:
             require()
         except MetricsUnavailable as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return EX_CONFIG
+    if config.redis is not None:
+        from .shared import RedisUnavailable
+        from .shared import require as require_redis
+
+        try:
+            require_redis()
+        except RedisUnavailable as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return EX_CONFIG
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s)")

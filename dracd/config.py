@@ -57,6 +57,43 @@ class MapConfig:
     allow_unsafe_directory: bool = False
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) for Sentinel and Cluster addresses."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:26379")
+    return host, int(port)
+
+
+def parse_redis_url(text: str) -> str:
+    """A redis-py URL: ``redis://[:PASSWORD@]HOST:PORT/DB``, ``rediss://...`` or ``unix://PATH``."""
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
+        raise ValueError(f"{text!r}: expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The shared table: exactly one of ``url``, ``sentinels`` (with ``service``) or ``cluster``."""
+
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    cluster: tuple[tuple[str, int], ...] = ()
+    #: Database number for Sentinel (a URL names its own; a cluster has only 0).
+    db: int = 0
+    password: str | None = None
+    prefix: str = "dracd:"
+    #: Seconds to wait for Redis before an ADD answers ADD_SYSERR.
+    timeout: float = 1.0
+
+    @property
+    def mode(self) -> str:
+        return "url" if self.url else "sentinel" if self.sentinels else "cluster"
+
+
 @dataclass(frozen=True)
 class Config:
     map: MapConfig = field(default_factory=MapConfig)
@@ -91,6 +128,8 @@ class Config:
     metrics_listen: str | None = None
     #: socketmap endpoints, ``inet:ADDR:PORT`` or ``unix:PATH``; empty: none.
     socketmap: tuple[str, ...] = ()
+    #: The shared table in Redis; None: this dracd's table is its own.
+    redis: RedisConfig | None = None
     source: str = "built-in defaults"
 
     @property
@@ -184,6 +223,67 @@ def _socketmap(value: Any) -> tuple[str, ...]:
     return tuple(str(parse_spec(_str(item))) for item in items)
 
 
+def _addresses(value: Any) -> tuple[tuple[str, int], ...]:
+    items = [value] if isinstance(value, str) else value
+    _expect("a list of HOST:PORT", isinstance(items, list) and bool(items), value)
+    return tuple(parse_host_port(_str(item)) for item in items)
+
+
+def _timeout(value: Any) -> float:
+    _expect("seconds between 0.05 and 60", isinstance(value, int | float) and not isinstance(value, bool)
+            and 0.05 <= value <= 60, value)
+    return float(value)
+
+
+def _prefix(text: str) -> str:
+    # The prefix is matched as a glob (SCAN MATCH, PSUBSCRIBE): no glob characters in it.
+    _expect("a string without * ? [ ] or \\", not any(c in text for c in "*?[]\\"), text)
+    return text
+
+
+_REDIS_KEYS: dict[str, Any] = {
+    "url": lambda v: parse_redis_url(_str(v)),
+    "sentinels": _addresses,
+    "service": _str,
+    "cluster": _addresses,
+    "db": _int_range(0, 1_000_000),
+    "password": _str,
+    "prefix": lambda v: _prefix(_str(v)),
+    "timeout": _timeout,
+}
+
+
+def _redis(value: Any) -> RedisConfig | None:
+    """The ``redis`` section (None: off). Its own errors name ``redis.KEY`` (see config_from_dict)."""
+    if value is None:
+        return None
+    _expect("a mapping (url:, sentinels: with service:, or cluster:) or null", isinstance(value, dict), value)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in _REDIS_KEYS:
+            raise _SubkeyError(f"redis.{key}", f"unknown key (known: {', '.join('redis.' + k for k in _REDIS_KEYS)})")
+        try:
+            out[key] = _REDIS_KEYS[key](item)
+        except ValueError as exc:
+            raise _SubkeyError(f"redis.{key}", str(exc)) from None
+    given = [key for key in ("url", "sentinels", "cluster") if key in out]
+    if len(given) != 1:
+        raise ValueError("give exactly one of redis.url, redis.sentinels (with redis.service) or redis.cluster")
+    if ("sentinels" in out) != ("service" in out):
+        raise ValueError("redis.sentinels and redis.service go together")
+    if "cluster" in out and out.get("db", 0) != 0:
+        raise _SubkeyError("redis.db", "a Redis Cluster has only database 0")
+    return RedisConfig(**out)
+
+
+class _SubkeyError(ValueError):
+    """A bad key inside a section that is itself a top-level key: names the inner key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 _MAP_KEYS: dict[str, Any] = {
     "path": _str,
     "type": _choice(BERKELEY_TYPES),
@@ -216,6 +316,7 @@ _TOP_KEYS: dict[str, Any] = {
     "record_timeout": lambda v: parse_duration(_str(v)),
     "metrics_listen": _metrics_listen,
     "socketmap": _socketmap,
+    "redis": _redis,
 }
 
 
@@ -227,6 +328,8 @@ def _convert(section: dict[str, Any], table: dict[str, Any], prefix: str, source
             raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(prefix + k for k in table)})")
         try:
             out[key] = table[key](value)
+        except _SubkeyError as exc:
+            raise ConfigError(f"{source}: key {exc.key!r}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{source}: key {name!r}: {exc}") from None
     return out

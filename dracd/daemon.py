@@ -33,6 +33,7 @@ from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .prometheus import Endpoint
 from .registration import Registration, entries_for
 from .service import DracService, Settings
+from .shared import SharedTable
 from .socketmap import SocketmapServer
 from .table import Clock, RelayTable
 from .transport import Listener, StreamLimits, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
@@ -100,6 +101,8 @@ class Daemon:
             config.udp_from, config.max_entries, config.rate_per_caller,
         )
         self.service = DracService(self.table, self.committer, self.settings, self.metrics)
+        self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None
+        self.service.shared = self.shared
         self.admin = AdminService(self.service, str(config.map.path), config.map.type)
         self.dispatcher = Dispatcher(self.metrics)
         self.service.register(self.dispatcher, config.program)
@@ -145,6 +148,8 @@ class Daemon:
             await self._start()
         except BaseException:
             await self._close_listeners()
+            if self.shared is not None:
+                await self.shared.close()
             await self.committer.close()
             self._release_lock()
             raise
@@ -155,6 +160,10 @@ class Daemon:
         self.load_table()
         self.committer.write_now()
         self.committer.start()
+        if self.shared is not None:
+            await self.shared.start()
+            # The shared entries reach the map before any MTA is told we are ready.
+            await self.committer.commit()
         self.listeners = bind_listeners(self.config.listen, self.config.port)
         dispatch = self.dispatcher.handle
         for listener in self.listeners:
@@ -225,7 +234,7 @@ class Daemon:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
         fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket", "max_connections", "max_record",
-                 "idle_timeout", "record_timeout", "metrics_listen", "socketmap")
+                 "idle_timeout", "record_timeout", "metrics_listen", "socketmap", "redis")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
@@ -251,6 +260,8 @@ class Daemon:
                 log.warning("TCP clients still connected after %.0f s; closing anyway", DRAIN_TIMEOUT)
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self.shared is not None:
+            await self.shared.close()
         await self.committer.close()
         try:
             self.committer.write_now()

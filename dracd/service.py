@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dracclient.drac import (
     DRACPROC_ADD,
@@ -21,12 +22,15 @@ from dracclient.xdr import Unpacker
 
 from .commit import Committer
 from .dispatch import CallContext, Dispatcher
-from .keys import IPAddress, canonical, relayable
+from .keys import Entry, IPAddress, canonical, relayable
 from .maps import MapError
 from .metrics import Metrics
 from .policy import AdminPolicy, AllowList, Network, in_networks
 from .ratelog import RateLimitedLog
 from .table import RelayTable
+
+if TYPE_CHECKING:
+    from .shared import SharedTable
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
@@ -77,6 +81,8 @@ class DracService:
         self.settings = settings
         self.buckets = CallerBuckets()
         self.metrics = metrics if metrics is not None else Metrics()
+        #: The table shared through Redis, written before the local one; None: not shared.
+        self.shared: SharedTable | None = None
 
     def register(self, dispatcher: Dispatcher, prog: int) -> None:
         for vers in (DRACVERS, DRACVERS6):
@@ -134,11 +140,46 @@ class DracService:
             limited.warning("full", "ADD %s from %s refused: the table is full (%d entries, max_entries)",
                             address, ctx, len(self.table))
             return AddStat.ADD_SYSERR
-        expiry = self.table.add(address, lifetime or self.settings.lifetime)
+        if self.shared is None:
+            expiry = self.table.add(address, lifetime or self.settings.lifetime)
+        elif (shared_expiry := await self.authorize(address, lifetime or self.settings.lifetime)) is None:
+            return AddStat.ADD_SYSERR
+        else:
+            expiry = shared_expiry
         if not await self.commit(f"ADD {address}", ctx):
             return AddStat.ADD_SYSERR
         log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
         return AddStat.ADD_SUCCESS
+
+    async def authorize(self, address: Entry, lifetime: int) -> int | None:
+        """Put ``address`` in the table for ``lifetime`` seconds, in the shared table first
+        if there is one; its expiry, or None (logged) if the shared table did not take it."""
+        if self.shared is None:
+            return self.table.add(address, lifetime)
+        expiry = int(self.table.clock()) + lifetime
+        if not await self.shared.put(address, expiry):
+            return None
+        self.table.set(address, expiry)
+        return expiry
+
+    async def revoke(self, address: Entry) -> bool | None:
+        """Remove ``address`` (from the shared table first): whether it was there, None if
+        the shared table could not be changed (then nothing changed here either)."""
+        if self.shared is None:
+            return self.table.remove(address)
+        removed = await self.shared.delete(address)
+        if removed is None:
+            return None
+        return self.table.remove(address) or removed > 0
+
+    async def revoke_all(self) -> int | None:
+        """Remove every entry (shared ones too): how many, None if the shared table failed."""
+        if self.shared is None:
+            return self.table.clear()
+        removed = await self.shared.flush()
+        if removed is None:
+            return None
+        return max(self.table.clear(), removed)
 
     async def commit(self, what: str, ctx: CallContext) -> bool:
         """Wait until the map holds the table; False (logged) if it cannot be written."""

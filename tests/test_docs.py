@@ -82,7 +82,8 @@ def test_every_page_is_in_the_list() -> None:
 # dracd.yaml(5) and the example config against the validator tables.
 
 def validator_keys() -> set[str]:
-    return {f"map.{key}" for key in dracd_config._MAP_KEYS} | set(dracd_config._TOP_KEYS)
+    return ({f"map.{key}" for key in dracd_config._MAP_KEYS} | set(dracd_config._TOP_KEYS)
+            | {f"redis.{key}" for key in dracd_config._REDIS_KEYS})
 
 
 def documented_keys() -> set[str]:
