@@ -102,7 +102,7 @@ class AdminService:
                         why or "lifetime over ten years")
             return encode_adminstat(AdminStat.ADMIN_INVAL)
         expiry = await self.drac.authorize(address, lifetime or self.drac.settings.lifetime)
-        if expiry is None or not await self.drac.commit(f"ADD {address}", ctx):
+        if expiry is None or not await self.drac.commit(ctx, "ADD", address):
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         log.info("admin ADD %s from %s ok, expires %d", address, ctx, expiry)
         return encode_adminstat(AdminStat.ADMIN_OK)
@@ -129,7 +129,7 @@ class AdminService:
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         if not found:
             return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
-        if not await self.drac.commit(f"DEL {address}", ctx):
+        if not await self.drac.commit(ctx, "DEL", address):
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         log.info("DEL %s from %s ok", address, ctx)
         return encode_adminstat(AdminStat.ADMIN_OK)
@@ -177,7 +177,7 @@ class AdminService:
         self._require_admin(ctx, "FLUSH")
         Unpacker(args).done()
         removed = await self.drac.revoke_all()
-        if removed is None or not await self.drac.commit("FLUSH", ctx):
+        if removed is None or not await self.drac.commit(ctx, "FLUSH"):
             return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed or 0)
         log.info("FLUSH from %s ok: %d entries removed", ctx, removed)
         return encode_flush3_res(AdminStat.ADMIN_OK, removed)

@@ -44,8 +44,11 @@ def relayable(address: IPAddress) -> bool:
     return not (
         address.is_unspecified
         or address.is_multicast
-        or address == ipaddress.IPv4Address("255.255.255.255")
+        or address == _BROADCAST
     )
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def entry_network(network: IPNetwork) -> Entry | None:

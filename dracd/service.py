@@ -146,7 +146,7 @@ class DracService:
             return AddStat.ADD_SYSERR
         else:
             expiry = shared_expiry
-        if not await self.commit(f"ADD {address}", ctx):
+        if not await self.commit(ctx, "ADD", address):
             return AddStat.ADD_SYSERR
         log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
         return AddStat.ADD_SUCCESS
@@ -181,11 +181,11 @@ class DracService:
             return None
         return max(self.table.clear(), removed)
 
-    async def commit(self, what: str, ctx: CallContext) -> bool:
+    async def commit(self, ctx: CallContext, verb: str, target: object = "") -> bool:
         """Wait until the map holds the table; False (logged) if it cannot be written."""
         try:
             await self.committer.commit()
         except MapError as exc:
-            log.warning("%s from %s failed: %s", what, ctx, exc)
+            log.warning("%s %s from %s failed: %s", verb, target, ctx, exc)
             return False
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -144,6 +145,35 @@ def encode_call(
     return packer.raw(args).bytes()
 
 
+_CALL_HEAD = struct.Struct(">8I")  # xid, CALL, 2, prog, vers, proc, cred flavor, cred length
+_AUTH_HEAD = struct.Struct(">2I")
+
+
+def _padded(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def _fast_call(data: bytes) -> Call | None:
+    """A well-formed call in two struct calls (a server's hot path); None for anything
+    else, which the field-by-field path then decodes or explains."""
+    if len(data) < 40:
+        return None
+    xid, mtype, rpcvers, prog, vers, proc, flavor, length = _CALL_HEAD.unpack_from(data)
+    if mtype != MsgType.CALL or rpcvers != RPC_VERSION or length > MAX_AUTH_BYTES:
+        return None
+    verf_at = 32 + _padded(length)
+    if len(data) < verf_at + 8:
+        return None
+    vflavor, vlength = _AUTH_HEAD.unpack_from(data, verf_at)
+    args_at = verf_at + 8 + _padded(vlength)
+    if vlength > MAX_AUTH_BYTES or len(data) < args_at:
+        return None
+    if data[32 + length : verf_at].strip(b"\0") or data[verf_at + 8 + vlength : args_at].strip(b"\0"):
+        return None
+    return Call(xid, prog, vers, proc, OpaqueAuth(flavor, data[32 : 32 + length]),
+                OpaqueAuth(vflavor, data[verf_at + 8 : verf_at + 8 + vlength]), data[args_at:])
+
+
 def decode_call(data: bytes) -> Call:
     """Decode a call message.
 
@@ -151,6 +181,9 @@ def decode_call(data: bytes) -> Call:
     well-formed version 2 call; :class:`RpcVersionMismatch` carries the xid so
     the caller can still answer.
     """
+    call = _fast_call(data)
+    if call is not None:
+        return call
     reader = Unpacker(data)
     xid = reader.uint()
     if reader.uint() != MsgType.CALL:
@@ -164,6 +197,9 @@ def decode_call(data: bytes) -> Call:
     return Call(xid, prog, vers, proc, cred, verf, reader.rest())
 
 
+_ACCEPTED_OK = struct.Struct(">6I")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE verifier, SUCCESS
+
+
 def encode_accepted(
     xid: int,
     stat: AcceptStat = AcceptStat.SUCCESS,
@@ -172,6 +208,8 @@ def encode_accepted(
     mismatch: tuple[int, int] | None = None,
     verf: OpaqueAuth = AUTH_NONE,
 ) -> bytes:
+    if stat == AcceptStat.SUCCESS and verf == AUTH_NONE:
+        return _ACCEPTED_OK.pack(xid, MsgType.REPLY, ReplyStat.MSG_ACCEPTED, 0, 0, AcceptStat.SUCCESS) + results
     packer = Packer().uint(xid).uint(MsgType.REPLY).uint(ReplyStat.MSG_ACCEPTED)
     _pack_auth(packer, verf)
     packer.uint(stat)

@@ -81,10 +81,14 @@ class BerkeleyMap:
                 log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
                 self._spare_lacks = None
             else:
-                self._spare_lacks = records  # the previous map, now the spare, lacks this commit
+                self._keep_spare(records)
                 return
         self._replace(lambda table: _apply(table, records), copy=True)
-        self._spare_lacks = records
+        self._keep_spare(records)
+
+    def _keep_spare(self, lacks: Records) -> None:
+        """The previous map is the spare now, lacking the records just written (if it was kept)."""
+        self._spare_lacks = lacks if os.path.lexists(self._spare) else None
 
     def _refresh_spare(self, records: Records) -> None:
         """Bring the spare up to date in place and rename it over the map."""
@@ -140,16 +144,20 @@ class BerkeleyMap:
             _unlink_quietly(self._prev)
             try:
                 os.link(self.path, self._prev)
-            except FileNotFoundError:
-                pass
+                keep = True
+            except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
+                keep = False
             os.rename(new, self.path)
-            if os.path.lexists(self._prev):
+            if keep:
                 os.rename(self._prev, self._spare)
                 # Readers tell a replaced map by its open inode losing its last name or
                 # changing mtime (Postfix: mtime differs; Sendmail: mtime is later).
                 # The spare keeps a name, so its mtime moves on, its content untouched.
-                st = os.stat(self._spare)
-                os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                try:
+                    st = os.stat(self._spare)
+                    os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                except OSError:  # not ours after all: let it go
+                    _unlink_quietly(self._spare)
         self._written = _identity(self.path)
         _fsync_dir(self.path.parent)
 
