@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dracclient import rpc
 from dracclient.drac import encode_add_args
 from dracclient.errors import BadReply, RpcRefused, RpcTimeout, Unavailable
 from dracclient.record import RecordReader, encode_record
@@ -608,3 +609,29 @@ def test_calls_against_the_real_server(make_server: Callable[..., ServerThread],
     with pytest.raises(RpcRefused) as info:
         call(endpoint, prog, 1, 1, b"\0\0", transport=transport, timeout=TIMEOUT)
     assert info.value.reply.accept_stat is AcceptStat.GARBAGE_ARGS
+
+
+auth_bodies = st.binary(max_size=420)
+
+
+@settings(max_examples=400)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 7), auth_bodies, auth_bodies,
+       st.binary(max_size=40), st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=3),
+       st.integers(-8, 8))
+def test_fast_call_path_agrees_with_the_careful_one(xid: int, prog: int, flavor: int, cred: bytes, verf: bytes,
+                                                   args: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    """decode_call's struct fast path decodes exactly what the field-by-field path does,
+    and leaves everything else (bad lengths, padding, truncation) to it."""
+    data = bytearray(encode_call(xid, prog, 1, 1, args, cred=OpaqueAuth(flavor, cred[:400]),
+                                 verf=OpaqueAuth(flavor, verf[:400])))
+    for offset, value in flips:
+        if offset < len(data):
+            data[offset] = value
+    message = bytes(data[: len(data) + cut] if cut < 0 else data + b"\0" * cut)
+    fast = rpc._fast_call(message)
+    try:
+        careful = rpc._careful_call(message)
+    except XdrError:
+        assert fast is None
+    else:
+        assert fast is None or fast == careful

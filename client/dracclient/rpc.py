@@ -182,8 +182,10 @@ def decode_call(data: bytes) -> Call:
     the caller can still answer.
     """
     call = _fast_call(data)
-    if call is not None:
-        return call
+    return call if call is not None else _careful_call(data)
+
+
+def _careful_call(data: bytes) -> Call:
     reader = Unpacker(data)
     xid = reader.uint()
     if reader.uint() != MsgType.CALL:
