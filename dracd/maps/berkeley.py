@@ -72,11 +72,9 @@ class BerkeleyMap:
     def update(self, changes: Mapping[Entry, int | None]) -> None:
         records: Records = {key: None if expiry is None else self.style.value(expiry)
                             for entry, expiry in changes.items() for key in self.style.keys(entry)}
-        lacks = self._spare_lacks
-        if (lacks is not None and len(lacks) + len(records) <= SPARE_MAX_PENDING and self.can_update()
-                and _nobody_has_open(self._spare)):
+        if self.can_update_in_place(len(records)):
             try:
-                self._refresh_spare({**lacks, **records})
+                self._refresh_spare({**(self._spare_lacks or {}), **records})
             except (OSError, db.DBError) as exc:
                 log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
                 self._spare_lacks = None
@@ -85,6 +83,11 @@ class BerkeleyMap:
                 return
         self._replace(lambda table: _apply(table, records), copy=True)
         self._keep_spare(records)
+
+    def can_update_in_place(self, changes: int) -> bool:
+        lacks = self._spare_lacks
+        return (lacks is not None and len(lacks) + changes <= SPARE_MAX_PENDING and self.can_update()
+                and _nobody_has_open(self._spare))
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
