@@ -100,12 +100,7 @@ class BerkeleyMap:
         try:
             _apply(table, records)
         finally:
-            table.close()
-        fd = os.open(self._spare, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            table.close()  # writes the changed pages and fdatasyncs the file
         self._install(self._spare)
 
     def can_update(self) -> bool:
