@@ -130,8 +130,7 @@ class Daemon:
         if self.config.initialize:
             log.info("starting with an empty table (-i)")
             return
-        for address, expiry in self.writer.read().items():
-            self.table.set(address, expiry)
+        self.table.load(self.writer.read())
         expired = self.table.expire()
         log.info("reloaded %d entries from %s (%d already expired)",
                  len(self.table), self.config.map.path, len(expired))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -137,8 +138,8 @@ class KeyStyle:
         if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network):
             return self._network_keys(entry)
         address = entry
-        if address.version == 4:
-            texts = [str(address)]
+        if isinstance(address, ipaddress.IPv4Address):
+            texts = [socket.inet_ntoa(address.packed)]  # str()'s text, at C speed
         else:
             assert isinstance(address, ipaddress.IPv6Address)
             texts = []
@@ -181,11 +182,21 @@ def parse_key(key: bytes) -> Entry | None:
             return entry_network(ipaddress.ip_network(text))
         except ValueError:
             return None
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+    address = _parse_host(text)
+    if address is None:
         return _parse_partial(text)
     return canonical(address) if relayable(address) else None
+
+
+def _parse_host(text: str) -> IPAddress | None:
+    """inet_pton: the strict C parser (no leading zeros, no scope), many times faster than
+    ipaddress's on the million keys of a big map."""
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        return None
 
 
 def _parse_partial(text: str) -> IPNetwork | None:

@@ -11,7 +11,7 @@ import heapq
 import ipaddress
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from .keys import Entry, IPAddress
 
@@ -53,6 +53,18 @@ class RelayTable:
                 if expiry is not None and (best is None or expiry > best):
                     best = expiry
         return best
+
+    def load(self, entries: Mapping[Entry, int]) -> None:
+        """Start from ``entries`` (the map, read at start): one heapify instead of a push
+        each, and no change log, as the map already holds them."""
+        if self._expiry:
+            raise ValueError("load() fills an empty table")
+        self._expiry = dict(entries)
+        self._heap = [(expiry, seq, entry) for seq, (entry, expiry) in enumerate(self._expiry.items())]
+        heapq.heapify(self._heap)
+        self._seq = len(self._heap)
+        self._prefixes.update((e.version, e.prefixlen) for e in self._expiry if not isinstance(e, IPAddress))
+        self.version += 1
 
     def add(self, address: Entry, lifetime: int) -> int:
         """Authorize ``address`` for ``lifetime`` seconds from now; return its expiry."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from dracd.table import RelayTable
 
 A = ipaddress.ip_address("192.0.2.1")
@@ -118,3 +120,19 @@ def test_expire_with_a_limit_spreads_the_work() -> None:
     assert len(first) == 4 and len(table) == 6
     assert len(table.expire(10, limit=4)) == 4 and len(table.expire(10, limit=4)) == 2
     assert table.expire(10, limit=4) == [] and len(table) == 0
+
+
+def test_load_starts_from_the_map_without_a_change_log() -> None:
+    now = [100.0]
+    table = RelayTable(clock=lambda: now[0])
+    net = ipaddress.ip_network("192.0.2.0/24")
+    table.load({ipaddress.ip_address("198.51.100.1"): 150, ipaddress.ip_address("198.51.100.2"): 90, net: 120})
+    assert table.take_changes() == {}
+    assert table.lookup(ipaddress.ip_address("192.0.2.9")) == 120
+    assert table.expire() == [ipaddress.ip_address("198.51.100.2")]
+    now[0] = 130.0
+    assert table.expire() == [net] and table.lookup(ipaddress.ip_address("192.0.2.9")) is None
+    table.add(ipaddress.ip_address("198.51.100.3"), 10)
+    assert table.next_expiry() == 140
+    with pytest.raises(ValueError):
+        table.load({})
