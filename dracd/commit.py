@@ -75,16 +75,25 @@ class Committer:
         if self._pending_since is None:
             self._pending_since = time.monotonic()
 
-    def write_now(self) -> None:
-        """Synchronous write of the current table, for start-up and shutdown."""
+    def write_now(self, full: bool = True) -> None:
+        """Synchronous write of the current table, for start-up and shutdown: the whole
+        map, or (``full=False``) the changes if the map is one this writer wrote."""
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
+        kind = "full" if full or self.written_version < 0 or not self.writer.can_update() else "incremental"
         try:
-            self.writer.write(self.table.snapshot())
+            if kind == "full":
+                self.writer.write(self.table.snapshot())
+            elif changes := self.table.take_changes():
+                self.writer.update(changes)
         except Exception:
             self._failed(since)
             raise
-        self._done(version, started, "full", since)
+        self._done(version, started, kind, since)
+
+    def adopted(self) -> None:
+        """The map already holds the table as it is now (it was just loaded from it)."""
+        self.written_version = self.table.version
 
     async def close(self) -> None:
         if self._task is not None:

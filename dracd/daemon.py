@@ -131,6 +131,8 @@ class Daemon:
             log.info("starting with an empty table (-i)")
             return
         self.table.load(self.writer.read())
+        if self.writer.adopt():
+            self.committer.adopted()
         expired = self.table.expire()
         log.info("reloaded %d entries from %s (%d already expired)",
                  len(self.table), self.config.map.path, len(expired))
@@ -157,7 +159,8 @@ class Daemon:
 
     async def _start(self) -> None:
         self.load_table()
-        self.committer.write_now()
+        # A map reloaded just as we would write it needs only the entries expired meanwhile.
+        self.committer.write_now(full=False)
         self.committer.start()
         if self.shared is not None:
             await self.shared.start()

@@ -263,3 +263,45 @@ def test_a_full_write_drops_the_spare(tmp_path: Path) -> None:
     writer.update({V4: 3})
     writer.update({V4: 4})
     assert records(path) == {b"2001:db8::7": b"5", b"192.0.2.7": b"4"}
+
+
+def test_a_restart_adopts_a_map_exactly_as_it_would_write_it(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    entries = {V4: 1, V6: 2, ipaddress.ip_network("2001:db8::/64"): 3}
+    open_writer("btree", path, KeyStyle()).write(entries)
+    inode = path.stat().st_ino
+    again = open_writer("btree", path, KeyStyle())
+    assert again.read() == entries and again.adopt()
+    again.update({V4: None})  # incremental from the adopted map: a copy, the old inode kept
+    assert records(path) == {b"2001:db8::7": b"2", b"2001:db8:0:0": b"3", b"2001:db8:": b"3"}
+    assert (tmp_path / ".dracd.db.spare").stat().st_ino == inode
+
+
+@pytest.mark.parametrize(("kind", "style", "extra"), [
+    ("btree", KeyStyle(nul=True), None),                # other NUL style
+    ("hash", KeyStyle(), None),                         # other database type
+    ("btree", KeyStyle(ipv6=Ipv6Keys.BOTH), None),      # IPv6 keys missing their second form
+    ("btree", KeyStyle(), (b"unknown", b"1")),          # a foreign record
+    ("btree", KeyStyle(), (b"192.0.2.7\0", b"1")),     # the same address in a second style
+])
+def test_a_map_in_another_style_is_not_adopted(tmp_path: Path, kind: str, style: KeyStyle,
+                                               extra: tuple[bytes, bytes] | None) -> None:
+    path = tmp_path / "dracd.db"
+    open_writer("btree", path, KeyStyle()).write({V4: 1, V6: 2})
+    if extra is not None:
+        table = db.DB()
+        table.open(str(path), dbtype=db.DB_BTREE)
+        table.put(*extra)
+        table.close()
+    writer = open_writer(kind, path, style)
+    writer.read()
+    assert not writer.adopt() and not writer.can_update()
+
+
+def test_a_map_changed_after_reading_is_not_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.db"
+    open_writer("btree", path, KeyStyle()).write({V4: 1})
+    writer = open_writer("btree", path, KeyStyle())
+    writer.read()
+    open_writer("btree", path, KeyStyle()).write({V4: 2})
+    assert not writer.adopt()

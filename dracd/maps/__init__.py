@@ -42,6 +42,10 @@ class MapWriter(Protocol):
     def read(self) -> dict[Entry, int]:
         """The entries in the current map (empty if there is none)."""
 
+    def adopt(self) -> bool:
+        """Treat the map just read as written here, if it is exactly what a full write
+        would produce; False if it needs one."""
+
 
 BERKELEY_TYPES = ("btree", "hash")
 

@@ -55,6 +55,8 @@ class BerkeleyMap:
         self._prev = path.with_name(f".{path.name}.prev")
         #: The records the spare lacks (None: delete the key); None: there is no spare.
         self._spare_lacks: Records | None = None
+        #: Identity of the map read() found to be exactly in this writer's style.
+        self._as_written: tuple[int, int, int, int] | None = None
 
     def write(self, entries: Mapping[Entry, int]) -> None:
         items = sorted((key, self.style.value(expiry)) for address, expiry in entries.items()
@@ -174,24 +176,44 @@ class BerkeleyMap:
                     offset += sent
 
     def read(self) -> dict[Entry, int]:
+        self._as_written = None
         if not self.path.exists():
             return {}
         entries: dict[Entry, int] = {}
-        skipped = 0
+        skipped = records = expected = 0
+        ours = True  # every record is what write() would put there for its entry
         try:
             with self._locked(fcntl.LOCK_SH):
+                identity = _identity(self.path)
                 for key, value in _records(self.path):
+                    records += 1
                     address, expiry = parse_key(key), parse_value(value)
                     if address is None or expiry is None:
                         # A network's second Postfix key ("2001:db8:") comes back with its first.
                         skipped += not key.rstrip(b"\0").endswith(b":")
                         continue
+                    if ours:
+                        keys = self.style.keys(address)
+                        expected += 0 if address in entries else len(keys)
+                        ours = key in keys and value == self.style.value(entries.get(address, expiry))
                     entries[address] = max(expiry, entries.get(address, 0))
         except (OSError, db.DBError) as exc:
             raise MapError(f"cannot read {self.path}: {_describe(exc)}") from exc
         if skipped:
             log.warning("%s: ignored %d records that are not address keys with expiry values", self.path, skipped)
+        if ours and not skipped and records == expected and _db_type(self.path) == _DB_TYPES[self.kind]:
+            self._as_written = identity
         return entries
+
+    def adopt(self) -> bool:
+        """Take the map last read as our own if it is exactly what write() would make of
+        its entries (then a restart needs no full rewrite)."""
+        if self._as_written is None or self._as_written != _identity(self.path):
+            return False
+        self._written = self._as_written
+        self._spare_lacks = None
+        _unlink_quietly(self._spare)
+        return True
 
     @contextmanager
     def _locked(self, operation: int) -> Iterator[None]:
@@ -242,6 +264,17 @@ def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
             yield record
             record = cursor.next()
         cursor.close()
+    finally:
+        table.close()
+
+
+def _db_type(path: Path) -> int | None:
+    table = db.DB()
+    try:
+        table.open(str(path), dbtype=db.DB_UNKNOWN, flags=db.DB_RDONLY)
+        return int(table.get_type())
+    except db.DBError:
+        return None
     finally:
         table.close()
 
