@@ -130,7 +130,7 @@ class Daemon:
         if self.config.initialize:
             log.info("starting with an empty table (-i)")
             return
-        self.table.load(self.writer.read())
+        self.table.load_codes(self.writer.read_codes())
         if self.writer.adopt():
             self.committer.adopted()
         expired = self.table.expire()

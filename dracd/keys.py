@@ -121,6 +121,59 @@ def key_siblings(network: IPNetwork) -> list[IPNetwork]:
     return siblings
 
 
+# Entry codes: one int per entry, for a compact table. IPv4 hosts are their
+# 32-bit value; bit 128 marks IPv6; bits 129 and up hold a network's prefix
+# length plus one (0 for a host).
+_V6 = 1 << 128
+_NET_SHIFT = 129
+
+
+def entry_code(entry: Entry) -> int:
+    if isinstance(entry, ipaddress.IPv4Address):
+        return int(entry)
+    if isinstance(entry, ipaddress.IPv6Address):
+        return int(entry) | _V6
+    code = int(entry.network_address) | ((entry.prefixlen + 1) << _NET_SHIFT)
+    return code | _V6 if entry.version == 6 else code
+
+
+def code_entry(code: int) -> Entry:
+    address, prefixlen = code & (_V6 - 1), (code >> _NET_SHIFT) - 1
+    if code & _V6:
+        return ipaddress.IPv6Address(address) if prefixlen < 0 else ipaddress.IPv6Network((address, prefixlen))
+    return ipaddress.IPv4Address(address) if prefixlen < 0 else ipaddress.IPv4Network((address, prefixlen))
+
+
+def code_network(code: int) -> tuple[int, int] | None:
+    """(version, prefix length) of a network's code; None for a host."""
+    prefixlen = (code >> _NET_SHIFT) - 1
+    return None if prefixlen < 0 else (6 if code & _V6 else 4, prefixlen)
+
+
+def covering_code(address: IPAddress, version: int, prefixlen: int) -> int | None:
+    """The code of the /prefixlen network entry that would hold ``address``."""
+    if address.version != version:
+        return None
+    bits = address.max_prefixlen - prefixlen
+    code = (int(address) >> bits << bits) | ((prefixlen + 1) << _NET_SHIFT)
+    return code | _V6 if version == 6 else code
+
+
+_MULTICAST4 = 0xE
+
+
+def parse_key_code(key: bytes) -> int | None:
+    """parse_key() as an entry code; an IPv4 host key, by far the most common, without
+    building an address object (a million of them at start-up)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, key.rstrip(b"\0").decode("ascii"))
+    except (OSError, UnicodeDecodeError):
+        entry = parse_key(key)
+        return None if entry is None else entry_code(entry)
+    code = int.from_bytes(packed, "big")
+    return code if code and code >> 28 != _MULTICAST4 and code != 0xFFFFFFFF else None
+
+
 def sendmail_form(address: ipaddress.IPv6Address) -> str:
     """Sendmail's full form: eight groups in hex, no zero compression."""
     return "ipv6:" + ":".join(f"{int(group, 16):x}" for group in address.exploded.split(":"))

@@ -1,19 +1,22 @@
 """The relay table: address (or network) -> expiry time, with no I/O.
 
-Expiry uses a heap of (expiry, address) with lazy deletion, so expiring
-costs O(expired * log n), not a scan of the table. The clock is injected so
-tests advance time instead of sleeping.
+Compact, so a million entries fit in well under 150 MB: an entry is held as
+an int code (keys.entry_code), expiry times are shared int objects, and
+expiry is a timer wheel, one list of codes per second, instead of a heap of
+tuples. Expiring costs O(expired); a refresh leaves its old slot behind,
+skipped when that second comes, and the wheel is rebuilt should such
+leftovers outnumber the live entries. The clock is injected so tests
+advance time instead of sleeping.
 """
 
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from .keys import Entry, IPAddress
+from .keys import Entry, IPAddress, code_entry, code_network, covering_code, entry_code
 
 Clock = Callable[[], float]
 
@@ -21,77 +24,92 @@ Clock = Callable[[], float]
 class RelayTable:
     def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
-        self._expiry: dict[Entry, int] = {}
-        self._heap: list[tuple[int, int, Entry]] = []
-        self._seq = 0
+        self._expiry: dict[int, int] = {}
+        #: second -> the codes due then (and leftovers of refreshed or removed ones).
+        self._wheel: dict[int, list[int]] = {}
+        #: The wheel's seconds, as a heap; and how many live codes each one has.
+        self._seconds: list[int] = []
+        self._live: dict[int, int] = {}
+        self._times: dict[int, int] = {}
+        self._slots = 0
         #: Bumped on every change, so writers can tell which state they saved.
         self.version = 0
-        #: What changed since the last take_changes(): address -> expiry, None if gone.
-        self._changes: dict[Entry, int | None] = {}
+        #: What changed since the last take_changes(): code -> expiry, None if gone.
+        self._changes: dict[int, int | None] = {}
         #: How many network entries of each (version, prefix length): what lookup() must try.
         self._prefixes: Counter[tuple[int, int]] = Counter()
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def __contains__(self, address: object) -> bool:
-        return address in self._expiry
+    def __contains__(self, entry: object) -> bool:
+        return isinstance(entry, Entry) and entry_code(entry) in self._expiry
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._expiry)
+        return map(code_entry, list(self._expiry))
 
-    def get(self, address: Entry) -> int | None:
-        return self._expiry.get(address)
+    def get(self, entry: Entry) -> int | None:
+        return self._expiry.get(entry_code(entry))
 
     def lookup(self, address: IPAddress) -> int | None:
         """The latest expiry among ``address`` and the network entries that contain it."""
-        best = self._expiry.get(address)
+        best = self._expiry.get(entry_code(address))
         for version, prefixlen in self._prefixes:
-            if version == address.version:
-                network = ipaddress.ip_network((address, prefixlen), strict=False)
-                expiry = self._expiry.get(network)
-                if expiry is not None and (best is None or expiry > best):
-                    best = expiry
+            code = covering_code(address, version, prefixlen)
+            expiry = None if code is None else self._expiry.get(code)
+            if expiry is not None and (best is None or expiry > best):
+                best = expiry
         return best
 
     def load(self, entries: Mapping[Entry, int]) -> None:
-        """Start from ``entries`` (the map, read at start): one heapify instead of a push
-        each, and no change log, as the map already holds them."""
+        self.load_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
+
+    def load_codes(self, entries: dict[int, int]) -> None:
+        """Start from ``entries`` (the map, read at start), with no change log, as the map
+        already holds them. The dict becomes the table's own: a million entries are not copied."""
         if self._expiry:
             raise ValueError("load() fills an empty table")
-        self._expiry = dict(entries)
-        self._heap = [(expiry, seq, entry) for seq, (entry, expiry) in enumerate(self._expiry.items())]
-        heapq.heapify(self._heap)
-        self._seq = len(self._heap)
-        self._prefixes.update((e.version, e.prefixlen) for e in self._expiry if not isinstance(e, IPAddress))
+        self._expiry = entries
+        for code, expiry in entries.items():
+            slots = self._wheel.get(expiry)
+            if slots is None:
+                slots = self._wheel[expiry] = []
+                self._live[expiry] = 0
+                self._times[expiry] = expiry
+                heapq.heappush(self._seconds, expiry)
+            else:
+                entries[code] = self._times[expiry]
+            slots.append(code)
+            self._live[expiry] += 1
+            network = code_network(code)
+            if network is not None:
+                self._prefixes[network] += 1
+        self._slots = len(entries)
         self.version += 1
 
-    def add(self, address: Entry, lifetime: int) -> int:
-        """Authorize ``address`` for ``lifetime`` seconds from now; return its expiry."""
+    def add(self, entry: Entry, lifetime: int) -> int:
+        """Authorize ``entry`` for ``lifetime`` seconds from now; return its expiry."""
         expiry = int(self.clock()) + lifetime
-        self.set(address, expiry)
+        self.set(entry, expiry)
         return expiry
 
-    def set(self, address: Entry, expiry: int) -> None:
-        previous = self._expiry.get(address)
-        if previous == expiry:
+    def set(self, entry: Entry, expiry: int) -> None:
+        code = entry_code(entry)
+        if self._expiry.get(code) == expiry:
             return
-        if previous is None and not isinstance(address, IPAddress):
-            self._prefixes[address.version, address.prefixlen] += 1
-        self._expiry[address] = expiry
-        self._changes[address] = expiry
-        # The sequence number breaks ties so addresses of both families never get compared.
-        self._seq += 1
-        heapq.heappush(self._heap, (expiry, self._seq, address))
+        self._changes[code] = self._place(code, expiry)
         self.version += 1
-        if len(self._heap) > 2 * len(self._expiry) + 1024:
-            self._compact()
+        if self._slots > 2 * len(self._expiry) + 1024:
+            self._rebuild()
 
-    def remove(self, address: Entry) -> bool:
-        if self._expiry.pop(address, None) is None:
+    def remove(self, entry: Entry) -> bool:
+        code = entry_code(entry)
+        expiry = self._expiry.pop(code, None)
+        if expiry is None:
             return False
-        self._forget_prefix(address)
-        self._changes[address] = None
+        self._live[expiry] -= 1
+        self._forget_prefix(code)
+        self._changes[code] = None
         self.version += 1
         return True
 
@@ -101,52 +119,95 @@ class RelayTable:
         if removed:
             self._changes.update(dict.fromkeys(self._expiry))
             self._expiry.clear()
-            self._heap.clear()
+            self._wheel.clear()
+            self._seconds.clear()
+            self._live.clear()
+            self._times.clear()
             self._prefixes.clear()
+            self._slots = 0
             self.version += 1
         return removed
 
     def next_expiry(self) -> int | None:
-        while self._heap:
-            expiry, _, address = self._heap[0]
-            if self._expiry.get(address) == expiry:
-                return expiry
-            heapq.heappop(self._heap)
-        return None
+        while self._seconds and not self._live[self._seconds[0]]:
+            self._drop_second(heapq.heappop(self._seconds))
+        return self._seconds[0] if self._seconds else None
 
     def expire(self, now: float | None = None, limit: int | None = None) -> list[Entry]:
         """Remove and return the entries whose expiry is at or before ``now``
         (at most ``limit`` of them, so a caller can spread the work)."""
         now = self.clock() if now is None else now
-        gone: list[Entry] = []
-        while self._heap and self._heap[0][0] <= now and (limit is None or len(gone) < limit):
-            expiry, _, address = heapq.heappop(self._heap)
-            if self._expiry.get(address) == expiry:
-                del self._expiry[address]
-                self._forget_prefix(address)
-                self._changes[address] = None
-                gone.append(address)
+        gone: list[int] = []
+        while self._seconds and self._seconds[0] <= now and (limit is None or len(gone) < limit):
+            second = self._seconds[0]
+            slots = self._wheel[second]
+            while slots and (limit is None or len(gone) < limit):
+                code = slots.pop()
+                self._slots -= 1
+                if self._expiry.get(code) == second:
+                    del self._expiry[code]
+                    self._live[second] -= 1
+                    self._forget_prefix(code)
+                    self._changes[code] = None
+                    gone.append(code)
+            if not slots:
+                self._drop_second(heapq.heappop(self._seconds))
         if gone:
             self.version += 1
-        return gone
+        return [code_entry(code) for code in gone]
 
     def snapshot(self) -> dict[Entry, int]:
         """The whole table; also resets the change log, as a full write covers it."""
         self._changes = {}
-        return dict(self._expiry)
+        return {code_entry(code): expiry for code, expiry in self._expiry.items()}
 
     def take_changes(self) -> dict[Entry, int | None]:
         """What changed since the last snapshot or take_changes()."""
         changes, self._changes = self._changes, {}
-        return changes
+        return {code_entry(code): expiry for code, expiry in changes.items()}
 
-    def _forget_prefix(self, entry: Entry) -> None:
-        if not isinstance(entry, IPAddress):
-            key = entry.version, entry.prefixlen
-            self._prefixes[key] -= 1
-            if not self._prefixes[key]:
-                del self._prefixes[key]
+    def _place(self, code: int, expiry: int) -> int:
+        """Set ``code``'s expiry; return the shared int object now holding it."""
+        previous = self._expiry.get(code)
+        if previous is None:
+            network = code_network(code)
+            if network is not None:
+                self._prefixes[network] += 1
+        else:
+            self._live[previous] -= 1
+        slots = self._wheel.get(expiry)
+        if slots is None:
+            slots = self._wheel[expiry] = []
+            self._live[expiry] = 0
+            self._times[expiry] = expiry
+            heapq.heappush(self._seconds, expiry)
+        else:
+            expiry = self._times[expiry]  # one int object per second, not per entry
+        slots.append(code)
+        self._slots += 1
+        self._live[expiry] += 1
+        self._expiry[code] = expiry
+        return expiry
 
-    def _compact(self) -> None:
-        self._heap = [item for item in self._heap if self._expiry.get(item[2]) == item[0]]
-        heapq.heapify(self._heap)
+    def _drop_second(self, second: int) -> None:
+        self._slots -= len(self._wheel.pop(second))
+        del self._live[second], self._times[second]
+
+    def _forget_prefix(self, code: int) -> None:
+        network = code_network(code)
+        if network is not None:
+            self._prefixes[network] -= 1
+            if not self._prefixes[network]:
+                del self._prefixes[network]
+
+    def _rebuild(self) -> None:
+        entries: Iterable[tuple[int, int]] = list(self._expiry.items())
+        self._expiry.clear()
+        self._wheel.clear()
+        self._seconds.clear()
+        self._live.clear()
+        self._times.clear()
+        self._prefixes.clear()
+        self._slots = 0
+        for code, expiry in entries:
+            self._place(code, expiry)

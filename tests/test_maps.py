@@ -283,6 +283,9 @@ def test_a_restart_adopts_a_map_exactly_as_it_would_write_it(tmp_path: Path) -> 
     ("btree", KeyStyle(ipv6=Ipv6Keys.BOTH), None),      # IPv6 keys missing their second form
     ("btree", KeyStyle(), (b"unknown", b"1")),          # a foreign record
     ("btree", KeyStyle(), (b"192.0.2.7\0", b"1")),     # the same address in a second style
+    ("btree", KeyStyle(), (b"::ffff:192.0.2.9", b"1")),  # an IPv4 address in IPv6 form
+    ("btree", KeyStyle(), (b"192.0.2.9/32", b"1")),      # in CIDR form
+    ("btree", KeyStyle(), (b"192.0.2.9", b"01")),        # a value not as written
 ])
 def test_a_map_in_another_style_is_not_adopted(tmp_path: Path, kind: str, style: KeyStyle,
                                                extra: tuple[bytes, bytes] | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dracd.table import RelayTable
 
@@ -77,13 +79,13 @@ def test_expiry_cost_follows_what_expires_not_table_size() -> None:
     assert len(table) == 50_000 - 3
 
 
-def test_heap_stays_bounded_under_refreshes() -> None:
+def test_wheel_stays_bounded_under_refreshes() -> None:
     clock = Clock(0)
     table = RelayTable(clock)
     for step in range(20_000):
         clock.now = step
         table.add(A, 60)
-    assert len(table._heap) <= 2 * len(table) + 1024
+    assert table._slots <= 2 * len(table) + 1024 and len(table._wheel) <= 1024 + 1
     assert table.next_expiry() == 19_999 + 60
 
 
@@ -136,3 +138,39 @@ def test_load_starts_from_the_map_without_a_change_log() -> None:
     assert table.next_expiry() == 140
     with pytest.raises(ValueError):
         table.load({})
+
+
+_entries = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("2001:db8::1"),
+            ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/64")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "expire", "tick", "clear", "limited"]),
+                          st.integers(0, len(_entries) - 1), st.integers(0, 5)), max_size=60))
+def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, int]]) -> None:
+    """The compact table (codes, timer wheel, lazy leftovers) against the obvious model."""
+    clock = Clock(100)
+    table, model = RelayTable(clock), {}
+    for op, index, amount in ops:
+        entry = _entries[index]
+        if op == "add":
+            assert table.add(entry, amount) == clock.now + amount
+            model[entry] = clock.now + amount
+        elif op == "remove":
+            assert table.remove(entry) == (model.pop(entry, None) is not None)
+        elif op == "tick":
+            clock.now += amount
+        elif op == "clear":
+            assert table.clear() == len(model)
+            model.clear()
+        else:
+            due = {e for e, t in model.items() if t <= clock.now}
+            gone = table.expire(limit=1 if op == "limited" else None)
+            assert set(gone) <= due and (op == "limited" or set(gone) == due)
+            for e in gone:
+                del model[e]
+        assert len(table) == len(model) and all(table.get(e) == t for e, t in model.items())
+        assert table.next_expiry() == (min(model.values()) if model else None)
+        host = ipaddress.ip_address("192.0.2.1")
+        covering = [t for e, t in model.items() if e == host or (isinstance(e, ipaddress.IPv4Network) and host in e)]
+        assert table.lookup(host) == (max(covering) if covering else None)

@@ -42,6 +42,9 @@ class MapWriter(Protocol):
     def read(self) -> dict[Entry, int]:
         """The entries in the current map (empty if there is none)."""
 
+    def read_codes(self) -> dict[int, int]:
+        """read() as entry codes (keys.entry_code): no address objects for a big map."""
+
     def adopt(self) -> bool:
         """Treat the map just read as written here, if it is exactly what a full write
         would produce; False if it needs one."""

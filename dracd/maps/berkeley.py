@@ -32,7 +32,7 @@ from pathlib import Path
 
 from berkeleydb import db
 
-from ..keys import Entry, KeyStyle, parse_key, parse_value
+from ..keys import Entry, KeyStyle, code_entry, parse_key_code, parse_value
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
@@ -176,27 +176,37 @@ class BerkeleyMap:
                     offset += sent
 
     def read(self) -> dict[Entry, int]:
+        return {code_entry(code): expiry for code, expiry in self.read_codes().items()}
+
+    def read_codes(self) -> dict[int, int]:
         self._as_written = None
         if not self.path.exists():
             return {}
-        entries: dict[Entry, int] = {}
+        entries: dict[int, int] = {}
         skipped = records = expected = 0
         ours = True  # every record is what write() would put there for its entry
+        plain4 = not self.style.cidr  # then an IPv4 host's key is its text, as inet_pton reads it
         try:
             with self._locked(fcntl.LOCK_SH):
                 identity = _identity(self.path)
                 for key, value in _records(self.path):
                     records += 1
-                    address, expiry = parse_key(key), parse_value(value)
-                    if address is None or expiry is None:
+                    code, expiry = parse_key_code(key), parse_value(value)
+                    if code is None or expiry is None:
                         # A network's second Postfix key ("2001:db8:") comes back with its first.
                         skipped += not key.rstrip(b"\0").endswith(b":")
                         continue
                     if ours:
-                        keys = self.style.keys(address)
-                        expected += 0 if address in entries else len(keys)
-                        ours = key in keys and value == self.style.value(entries.get(address, expiry))
-                    entries[address] = max(expiry, entries.get(address, 0))
+                        known = entries.get(code)
+                        if plain4 and code < 1 << 32:
+                            expected += known is None
+                            ours = key.endswith(b"\0") == self.style.nul and key.strip(b"0123456789.\0") == b""
+                        else:
+                            keys = self.style.keys(code_entry(code))
+                            expected += 0 if known is not None else len(keys)
+                            ours = key in keys
+                        ours = ours and value == self.style.value(expiry if known is None else known)
+                    entries[code] = max(expiry, entries.get(code, 0))
         except (OSError, db.DBError) as exc:
             raise MapError(f"cannot read {self.path}: {_describe(exc)}") from exc
         if skipped:
