@@ -83,7 +83,7 @@ class Committer:
         kind = "full" if full or self.written_version < 0 or not self.writer.can_update() else "incremental"
         try:
             if kind == "full":
-                self.writer.write(self.table.snapshot())
+                self.writer.write_codes(self.table.snapshot_codes())
             elif changes := self.table.take_changes():
                 self.writer.update(changes)
         except Exception:
@@ -144,7 +144,7 @@ class Committer:
             # A change log as big as the table (a flush) is cheaper as a full write.
             kind = "full"
             if full or not self.writer.can_update() or len(changes) > max(FULL_WRITE_CHANGES, len(self.table)):
-                job, data = self.writer.write, self.table.snapshot()
+                job, data = self.writer.write_codes, self.table.snapshot_codes()
             else:
                 job, data, kind = self.writer.update, changes, "incremental"  # type: ignore[assignment]
             try:

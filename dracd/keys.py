@@ -204,6 +204,13 @@ class KeyStyle:
         end = b"\0" if self.nul else b""
         return [(text + suffix).encode() + end for text in texts]
 
+    def code_keys(self, code: int) -> list[bytes]:
+        """keys() of an entry code; an IPv4 host's without building its address object."""
+        if code >> 32 or self.cidr:
+            return self.keys(code_entry(code))
+        text = socket.inet_ntoa(code.to_bytes(4, "big")).encode()
+        return [text + b"\0" if self.nul else text]
+
     def _network_keys(self, network: IPNetwork) -> list[bytes]:
         end = b"\0" if self.nul else b""
         if self.cidr:

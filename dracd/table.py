@@ -161,6 +161,11 @@ class RelayTable:
         self._changes = {}
         return {code_entry(code): expiry for code, expiry in self._expiry.items()}
 
+    def snapshot_codes(self) -> dict[int, int]:
+        """snapshot() as entry codes: no address objects for a big table."""
+        self._changes = {}
+        return dict(self._expiry)
+
     def take_changes(self) -> dict[Entry, int | None]:
         """What changed since the last snapshot or take_changes()."""
         changes, self._changes = self._changes, {}

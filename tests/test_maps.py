@@ -308,3 +308,15 @@ def test_a_map_changed_after_reading_is_not_adopted(tmp_path: Path) -> None:
     writer.read()
     open_writer("btree", path, KeyStyle()).write({V4: 2})
     assert not writer.adopt()
+
+
+@pytest.mark.parametrize("style", [KeyStyle(), KeyStyle(nul=True), KeyStyle(cidr=True),
+                                   KeyStyle(nul=True, cidr=True, ipv6=Ipv6Keys.BOTH)])
+def test_the_fast_full_write_writes_what_the_key_rules_say(tmp_path: Path, style: KeyStyle) -> None:
+    entries = {V4: 5, V6: 6, ipaddress.ip_address("10.255.0.1"): 5, ipaddress.ip_network("198.51.100.0/24"): 7,
+               ipaddress.ip_network("2001:db8::/64"): 8, ipaddress.ip_address("255.255.255.254"): 9}
+    path = tmp_path / "dracd.db"
+    open_writer("btree", path, style).write(entries)
+    expected = {key: style.value(expiry) for entry, expiry in entries.items() for key in style.keys(entry)}
+    assert records(path) == expected
+    assert list(records(path)) == sorted(expected)  # a btree dumps in key order

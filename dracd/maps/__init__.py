@@ -29,6 +29,9 @@ class MapWriter(Protocol):
     def write(self, entries: Mapping[Entry, int]) -> None:
         """Replace the whole map with ``entries``; raise :class:`MapError` on failure."""
 
+    def write_codes(self, entries: Mapping[int, int]) -> None:
+        """write() of entry codes (keys.entry_code), as the table holds them."""
+
     def update(self, changes: Mapping[Entry, int | None]) -> None:
         """Replace the map with a copy carrying ``changes`` (None: remove the address).
         Raise :class:`StaleMap` if the map is not the one last written here."""

@@ -26,13 +26,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from berkeleydb import db
 
-from ..keys import Entry, KeyStyle, code_entry, parse_key_code, parse_value
+from ..keys import Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,27 @@ class BerkeleyMap:
         self._as_written: tuple[int, int, int, int] | None = None
 
     def write(self, entries: Mapping[Entry, int]) -> None:
-        items = sorted((key, self.style.value(expiry)) for address, expiry in entries.items()
-                       for key in self.style.keys(address))
+        self.write_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
+
+    def write_codes(self, entries: Mapping[int, int]) -> None:
+        # A million records: the loops below are what a full write costs in Python.
+        value = {expiry: self.style.value(expiry) for expiry in set(entries.values())}
+        records = [(key, value[expiry]) for code, expiry in entries.items() if code >> 32
+                   for key in self.style.code_keys(code)]
+        hosts4 = [(code, expiry) for code, expiry in entries.items() if not code >> 32]
+        if self.style.cidr:
+            records += [(key, value[expiry]) for code, expiry in hosts4 for key in self.style.code_keys(code)]
+        else:
+            ntoa, end = socket.inet_ntoa, b"\0" if self.style.nul else b""
+            records += [((ntoa(code.to_bytes(4, "big")) + end_text).encode(), value[expiry])
+                        for end_text in [end.decode()] for code, expiry in hosts4]
+        # Sorted keys fill a btree page after page instead of splitting pages.
+        records.sort()
 
         def fill(table: db.DB) -> None:
-            for key, value in items:
-                table.put(key, value)
+            put = table.put
+            for key, data in records:
+                put(key, data)
 
         self._replace(fill, copy=False)
         # The old inode may be anyone's; start the spare afresh from the next update.
