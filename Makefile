@@ -10,7 +10,7 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	systemd man-db redis-server redis-tools
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench bench-quick soak fuzz check-rpcbind clean
+.PHONY: install apt run test lint bench bench-quick profile soak fuzz check-rpcbind clean
 
 # Man pages go where `man` finds them when .venv/bin is on PATH (MANDIR=... to change).
 MANDIR ?= $(VENV)/share/man
@@ -69,6 +69,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
+
+# py-spy samples dracd under load: where the time goes (bench/results/profile_*.txt).
+profile: install
+	$(BIN)/python bench/profile.py $(BENCH_ARGS)
 
 FUZZ_SECONDS ?= 60
 fuzz: install
