@@ -71,20 +71,10 @@ class RelayTable:
             raise ValueError("load() fills an empty table")
         self._expiry = entries
         for code, expiry in entries.items():
-            slots = self._wheel.get(expiry)
-            if slots is None:
-                slots = self._wheel[expiry] = []
-                self._live[expiry] = 0
-                self._times[expiry] = expiry
-                heapq.heappush(self._seconds, expiry)
-            else:
-                entries[code] = self._times[expiry]
-            slots.append(code)
-            self._live[expiry] += 1
+            entries[code] = self._slot(code, expiry)
             network = code_network(code)
             if network is not None:
                 self._prefixes[network] += 1
-        self._slots = len(entries)
         self.version += 1
 
     def add(self, entry: Entry, lifetime: int) -> int:
@@ -180,6 +170,11 @@ class RelayTable:
                 self._prefixes[network] += 1
         else:
             self._live[previous] -= 1
+        expiry = self._expiry[code] = self._slot(code, expiry)
+        return expiry
+
+    def _slot(self, code: int, expiry: int) -> int:
+        """Put ``code`` in the wheel at ``expiry``; return that second's shared int object."""
         slots = self._wheel.get(expiry)
         if slots is None:
             slots = self._wheel[expiry] = []
@@ -191,7 +186,6 @@ class RelayTable:
         slots.append(code)
         self._slots += 1
         self._live[expiry] += 1
-        self._expiry[code] = expiry
         return expiry
 
     def _drop_second(self, second: int) -> None:
