@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
+_U32 = struct.Struct(">I")
+#: Entry codes below this are IPv4 hosts (keys.entry_code).
+_HOSTS4 = 1 << 32
 #: Most changes the spare may lag behind; beyond that a copy is cheaper.
 SPARE_MAX_PENDING = 4096
 Records = dict[bytes, bytes | None]
@@ -65,15 +69,17 @@ class BerkeleyMap:
     def write_codes(self, entries: Mapping[int, int]) -> None:
         # A million records: the loops below are what a full write costs in Python.
         value = {expiry: self.style.value(expiry) for expiry in set(entries.values())}
-        records = [(key, value[expiry]) for code, expiry in entries.items() if code >> 32
-                   for key in self.style.code_keys(code)]
-        hosts4 = [(code, expiry) for code, expiry in entries.items() if not code >> 32]
         if self.style.cidr:
-            records += [(key, value[expiry]) for code, expiry in hosts4 for key in self.style.code_keys(code)]
+            records = [(key, value[expiry]) for code, expiry in entries.items()
+                       for key in self.style.code_keys(code)]
         else:
-            ntoa, end = socket.inet_ntoa, b"\0" if self.style.nul else b""
-            records += [((ntoa(code.to_bytes(4, "big")) + end_text).encode(), value[expiry])
-                        for end_text in [end.decode()] for code, expiry in hosts4]
+            # IPv4 hosts, most of any big table, in one pass at C speed; the rest by the rules.
+            end, ntoa, pack = ("\0" if self.style.nul else ""), socket.inet_ntoa, _U32.pack
+            records = [((ntoa(pack(code)) + end).encode(), value[expiry])
+                       for code, expiry in entries.items() if code < _HOSTS4]
+            if len(records) < len(entries):
+                records += [(key, value[expiry]) for code, expiry in entries.items() if code >= _HOSTS4
+                            for key in self.style.code_keys(code)]
         # Sorted keys fill a btree page after page instead of splitting pages.
         records.sort()
 
