@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .maps import MapError, MapWriter, StaleMap
@@ -84,8 +86,8 @@ class Committer:
         try:
             if kind == "full":
                 self.writer.write_codes(self.table.snapshot_codes())
-            elif changes := self.table.take_changes():
-                self.writer.update(changes)
+            elif changes := self.table.take_change_codes():
+                self.writer.update_codes(changes)
         except Exception:
             self._failed(since)
             raise
@@ -139,23 +141,23 @@ class Committer:
                 self._settle(version, None)
                 continue
             started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            # Changes are taken on the loop thread: the table is not thread-safe.
-            changes = self.table.take_changes()
+            # Changes are taken on the loop thread (the table is not thread-safe) as codes:
+            # turning 100k expired entries into addresses here would stall requests.
             # A change log as big as the table (a flush) is cheaper as a full write.
-            kind = "full"
-            if full or not self.writer.can_update() or len(changes) > max(FULL_WRITE_CHANGES, len(self.table)):
-                job, data = self.writer.write_codes, self.table.snapshot_codes()
+            pending = self.table.pending_changes()
+            job: Callable[[], None]
+            if full or not self.writer.can_update() or pending > max(FULL_WRITE_CHANGES, len(self.table)):
+                kind, job = "full", functools.partial(self.writer.write_codes, self.table.snapshot_codes())
             else:
-                job, data, kind = self.writer.update, changes, "incremental"  # type: ignore[assignment]
+                kind, job = "incremental", functools.partial(self.writer.update_codes, self.table.take_change_codes())
             try:
                 # A small in-place update costs well under a millisecond, most of it in
                 # fsync; on the loop thread it does not fight the loop for the GIL, which
                 # on two cores doubles what a worker thread gets through.
-                if kind == "incremental" and len(changes) <= INLINE_CHANGES and self.writer.can_update_in_place(
-                        len(changes)):
-                    job(data)
+                if kind == "incremental" and pending <= INLINE_CHANGES and self.writer.can_update_in_place(pending):
+                    job()
                 else:
-                    await loop.run_in_executor(self._executor, job, data)
+                    await loop.run_in_executor(self._executor, job)
             except StaleMap as exc:
                 log.warning("%s; writing the whole map", exc)
                 self._still_pending(since)

@@ -158,8 +158,15 @@ class RelayTable:
 
     def take_changes(self) -> dict[Entry, int | None]:
         """What changed since the last snapshot or take_changes()."""
+        return {code_entry(code): expiry for code, expiry in self.take_change_codes().items()}
+
+    def take_change_codes(self) -> dict[int, int | None]:
+        """take_changes() as entry codes: cheap to take on the loop, however many."""
         changes, self._changes = self._changes, {}
-        return {code_entry(code): expiry for code, expiry in changes.items()}
+        return changes
+
+    def pending_changes(self) -> int:
+        return len(self._changes)
 
     def _place(self, code: int, expiry: int) -> int:
         """Set ``code``'s expiry; return the shared int object now holding it."""

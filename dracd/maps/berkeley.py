@@ -94,8 +94,11 @@ class BerkeleyMap:
         _unlink_quietly(self._spare)
 
     def update(self, changes: Mapping[Entry, int | None]) -> None:
+        self.update_codes({entry_code(entry): expiry for entry, expiry in changes.items()})
+
+    def update_codes(self, changes: Mapping[int, int | None]) -> None:
         records: Records = {key: None if expiry is None else self.style.value(expiry)
-                            for entry, expiry in changes.items() for key in self.style.keys(entry)}
+                            for code, expiry in changes.items() for key in self.style.code_keys(code)}
         if self.can_update_in_place(len(records)):
             try:
                 self._refresh_spare({**(self._spare_lacks or {}), **records})
