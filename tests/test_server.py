@@ -90,6 +90,23 @@ def test_restart_keeps_entries_and_initialize_drops_them(make_server: Make) -> N
     assert map_keys(third.config.map.path) == {}
 
 
+def test_restart_reuses_its_own_map_and_rewrites_another_style(make_server: Make) -> None:
+    first = make_server()
+    for address in ("192.0.2.51", "2001:db8::51"):
+        assert add_status(first, address) == AddStat.ADD_SUCCESS
+    first.stop()
+    path = first.config.map.path
+    inode = path.stat().st_ino
+    second = make_server()  # the map is exactly what dracd writes: adopted, not rewritten
+    assert path.stat().st_ino == inode
+    assert add_status(second, "192.0.2.52") == AddStat.ADD_SUCCESS
+    assert set(map_keys(path)) == {b"192.0.2.51", b"2001:db8::51", b"192.0.2.52"}
+    second.stop()
+    third = make_server(map_nul_terminated=True)  # another key style: rewritten before serving
+    assert set(map_keys(path)) == {b"192.0.2.51\0", b"2001:db8::51\0", b"192.0.2.52\0"}
+    third.stop()
+
+
 def test_entry_leaves_the_map_within_a_second_of_expiry(make_server: Make) -> None:
     server = make_server(lifetime=1)
     assert add_status(server, "192.0.2.77") == AddStat.ADD_SUCCESS
