@@ -280,23 +280,18 @@ def _check(prog: str, config: Config) -> int:
     except (AllowFileError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
-    if config.metrics_listen is not None:
-        from .prometheus import MetricsUnavailable, require
+    try:  # the optional extras the config needs (each error names the one to install)
+        if config.metrics_listen is not None:
+            from .prometheus import require as require_metrics
 
-        try:
-            require()
-        except MetricsUnavailable as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return EX_CONFIG
-    if config.redis is not None:
-        from .shared import RedisUnavailable
-        from .shared import require as require_redis
+            require_metrics()
+        if config.redis is not None:
+            from .shared import require as require_redis
 
-        try:
             require_redis()
-        except RedisUnavailable as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return EX_CONFIG
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EX_CONFIG
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s)")
     return EX_OK
 

@@ -82,16 +82,26 @@ class Committer:
         map, or (``full=False``) the changes if the map is one this writer wrote."""
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
-        kind = "full" if full or self.written_version < 0 or not self.writer.can_update() else "incremental"
+        kind, pending, job = self._job(full)
         try:
-            if kind == "full":
-                self.writer.write_codes(self.table.snapshot_codes())
-            elif changes := self.table.take_change_codes():
-                self.writer.update_codes(changes)
+            if kind == "full" or pending:
+                job()
         except Exception:
             self._failed(since)
             raise
         self._done(version, started, kind, since)
+
+    def _job(self, full: bool) -> tuple[str, int, Callable[[], None]]:
+        """What to write now, its kind and how many changes it carries: the whole table
+        (asked for, nothing written yet, a map someone else replaced, or a change log as
+        big as the table, such as a flush), else the changes since the last write.
+        Taken on the loop thread (the table is not thread-safe), as codes: turning 100k
+        expired entries into addresses here would stall requests."""
+        pending = self.table.pending_changes()
+        if (full or self.written_version < 0 or not self.writer.can_update()
+                or pending > max(FULL_WRITE_CHANGES, len(self.table))):
+            return "full", pending, functools.partial(self.writer.write_codes, self.table.snapshot_codes())
+        return "incremental", pending, functools.partial(self.writer.update_codes, self.table.take_change_codes())
 
     def adopted(self) -> None:
         """The map already holds the table as it is now (it was just loaded from it)."""
@@ -141,15 +151,7 @@ class Committer:
                 self._settle(version, None)
                 continue
             started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            # Changes are taken on the loop thread (the table is not thread-safe) as codes:
-            # turning 100k expired entries into addresses here would stall requests.
-            # A change log as big as the table (a flush) is cheaper as a full write.
-            pending = self.table.pending_changes()
-            job: Callable[[], None]
-            if full or not self.writer.can_update() or pending > max(FULL_WRITE_CHANGES, len(self.table)):
-                kind, job = "full", functools.partial(self.writer.write_codes, self.table.snapshot_codes())
-            else:
-                kind, job = "incremental", functools.partial(self.writer.update_codes, self.table.take_change_codes())
+            kind, pending, job = self._job(full)
             try:
                 # A small in-place update costs well under a millisecond, most of it in
                 # fsync; on the loop thread it does not fight the loop for the GIL, which

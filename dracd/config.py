@@ -344,6 +344,11 @@ def load_config(path: Path | None) -> Config:
     """The configuration in ``path`` (defaults when None); raises ConfigError."""
     if path is None:
         return Config()
+    return config_from_dict(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` ({} if empty); ConfigError names the file and line."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -354,7 +359,7 @@ def load_config(path: Path | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(data or {}, path)
+    return data or {}
 
 
 def config_from_dict(data: Any, path: Path) -> Config:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from .keys import Entry, IPAddress, code_entry, code_network, covering_code, entry_code
 
@@ -108,13 +108,7 @@ class RelayTable:
         removed = len(self._expiry)
         if removed:
             self._changes.update(dict.fromkeys(self._expiry))
-            self._expiry.clear()
-            self._wheel.clear()
-            self._seconds.clear()
-            self._live.clear()
-            self._times.clear()
-            self._prefixes.clear()
-            self._slots = 0
+            self._reset()
             self.version += 1
         return removed
 
@@ -207,7 +201,13 @@ class RelayTable:
                 del self._prefixes[network]
 
     def _rebuild(self) -> None:
-        entries: Iterable[tuple[int, int]] = list(self._expiry.items())
+        entries = list(self._expiry.items())
+        self._reset()
+        for code, expiry in entries:
+            self._place(code, expiry)
+
+    def _reset(self) -> None:
+        """Empty every structure (the change log is the caller's business)."""
         self._expiry.clear()
         self._wheel.clear()
         self._seconds.clear()
@@ -215,5 +215,3 @@ class RelayTable:
         self._times.clear()
         self._prefixes.clear()
         self._slots = 0
-        for code, expiry in entries:
-            self._place(code, expiry)

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dracclient.drac import DRACPROG
 
 from ..config import (
@@ -30,6 +28,7 @@ from ..config import (
     _networks,
     _resolve,
     _str,
+    read_yaml,
 )
 from .policy import MIN_PREFIX4, MIN_PREFIX6, IPNetwork, prefix_problem
 from .presets import PRESETS, Rule, RuleOptions, custom_rule, preset_rule
@@ -228,16 +227,7 @@ def load_config(path: Path | None) -> LogwatchConfig:
     """The configuration in ``path`` (defaults when None); raises ConfigError."""
     if path is None:
         return LogwatchConfig()
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(data or {}, path)
+    return config_from_dict(read_yaml(path), path)
 
 
 def config_from_dict(data: Any, path: Path) -> LogwatchConfig:
