@@ -47,7 +47,8 @@ class Committer:
         self.written_version = -1
         self.last_write: float | None = None
         self.last_duration = 0.0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: (table version, callback): who waits for which write.
+        self._waiters: list[tuple[int, Callable[[MapError | None], None]]] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dracd-map")
         self._task: asyncio.Task[None] | None = None
@@ -59,14 +60,23 @@ class Committer:
 
     async def commit(self) -> None:
         """Return once the map on disk holds the table as it is now; raise MapError if it cannot."""
+        if self.written_version >= self.table.version:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_written(functools.partial(_settle_future, future))
+        await future
+
+    def on_written(self, callback: Callable[[MapError | None], None]) -> None:
+        """Call ``callback(None)`` once the map on disk holds the table as it is now, or
+        ``callback(error)`` if that write failed; at once if it already does. For request
+        paths that answer from a callback instead of a task per request."""
         target = self.table.version
         if self.written_version >= target:
+            callback(None)
             return
         self._changed()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
+        self._waiters.append((target, callback))
         self._wake.set()
-        await future
 
     def request(self) -> None:
         """Ask for a write without waiting for it (expiry, reloads)."""
@@ -112,9 +122,9 @@ class Committer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for _, future in self._waiters:
-            if not future.done():
-                future.set_exception(MapError("server is shutting down"))
+        waiters, self._waiters = self._waiters, []
+        for _, callback in waiters:
+            callback(MapError("server is shutting down"))
         self._executor.shutdown(wait=True)
 
     def _done(self, version: int, started: float, kind: str, since: float | None) -> None:
@@ -195,16 +205,15 @@ class Committer:
                 return
 
     def _settle(self, version: int, error: MapError | None) -> None:
-        keep = []
-        for target, future in self._waiters:
-            if target > version:
-                keep.append((target, future))
-            elif not future.done():
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+        keep, due = [], []
+        for waiter in self._waiters:
+            (keep if waiter[0] > version else due).append(waiter)
         self._waiters = keep
+        for _, callback in due:
+            try:
+                callback(error)
+            except Exception:
+                log.exception("a commit waiter failed")
 
     def _schedule_retry(self, exc: MapError) -> None:
         if not self._failing:
@@ -212,3 +221,12 @@ class Committer:
         self._failing = True
         asyncio.get_running_loop().call_later(self._retry_delay, self._wake.set)
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+
+def _settle_future(future: asyncio.Future[None], error: MapError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
