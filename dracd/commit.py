@@ -9,6 +9,12 @@ the changes since the previous one, unless the writer needs the whole
 table (first write, after a failure, or when someone else replaced the map). A failed write fails
 the waiters it was meant to serve and is retried with a back-off, so the
 map catches up by itself once the disk is writable again.
+
+With a journal (dracd.journal), an incremental commit appends the changes
+to it and flushes them while the map is brought up to date, unflushed, in
+the map thread; the ADDs are answered once both are done: one flush per
+commit instead of two. The journal is compacted in the background; a full
+write starts it afresh.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
+from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
 from .metrics import Metrics
 from .table import RelayTable
@@ -38,9 +46,11 @@ INLINE_CHANGES = 256
 
 
 class Committer:
-    def __init__(self, table: RelayTable, writer: MapWriter, metrics: Metrics | None = None) -> None:
+    def __init__(self, table: RelayTable, writer: MapWriter, metrics: Metrics | None = None,
+                 journal: Journal | None = None) -> None:
         self.table = table
         self.writer = writer
+        self.journal = journal
         self.metrics = metrics if metrics is not None else Metrics()
         #: monotonic time of the oldest table change not yet on disk (for map_lag).
         self._pending_since: float | None = None
@@ -51,6 +61,13 @@ class Committer:
         self._waiters: list[tuple[int, Callable[[MapError | None], None]]] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dracd-map")
+        # Big journal appends in a thread of their own; a compaction's state in another,
+        # so that commits go on while it is written.
+        self._journal_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dracd-journal")
+        self._state_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dracd-state")
+        self._compaction: asyncio.Task[None] | None = None
+        #: A compaction failed: only a full write (a new journal generation) is safe now.
+        self._full_needed = False
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = RETRY_FIRST
         self._failing = False
@@ -87,31 +104,50 @@ class Committer:
         if self._pending_since is None:
             self._pending_since = time.monotonic()
 
-    def write_now(self, full: bool = True) -> None:
+    def write_now(self, full: bool = True, final: bool = False) -> None:
         """Synchronous write of the current table, for start-up and shutdown: the whole
-        map, or (``full=False``) the changes if the map is one this writer wrote."""
+        map, or (``full=False``) the changes if the map is one this writer wrote. Starts
+        the journal if it is not running; ``final``: the map alone, then the journal is
+        removed, as the map holds everything (a clean stop)."""
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
-        kind, pending, job = self._job(full)
+        kind, payload = self._job(full)
         try:
-            if kind == "full" or pending:
-                job()
+            if kind == "full" and final:
+                self.writer.write_codes(cast(dict[int, int], payload))
+            elif kind == "full" or payload:
+                self._write(kind, payload)
+            if self.journal is not None and not final and not self.journal.active:
+                self.journal.start(self.table.copy_codes())
         except Exception:
             self._failed(since)
             raise
+        if final and self.journal is not None:
+            self.journal.close(clean=True)
         self._done(version, started, kind, since)
 
-    def _job(self, full: bool) -> tuple[str, int, Callable[[], None]]:
-        """What to write now, its kind and how many changes it carries: the whole table
-        (asked for, nothing written yet, a map someone else replaced, or a change log as
-        big as the table, such as a flush), else the changes since the last write.
-        Taken on the loop thread (the table is not thread-safe), as codes: turning 100k
-        expired entries into addresses here would stall requests."""
+    def _job(self, full: bool) -> tuple[str, dict[int, int | None]]:
+        """What to write now: the whole table (asked for, nothing written yet, a map
+        someone else replaced, or a change log as big as the table, such as a flush),
+        else the changes since the last write. Taken on the loop thread (the table is
+        not thread-safe), as codes: turning 100k expired entries into addresses here
+        would stall requests."""
         pending = self.table.pending_changes()
-        if (full or self.written_version < 0 or not self.writer.can_update()
+        if (full or self._full_needed or self.written_version < 0 or not self.writer.can_update()
                 or pending > max(FULL_WRITE_CHANGES, len(self.table))):
-            return "full", pending, functools.partial(self.writer.write_codes, self.table.snapshot_codes())
-        return "incremental", pending, functools.partial(self.writer.update_codes, self.table.take_change_codes())
+            return "full", cast(dict[int, int | None], self.table.snapshot_codes())
+        return "incremental", self.table.take_change_codes()
+
+    def _write(self, kind: str, payload: dict[int, int | None], durable: bool = True) -> None:
+        if kind == "incremental":
+            self.writer.update_codes(payload, durable)
+            return
+        entries = cast(dict[int, int], payload)
+        if self.journal is not None:
+            # A new generation first: its state covers every journal there was.
+            self.journal.start(entries)
+            self._full_needed = False
+        self.writer.write_codes(entries)
 
     def adopted(self) -> None:
         """The map already holds the table as it is now (it was just loaded from it)."""
@@ -122,10 +158,14 @@ class Committer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._compacted()
+        if self.journal is not None:
+            self.journal.close()
         waiters, self._waiters = self._waiters, []
         for _, callback in waiters:
             callback(MapError("server is shutting down"))
-        self._executor.shutdown(wait=True)
+        for executor in (self._executor, self._journal_executor, self._state_executor):
+            executor.shutdown(wait=True)
 
     def _done(self, version: int, started: float, kind: str, since: float | None) -> None:
         now = time.monotonic()
@@ -161,15 +201,17 @@ class Committer:
                 self._settle(version, None)
                 continue
             started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            kind, pending, job = self._job(full)
+            kind, payload = self._job(full)
             try:
-                # A small in-place update costs well under a millisecond, most of it in
-                # fsync; on the loop thread it does not fight the loop for the GIL, which
-                # on two cores doubles what a worker thread gets through.
-                if kind == "incremental" and pending <= INLINE_CHANGES and self.writer.can_update_in_place(pending):
-                    job()
+                if kind == "full":
+                    await self._compacted()  # a new generation must not race the state being written
+                    await loop.run_in_executor(self._executor, self._write, kind, payload)
+                elif self.journal is not None and self.journal.active:
+                    await self._journaled(payload)
+                elif self._small(payload):
+                    self._write(kind, payload)
                 else:
-                    await loop.run_in_executor(self._executor, job)
+                    await loop.run_in_executor(self._executor, self._write, kind, payload)
             except StaleMap as exc:
                 log.warning("%s; writing the whole map", exc)
                 self._still_pending(since)
@@ -191,6 +233,63 @@ class Committer:
             if self._waiters or self.table.version > self.written_version:
                 self._wake.set()
 
+    def _small(self, changes: dict[int, int | None]) -> bool:
+        """Whether the changes make a small in-place update of the map (well under a
+        millisecond): then threads cost more than they save (see _run, _journaled)."""
+        return len(changes) <= INLINE_CHANGES and self.writer.can_update_in_place(len(changes))
+
+    async def _journaled(self, changes: dict[int, int | None]) -> None:
+        """Flush the changes to the journal while the map takes them."""
+        journal = self.journal
+        assert journal is not None
+        if self._small(changes):
+            # The map thread updates the map while this thread waits for the journal's
+            # flush: blocking the loop for ~0.2 ms costs less than waking it from two
+            # threads (measured: 0.38 ms a commit, against 0.47 ms both ways round).
+            update = self._executor.submit(self.writer.update_codes, changes, False)
+            try:
+                journal.commit(changes)
+            finally:
+                update.result()
+        else:
+            loop = asyncio.get_running_loop()
+            synced = loop.run_in_executor(self._journal_executor, journal.commit, changes)
+            try:
+                await loop.run_in_executor(self._executor, self.writer.update_codes, changes, False)
+            finally:
+                await asyncio.wait([synced])
+            synced.result()
+        if self._compaction is None and journal.wants_compaction():
+            self._compact()
+
+    def _compact(self) -> None:
+        """Start a new journal file and write the table as the state that covers the old
+        one, in the background. The switch happens now, so later batches go to the new file."""
+        journal, loop = self.journal, asyncio.get_running_loop()
+        assert journal is not None
+        snapshot = self.table.copy_codes()
+        try:
+            covered = journal.switch()
+        except MapError as exc:
+            log.error("journal compaction failed: %s", exc)
+            return
+
+        async def compact() -> None:
+            try:
+                await loop.run_in_executor(self._state_executor, journal.write_state, snapshot, covered)
+            except MapError as exc:
+                log.error("journal compaction failed: %s; writing the whole map and journal afresh", exc)
+                self._full_needed = True
+                self._wake.set()
+            finally:
+                self._compaction = None
+
+        self._compaction = loop.create_task(compact(), name="dracd-compaction")
+
+    async def _compacted(self) -> None:
+        if self._compaction is not None:
+            await asyncio.wait([self._compaction])
+
     async def _gather(self) -> None:
         """Let ADDs that are on their way reach the table first, so one write
         serves the whole burst: while loop iterations keep bringing changes
@@ -205,7 +304,8 @@ class Committer:
                 return
 
     def _settle(self, version: int, error: MapError | None) -> None:
-        keep, due = [], []
+        keep: list[tuple[int, Callable[[MapError | None], None]]] = []
+        due: list[tuple[int, Callable[[MapError | None], None]]] = []
         for waiter in self._waiters:
             (keep if waiter[0] > version else due).append(waiter)
         self._waiters = keep

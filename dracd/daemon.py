@@ -25,6 +25,7 @@ from .admin import AdminService
 from .commit import Committer
 from .config import Config
 from .dispatch import Dispatcher
+from .journal import Journal, JournalError
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer, unsafe_directory
 from .metrics import Metrics
@@ -95,7 +96,8 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.table_entries.read = self.table.__len__
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
-        self.committer = Committer(self.table, self.writer, self.metrics)
+        self.journal = Journal(config.map.path)
+        self.committer = Committer(self.table, self.writer, self.metrics, self.journal)
         self.settings = Settings(
             load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
             config.udp_from, config.max_entries, config.rate_per_caller,
@@ -130,6 +132,18 @@ class Daemon:
         if self.config.initialize:
             log.info("starting with an empty table (-i)")
             return
+        if self.journal.exists():
+            try:
+                entries = self.journal.recover()
+            except JournalError as exc:
+                log.error("%s; starting from %s instead", exc, self.config.map.path)
+            else:
+                # The map may lack acknowledged ADDs (or be torn): the journal has them all.
+                self.table.load_codes(entries)
+                expired = self.table.expire()
+                log.warning("dracd did not stop cleanly: %d entries recovered from its journal "
+                            "(%d already expired); rewriting %s", len(entries), len(expired), self.config.map.path)
+                return
         self.table.load_codes(self.writer.read_codes())
         if self.writer.adopt():
             self.committer.adopted()
@@ -266,9 +280,9 @@ class Daemon:
             await self.shared.close()
         await self.committer.close()
         try:
-            self.committer.write_now()
+            self.committer.write_now(final=True)
         except Exception as exc:
-            log.error("final map write failed: %s", exc)
+            log.error("final map write failed: %s; the journal stays for the next start", exc)
         if self.registration is not None:
             await self.registration.stop()
         self._release_lock()

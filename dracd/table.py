@@ -148,6 +148,10 @@ class RelayTable:
     def snapshot_codes(self) -> dict[int, int]:
         """snapshot() as entry codes: no address objects for a big table."""
         self._changes = {}
+        return self.copy_codes()
+
+    def copy_codes(self) -> dict[int, int]:
+        """The whole table as entry codes, leaving the change log alone."""
         return dict(self._expiry)
 
     def take_changes(self) -> dict[Entry, int | None]:

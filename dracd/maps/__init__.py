@@ -36,8 +36,9 @@ class MapWriter(Protocol):
         """Replace the map with a copy carrying ``changes`` (None: remove the address).
         Raise :class:`StaleMap` if the map is not the one last written here."""
 
-    def update_codes(self, changes: Mapping[int, int | None]) -> None:
-        """update() of entry codes, as the table holds them."""
+    def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
+        """update() of entry codes, as the table holds them. ``durable=False``: readers
+        must see the result, but it need not survive a crash (a journal makes it durable)."""
 
     def can_update(self) -> bool:
         """Whether :meth:`update` may be used (this writer wrote the current map)."""

@@ -19,6 +19,13 @@ Where the new file comes from, cheapest first:
   busy, or lags too far behind);
 - a complete new file from the table (first write, or the map was replaced
   by someone else).
+
+When the committer keeps a journal (dracd.journal), an update need not be
+durable by itself: the spare's pages are written through a private Berkeley
+DB cache (memp_trickle writes them, nothing flushes them) and the rename is
+not flushed either, which halves a commit. That cache knows a file by the
+id Berkeley DB stamps into it, so a copy gets a new id (fileid_reset) before
+it can ever become the spare: two files under one id would share pages.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ _U32 = struct.Struct(">I")
 _HOSTS4 = 1 << 32
 #: Most changes the spare may lag behind; beyond that a copy is cheaper.
 SPARE_MAX_PENDING = 4096
+#: The private cache the spare is updated through: enough for the pages a commit touches.
+CACHE_BYTES = 4 << 20
 Records = dict[bytes, bytes | None]
 
 
@@ -62,6 +71,7 @@ class BerkeleyMap:
         self._spare_lacks: Records | None = None
         #: Identity of the map read() found to be exactly in this writer's style.
         self._as_written: tuple[int, int, int, int] | None = None
+        self._env: db.DBEnv | None = None
 
     def write(self, entries: Mapping[Entry, int]) -> None:
         self.write_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
@@ -96,15 +106,16 @@ class BerkeleyMap:
     def update(self, changes: Mapping[Entry, int | None]) -> None:
         self.update_codes({entry_code(entry): expiry for entry, expiry in changes.items()})
 
-    def update_codes(self, changes: Mapping[int, int | None]) -> None:
+    def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
         records: Records = {key: None if expiry is None else self.style.value(expiry)
                             for code, expiry in changes.items() for key in self.style.code_keys(code)}
         if self.can_update_in_place(len(records)):
             try:
-                self._refresh_spare({**(self._spare_lacks or {}), **records})
+                self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
             except (OSError, db.DBError) as exc:
                 log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
                 self._spare_lacks = None
+                self._drop_cache()
             else:
                 self._keep_spare(records)
                 return
@@ -120,15 +131,37 @@ class BerkeleyMap:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
         self._spare_lacks = lacks if os.path.lexists(self._spare) else None
 
-    def _refresh_spare(self, records: Records) -> None:
+    def _refresh_spare(self, records: Records, durable: bool) -> None:
         """Bring the spare up to date in place and rename it over the map."""
-        table = db.DB()
+        env = self._cache()
+        table = db.DB(env)
         table.open(str(self._spare), dbtype=_DB_TYPES[self.kind])
         try:
             _apply(table, records)
+            env.memp_trickle(100)  # write every changed page (no flush)
         finally:
-            table.close()  # writes the changed pages and fdatasyncs the file
-        self._install(self._spare)
+            table.close(db.DB_NOSYNC)
+        if durable:
+            _fdatasync(self._spare)
+        self._install(self._spare, durable)
+
+    def _cache(self) -> db.DBEnv:
+        if self._env is None:
+            env = db.DBEnv()
+            env.set_cachesize(0, CACHE_BYTES)
+            # DB_PRIVATE: the cache lives in our memory, no region files beside the map.
+            env.open(str(self.path.parent), db.DB_PRIVATE | db.DB_INIT_MPOOL | db.DB_CREATE)
+            self._env = env
+        return self._env
+
+    def _drop_cache(self) -> None:
+        """Forget every cached page (after a failure they may not match the files)."""
+        if self._env is not None:
+            try:
+                self._env.close()
+            except db.DBError:
+                pass
+            self._env = None
 
     def can_update(self) -> bool:
         return self._written is not None and self._written == _identity(self.path)
@@ -151,6 +184,8 @@ class BerkeleyMap:
                     fill(table)
                 finally:
                     table.close()
+                if copy:
+                    self._cache().fileid_reset(str(tmp))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -163,7 +198,7 @@ class BerkeleyMap:
             self._written = None
             raise MapError(f"cannot write {self.path}: {_describe(exc)}") from exc
 
-    def _install(self, new: Path) -> None:
+    def _install(self, new: Path, durable: bool = True) -> None:
         """Rename ``new`` over the map; the map's inode stays as the spare."""
         with self._locked(fcntl.LOCK_EX):
             _unlink_quietly(self._prev)
@@ -184,7 +219,8 @@ class BerkeleyMap:
                 except OSError:  # not ours after all: let it go
                     _unlink_quietly(self._spare)
         self._written = _identity(self.path)
-        _fsync_dir(self.path.parent)
+        if durable:
+            _fsync_dir(self.path.parent)
 
     def _copy_current(self, out_fd: int) -> None:
         """Copy the map, under a shared lock so no other writer is half-way through it."""
@@ -320,6 +356,14 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _fdatasync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

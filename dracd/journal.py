@@ -1,0 +1,299 @@
+"""The table's write-ahead journal: what makes an acknowledged ADD durable.
+
+Making the map itself durable at every commit costs two flushes (the file,
+then its directory for the rename). With a journal, a commit appends the
+changes to a preallocated file and flushes that one, while the map is only
+brought up to date for the readers; after a crash, the table is rebuilt
+from the journal and the map rewritten from it before anyone is answered.
+
+Files beside the map (dracd.db):
+
+- ``.dracd.db.state``: the whole table at some moment, written to a
+  temporary name, flushed and renamed in, so it is complete or absent. It
+  names the newest journal *epoch* it covers.
+- ``.dracd.db.journal.0`` and ``.1``: a header naming the file's epoch, then
+  batches of changes (code, expiry or deleted), each with its epoch and a
+  CRC, so a batch torn by a crash and stale batches from the file's previous
+  use both end the replay there.
+
+Compaction keeps the journal short: appends move to the other file under a
+new epoch, and the table as it was at that moment becomes the new state;
+once that is on disk, the old file is free for the next switch. Replay is
+the state, then every journal file newer than it, in epoch order: setting
+an expiry or deleting is idempotent, so changes found in both are harmless.
+
+A clean stop removes all three (the map, flushed, holds everything), so a
+site can still swap binaries and find only the map.
+
+Not thread-safe: the committer calls everything but recover() and
+write_state() from one thread.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from .maps import MapError
+
+HEADER = struct.Struct("<8sQI")  # magic, epoch, crc32 of the first two
+JOURNAL_MAGIC = b"DRACDJ01"
+HEADER_SIZE = 32
+BATCH = struct.Struct("<IIII")  # magic, epoch (low 32 bits), record count, crc32 of the rest and the records
+BATCH_MAGIC = 0x4A424154
+RECORD = struct.Struct("<18sq")  # entry code (big-endian), expiry; -1: deleted
+STATE = struct.Struct("<8sQQQ")  # magic, epoch covered, IPv4 hosts, other entries
+STATE_MAGIC = b"DRACDST1"
+CRC = struct.Struct("<I")
+#: The journal grows by this much at a time, written as zeros, so that a
+#: commit's flush is an overwrite that changes no file size (half the cost).
+CHUNK = 64 << 10
+#: A journal file this long, or COMPACT_RATIO times the last state if bigger, is compacted.
+COMPACT_MIN = 16 << 20
+COMPACT_RATIO = 4
+_HOSTS4 = 1 << 32
+
+
+class JournalError(MapError):
+    """The journal could not be written or read (a MapError: the ADDs it was to make
+    durable fail the same way)."""
+
+
+class Journal:
+    def __init__(self, map_path: Path) -> None:
+        self.state_path = map_path.with_name(f".{map_path.name}.state")
+        self.paths = (map_path.with_name(f".{map_path.name}.journal.0"),
+                      map_path.with_name(f".{map_path.name}.journal.1"))
+        #: Whether appends may go on (between start() and close()).
+        self._open = False
+        self._current = 0
+        self.epoch = 0
+        self._offset = 0
+        self._allocated = 0
+        self._state_bytes = 0
+
+    @property
+    def active(self) -> bool:
+        return self._open
+
+    def exists(self) -> bool:
+        return any(path.exists() for path in (self.state_path, *self.paths))
+
+    def recover(self) -> dict[int, int]:
+        """The table the state and journals hold (entry code -> expiry)."""
+        covered, entries = -1, dict[int, int]()
+        if self.state_path.exists():
+            covered, entries = self._read_state()
+        journals = sorted((epoch, index) for index, path in enumerate(self.paths)
+                          if path.exists() and (epoch := _file_epoch(path)) is not None)
+        for epoch, index in journals:
+            self.epoch = max(self.epoch, epoch)
+            if epoch <= covered:
+                continue
+            for code, expiry in _batches(self.paths[index], epoch):
+                if expiry < 0:
+                    entries.pop(code, None)
+                else:
+                    entries[code] = expiry
+        self.epoch = max(self.epoch, covered)
+        return entries
+
+    def start(self, entries: Mapping[int, int]) -> None:
+        """A new generation from ``entries`` (the whole table): a state covering every
+        journal there is, then both journal files afresh (owned by whoever we run as now)."""
+        self.close()
+        epoch = self.epoch + 1
+        self.write_state(entries, epoch - 1)
+        try:
+            for index, path in enumerate(self.paths):
+                _unlink_quietly(path)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    os.pwrite(fd, _header(epoch if index == 0 else 0), 0)
+                    if index == 0:
+                        os.pwrite(fd, bytes(CHUNK), HEADER_SIZE)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(self.state_path.parent)
+        except OSError as exc:
+            self.close()
+            raise JournalError(f"cannot write {self.paths[0]}: {exc.strerror}") from exc
+        self._current, self.epoch, self._open = 0, epoch, True
+        self._offset, self._allocated = HEADER_SIZE, HEADER_SIZE + CHUNK
+
+    def commit(self, changes: Mapping[int, int | None]) -> None:
+        """Append ``changes`` (None: deleted) and flush them to disk. The file is opened
+        each time: a descriptor held open for writing would keep the file system from
+        being remounted read-only."""
+        if not self._open:
+            raise JournalError("the journal is not open")
+        records = b"".join([RECORD.pack(code.to_bytes(18, "big"), -1 if expiry is None else expiry)
+                            for code, expiry in changes.items()])
+        head = struct.pack("<II", self.epoch & 0xFFFF_FFFF, len(changes))
+        batch = BATCH.pack(BATCH_MAGIC, self.epoch & 0xFFFF_FFFF, len(changes),
+                           zlib.crc32(records, zlib.crc32(head))) + records
+        end = self._offset + len(batch)
+        try:
+            fd = os.open(self.paths[self._current], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                while end > self._allocated:
+                    os.pwrite(fd, bytes(CHUNK), self._allocated)
+                    self._allocated += CHUNK
+                os.pwrite(fd, batch, self._offset)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"cannot write {self.paths[self._current]}: {exc.strerror}") from exc
+        self._offset = end
+
+    def wants_compaction(self) -> bool:
+        return self._open and self._offset > max(COMPACT_MIN, COMPACT_RATIO * self._state_bytes)
+
+    def switch(self) -> int:
+        """Move appends to the other file under a new epoch; return the epoch a state
+        of the table as it is now must cover (then the old file may be reused)."""
+        if not self._open:
+            raise JournalError("the journal is not open")
+        other = 1 - self._current
+        try:
+            fd = os.open(self.paths[other], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, _header(self.epoch + 1), 0)
+                os.fdatasync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"cannot write {self.paths[other]}: {exc.strerror}") from exc
+        covered = self.epoch
+        self._current, self.epoch = other, self.epoch + 1
+        self._offset, self._allocated = HEADER_SIZE, max(HEADER_SIZE, size)
+        return covered
+
+    def write_state(self, entries: Mapping[int, int], covered: int) -> None:
+        """Write the table as the state covering journal epochs up to ``covered``.
+        Safe to call from another thread while commits go on."""
+        hosts = array("I", [code for code in entries if code < _HOSTS4])
+        expiries = array("q", [expiry for code, expiry in entries.items() if code < _HOSTS4])
+        others = b"".join([RECORD.pack(code.to_bytes(18, "big"), expiry)
+                           for code, expiry in entries.items() if code >= _HOSTS4])
+        if sys.byteorder != "little":
+            hosts.byteswap()
+            expiries.byteswap()
+        body = [STATE.pack(STATE_MAGIC, covered, len(hosts), len(entries) - len(hosts)),
+                hosts.tobytes(), expiries.tobytes(), others]
+        crc = 0
+        for part in body:
+            crc = zlib.crc32(part, crc)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            _unlink_quietly(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                for part in (*body, CRC.pack(crc)):
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.state_path)
+            _fsync_dir(self.state_path.parent)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise JournalError(f"cannot write {self.state_path}: {exc.strerror}") from exc
+        self._state_bytes = sum(len(part) for part in body)
+
+    def close(self, *, clean: bool = False) -> None:
+        """Stop appending; ``clean``: the map on disk holds everything, remove the files."""
+        self._open = False
+        if clean:
+            for path in (self.state_path, *self.paths):
+                _unlink_quietly(path)
+            try:
+                _fsync_dir(self.state_path.parent)
+            except OSError:
+                pass
+
+    def _read_state(self) -> tuple[int, dict[int, int]]:
+        try:
+            data = self.state_path.read_bytes()
+        except OSError as exc:
+            raise JournalError(f"cannot read {self.state_path}: {exc.strerror}") from exc
+        if len(data) < STATE.size + CRC.size:
+            raise JournalError(f"{self.state_path} is truncated")
+        magic, covered, hosts, others = STATE.unpack_from(data)
+        size = STATE.size + hosts * 12 + others * RECORD.size
+        if magic != STATE_MAGIC or len(data) != size + CRC.size:
+            raise JournalError(f"{self.state_path} is not a dracd state file or is truncated")
+        if zlib.crc32(memoryview(data)[:size]) != CRC.unpack_from(data, size)[0]:
+            raise JournalError(f"{self.state_path} is damaged (checksum)")
+        codes, expiries = array("I"), array("q")
+        codes.frombytes(data[STATE.size:STATE.size + hosts * 4])
+        expiries.frombytes(data[STATE.size + hosts * 4:STATE.size + hosts * 12])
+        if sys.byteorder != "little":
+            codes.byteswap()
+            expiries.byteswap()
+        entries = dict(zip(codes, expiries, strict=True))
+        for offset in range(STATE.size + hosts * 12, size, RECORD.size):
+            code, expiry = RECORD.unpack_from(data, offset)
+            entries[int.from_bytes(code, "big")] = expiry
+        self._state_bytes = size
+        return covered, entries
+
+
+def _header(epoch: int) -> bytes:
+    head = HEADER.pack(JOURNAL_MAGIC, epoch, 0)
+    return HEADER.pack(JOURNAL_MAGIC, epoch, zlib.crc32(head[:16])).ljust(HEADER_SIZE, b"\0")
+
+
+def _file_epoch(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEADER.size)
+    except OSError:
+        return None
+    if len(head) < HEADER.size:
+        return None
+    magic, epoch, crc = HEADER.unpack(head)
+    return epoch if magic == JOURNAL_MAGIC and crc == zlib.crc32(head[:16]) else None
+
+
+def _batches(path: Path, epoch: int) -> Iterator[tuple[int, int]]:
+    """The records of the valid batches of ``path``, up to the first torn or stale one."""
+    data = path.read_bytes()
+    offset, tag = HEADER_SIZE, epoch & 0xFFFF_FFFF
+    while offset + BATCH.size <= len(data):
+        magic, batch_epoch, count, crc = BATCH.unpack_from(data, offset)
+        end = offset + BATCH.size + count * RECORD.size
+        if magic != BATCH_MAGIC or batch_epoch != tag or end > len(data):
+            return
+        records = memoryview(data)[offset + BATCH.size:end]
+        if zlib.crc32(records, zlib.crc32(struct.pack("<II", batch_epoch, count))) != crc:
+            return
+        for position in range(0, len(records), RECORD.size):
+            code, expiry = RECORD.unpack_from(records, position)
+            yield int.from_bytes(code, "big"), expiry
+        offset = end
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
