@@ -71,13 +71,13 @@ class Server:
     """One dracd on 127.0.0.1 (UDP and TCP), no rpcbind, no admin socket."""
 
     def __init__(self, map_path: Path, *, lifetime: str = "1h", log_path: Path | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), loop: str | None = None) -> None:
         self.map_path = map_path
         self.port = free_port()
         self.log_path = log_path or map_path.with_name("dracd.log")
         self.args = [str(DRACD), "--no-rpcbind", "--listen", "127.0.0.1", "--port", str(self.port),
                      "--program", str(PROG), "--log-level", "warning", "--lifetime", lifetime,
-                     "--admin-socket", "", *extra, str(map_path)]
+                     "--admin-socket", "", *(("--event-loop", loop) if loop else ()), *extra, str(map_path)]
         self.notify = NotifySocket()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from loadgen import (  # noqa: E402
     run_load,
 )
 
+from dracd.cli import event_loop  # noqa: E402
+from dracd.config import Config  # noqa: E402
 from dracd.keys import IPAddress, KeyStyle  # noqa: E402
 from dracd.maps import open_writer  # noqa: E402
 
@@ -194,13 +196,13 @@ class LoadCase:
         return f"load {self.proto}{extra} n={self.n} w={self.window} k={self.clients}"
 
 
-def load_once(workroot: Path, case: LoadCase, time_limit: float, probes: int) -> dict[str, Any]:
+def load_once(workroot: Path, case: LoadCase, time_limit: float, probes: int, loop: str) -> dict[str, Any]:
     proto, n = case.proto, case.n
     with Workdir(workroot, f"{proto}-{n}") as work:
         map_path = work / "dracd.db"
         if case.prefill:
             prewrite(map_path, case.prefill, int(time.time()) + HOUR // 2)
-        server = Server(map_path).start()
+        server = Server(map_path, loop=loop).start()
         try:
             cpu0 = server.cpu()
             load = run_load(server.port, PROG, proto, n, case.window, case.clients, time_limit,
@@ -275,13 +277,13 @@ def rewrite_once(workroot: Path, n: int) -> dict[str, Any]:
                 "update_one_s": statistics.median(in_place), "map_bytes": path.stat().st_size}
 
 
-def expiry_once(workroot: Path, n: int, lead: float, limit: float) -> dict[str, Any]:
+def expiry_once(workroot: Path, n: int, lead: float, limit: float, loop: str) -> dict[str, Any]:
     """dracd reloads N entries all expiring ``lead`` s ahead; until they leave the map, NULL every 1 ms."""
     with Workdir(workroot, f"expiry-{n}") as work:
         path = work / "dracd.db"
         expire_at = int(time.time() + lead) + 1
         prewrite(path, n, expire_at)
-        server = Server(path).start()
+        server = Server(path, loop=loop).start()
         prober = None
         try:
             if time.time() >= expire_at - 0.5:
@@ -346,9 +348,9 @@ def expiry_once(workroot: Path, n: int, lead: float, limit: float) -> dict[str, 
         }
 
 
-def startup_once(map_path: Path, n: int) -> dict[str, Any]:
+def startup_once(map_path: Path, n: int, loop: str) -> dict[str, Any]:
     """Process start to READY=1 on a map of N entries (dracd reloads it and rewrites it)."""
-    server = Server(map_path, log_path=map_path.with_name("startup.log")).start(timeout=300)
+    server = Server(map_path, log_path=map_path.with_name("startup.log"), loop=loop).start(timeout=300)
     try:
         rss = server.peak_rss()
         cpu = server.cpu()
@@ -391,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=3, help="ADD-to-visible probes per load run")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="where the maps are written")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"),
+                        help="dracd's event loop (--event-loop; default: uvloop if installed, as dracd's auto)")
     args = parser.parse_args(argv)
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
@@ -400,9 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     when = dt.datetime.now(dt.UTC)
     info = machine()
     info["workdir_filesystem"] = filesystem(args.workdir.resolve())
+    # Resolved here, as dracd resolves auto, and passed on: the record says which loop ran.
+    loop = info["event_loop"] = event_loop(replace(Config(), event_loop=args.loop or "auto"))[0]
     mode = "quick" if quick else "full"
     log(f"dracd bench ({mode}): {info['cpu']}, {info['cores']} cores, load average {info['load_average_start']}, "
-        f"reps {reps}, time limit {time_limit:g} s per run, budget {budget:g} s")
+        f"reps {reps}, time limit {time_limit:g} s per run, budget {budget:g} s, event loop {loop}")
 
     def wanted(name: str) -> bool:
         return not args.only or any(text in name for text in args.only)
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         n = case.n
         log(f"{name} ...")
         runs = repeat(name, load_reserve,
-                      lambda case=case: load_once(args.workdir, case, time_limit, args.probes))  # type: ignore[misc]
+                      lambda case=case: load_once(args.workdir, case, time_limit, args.probes, loop))  # type: ignore[misc]
         for r in runs:
             if "error" not in r:
                 log(f"  {r['acked']}/{n} acked, {r['adds_per_s']:,.0f} adds/s, p50 {r['p50_ms']:.2f} ms, "
@@ -458,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     if wanted(name):
         log(f"{name} ...")
         results["expiry"].append({"name": name, "n": exp_n, "runs": repeat(
-            name, lead + 15, lambda: expiry_once(args.workdir, exp_n, lead, limit=60.0))})
+            name, lead + 15, lambda: expiry_once(args.workdir, exp_n, lead, limit=60.0, loop=loop))})
 
     start_n = 100_000 if quick else 1_000_000
     name = f"startup n={start_n}"
@@ -469,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             written = prewrite(path, start_n, int(time.time()) + HOUR)
             log(f"  pre-wrote {start_n} entries in {written:.2f} s")
             results["startup"].append({"name": name, "n": start_n, "prewrite_s": written,
-                                       "runs": repeat(name, 20, lambda: startup_once(path, start_n))})
+                                       "runs": repeat(name, 20, lambda: startup_once(path, start_n, loop))})
 
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     duration = time.monotonic() - suite_start
@@ -549,7 +555,8 @@ def render(document: dict[str, Any]) -> str:
         f"dracd bench, {document['mode']} mode, {document['started_utc']}, {document['duration_s']:.0f} s",
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, Python {m['python']}, Linux {m['kernel']}, "
         f"load average {m['load_average_start']} at start, {m['load_average_end']} at end",
-        f"dracd {m['dracd_revision'][:12]}{' (dirty)' if m['dracd_tree_dirty'] else ''}; maps on "
+        f"dracd {m['dracd_revision'][:12]}{' (dirty)' if m['dracd_tree_dirty'] else ''} on "
+        f"{m.get('event_loop', 'asyncio')}; maps on "
         f"{m['workdir_filesystem']}; {document['settings']['reps']} rep(s), median [min-max]; "
         f"load runs stop after {document['settings']['time_limit_s']:g} s",
         "",

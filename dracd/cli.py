@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from dracclient.durations import parse_duration
 from . import __version__
 from . import notify as sd
 from .config import (
+    EVENT_LOOPS,
     LOG_LEVELS,
     Config,
     ConfigError,
@@ -125,6 +127,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("--redis", type=_redis_url, metavar="URL",
                         help="share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
                              "(needs the redis extra; overrides redis: in the config)")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS,
+                        help="asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -154,6 +158,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "group": args.group,
         "metrics_listen": args.metrics_listen,
         "socketmap": tuple(args.socketmap) if args.socketmap else None,
+        "event_loop": args.event_loop,
     }
     config = override(config, **changes)
     if args.redis is not None:
@@ -163,6 +168,21 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.admin_socket is not None:
         config = replace(config, admin_socket=Path(args.admin_socket).absolute() if args.admin_socket else None)
     return config
+
+
+def event_loop(config: Config) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop ``event_loop`` asks for: its name and factory. uvloop when asked for
+    (ConfigError if it is not installed) or, with auto, when it is installed."""
+    if config.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.event_loop == "uvloop":
+                raise ConfigError(f"{config.source}: key 'event_loop': uvloop is not installed: "
+                                  "pip install 'dracd[uvloop]'") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
 
 
 def setup_logging(level: str, *, syslog: bool = False, address: str = "/dev/log") -> None:
@@ -198,6 +218,8 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
             sd.reloading()
         try:
             new = resolve_config(args)
+            if new.event_loop != daemon.config.event_loop:
+                log.warning("reload: event_loop changed; restart dracd to apply")
             daemon.reload(new)
             logging.getLogger().setLevel(new.log_level.upper())
         except (ConfigError, AllowFileError, OSError) as exc:
@@ -254,10 +276,17 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         return EX_CONFIG
     if args.check_config:
         return _check(prog, config)
+    try:
+        loop_name, loop_factory = event_loop(config)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EX_CONFIG
     setup_logging(config.log_level, syslog=background if config.syslog is None else config.syslog)
     on_ready = _daemonize() if background else None
+    log.info("event loop: %s", loop_name)
     try:
-        return asyncio.run(run(args, config, on_ready))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run(args, config, on_ready))
     except (ConfigError, AllowFileError) as exc:
         log.error("%s", exc)
         return EX_CONFIG
@@ -281,6 +310,7 @@ def _check(prog: str, config: Config) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     try:  # the optional extras the config needs (each error names the one to install)
+        loop_name, _ = event_loop(config)
         if config.metrics_listen is not None:
             from .prometheus import require as require_metrics
 
@@ -292,7 +322,8 @@ def _check(prog: str, config: Config) -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
-    print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s)")
+    print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
+          f"event loop {loop_name})")
     return EX_OK
 
 

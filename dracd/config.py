@@ -25,6 +25,8 @@ DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: auto: uvloop when it is installed (the uvloop extra), else asyncio's own loop.
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 class ConfigError(ValueError):
@@ -130,6 +132,8 @@ class Config:
     socketmap: tuple[str, ...] = ()
     #: The shared table in Redis; None: this dracd's table is its own.
     redis: RedisConfig | None = None
+    #: One of EVENT_LOOPS.
+    event_loop: str = "auto"
     source: str = "built-in defaults"
 
     @property
@@ -317,6 +321,7 @@ _TOP_KEYS: dict[str, Any] = {
     "metrics_listen": _metrics_listen,
     "socketmap": _socketmap,
     "redis": _redis,
+    "event_loop": _choice(EVENT_LOOPS),
 }
 
 

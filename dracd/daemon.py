@@ -37,7 +37,7 @@ from .service import DracService, Settings
 from .shared import SharedTable
 from .socketmap import SocketmapServer
 from .table import Clock, RelayTable
-from .transport import Listener, StreamLimits, UdpProtocol, bind_listeners, bind_unix, serve_stream, serve_udp
+from .transport import Listener, StreamLimits, UdpServer, bind_listeners, bind_unix, serve_stream, serve_udp
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.registration: Registration | None = None
         self._servers: list[asyncio.Server] = []
-        self._udp: list[tuple[asyncio.DatagramTransport, UdpProtocol]] = []
+        self._udp: list[UdpServer] = []
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
@@ -181,10 +181,10 @@ class Daemon:
             # The shared entries reach the map before any MTA is told we are ready.
             await self.committer.commit()
         self.listeners = bind_listeners(self.config.listen, self.config.port)
-        dispatch = self.dispatcher.handle
+        dispatch = self.dispatcher.dispatch
         for listener in self.listeners:
             if listener.netid.startswith("udp"):
-                self._udp.append(await serve_udp(listener.sock, dispatch))
+                self._udp.append(serve_udp(listener.sock, dispatch))
             else:
                 self._servers.append(await serve_stream(listener.sock, dispatch, stream_limits(self.config)))
         log.info("listening on %s", ", ".join(f"{x.netid} {x.host} port {x.port}" for x in self.listeners))
@@ -266,7 +266,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await self._close_listeners()
-        pending = [task for _, protocol in self._udp for task in protocol.tasks]
+        pending = [idle for udp in self._udp if not (idle := udp.idle()).done()]
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
         for server in self._servers:
@@ -298,8 +298,8 @@ class Daemon:
             self._endpoint = None
         for server in self._servers:
             server.close()
-        for transport, _ in self._udp:
-            transport.close()
+        for udp in self._udp:
+            udp.close()
         for listener in self.listeners:
             listener.sock.close()
         if self._admin_sock is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dracclient.drac import (
     DRACPROC_ADD,
@@ -21,7 +22,7 @@ from dracclient.drac import (
 from dracclient.xdr import Unpacker
 
 from .commit import Committer
-from .dispatch import CallContext, Dispatcher
+from .dispatch import PENDING, CallContext, Dispatcher, Pending
 from .keys import Entry, IPAddress, canonical, relayable
 from .maps import MapError
 from .metrics import Metrics
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
+
+# Computed once: per ADD, encoding the answer and naming its labels cost as much as the checks.
+_ADDSTAT = {stat: encode_addstat(stat) for stat in AddStat}
+_STAT_NAME = {stat: stat.name for stat in AddStat}
+_VERS_LABEL = {DRACVERS: str(DRACVERS), DRACVERS6: str(DRACVERS6)}
 
 
 @dataclass
@@ -90,15 +96,46 @@ class DracService:
         dispatcher.register(prog, DRACVERS, DRACPROC_ADD, self.add_v1)
         dispatcher.register(prog, DRACVERS6, DRACPROC_ADD, self.add_v2)
 
-    async def null(self, args: bytes, ctx: CallContext) -> bytes:
+    def null(self, args: bytes, ctx: CallContext) -> bytes:
         Unpacker(args).done()
         return b""
 
-    async def add_v1(self, args: bytes, ctx: CallContext) -> bytes:
-        return encode_addstat(await self.add(decode_add_v1(args), ctx))
+    def add_v1(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
+        return self._add_now(decode_add_v1(args), ctx)
 
-    async def add_v2(self, args: bytes, ctx: CallContext) -> bytes:
-        return encode_addstat(await self.add(decode_add_v2(args), ctx))
+    def add_v2(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
+        return self._add_now(decode_add_v2(args), ctx)
+
+    def _add_now(self, address: IPAddress, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
+        """An ADD without a task: checked and put in the table now, answered from the
+        committer's callback once the map holds it. A shared table is written over the
+        network first, so that ADD stays a coroutine."""
+        if self.shared is not None:
+            return self._add_shared(address, ctx)
+        checked = self._check(address, ctx)
+        if isinstance(checked, AddStat):
+            self._count(ctx, checked)
+            return _ADDSTAT[checked]
+        expiry = self.table.add(checked, self.settings.lifetime)
+        self.committer.on_written(functools.partial(self._written, ctx, checked, expiry))
+        return PENDING
+
+    def _written(self, ctx: CallContext, address: IPAddress, expiry: int, error: MapError | None) -> None:
+        """The committer's answer for one ADD of _add_now: as commit() and _add() log it."""
+        if error is not None:
+            log.warning("ADD %s from %s failed: %s", address, ctx, error)
+            stat = AddStat.ADD_SYSERR
+        else:
+            log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
+            stat = AddStat.ADD_SUCCESS
+        self._count(ctx, stat)
+        ctx.reply(_ADDSTAT[stat])
+
+    async def _add_shared(self, address: IPAddress, ctx: CallContext) -> bytes:
+        return _ADDSTAT[await self.add(address, ctx)]
+
+    def _count(self, ctx: CallContext, stat: AddStat) -> None:
+        self.metrics.adds.inc(_VERS_LABEL.get(ctx.call.vers) or str(ctx.call.vers), ctx.transport, _STAT_NAME[stat])
 
     def refusal(self, ctx: CallContext) -> str | None:
         """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may: network
@@ -112,10 +149,12 @@ class DracService:
 
     async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
         stat = await self._add(address, ctx, lifetime)
-        self.metrics.adds.inc(str(ctx.call.vers), ctx.transport, stat.name)
+        self._count(ctx, stat)
         return stat
 
-    async def _add(self, address: IPAddress, ctx: CallContext, lifetime: int | None) -> AddStat:
+    def _check(self, address: IPAddress, ctx: CallContext) -> IPAddress | AddStat:
+        """What every ADD checks before it changes the table, in this order: the address
+        to add (canonical), or the refusal to answer (counted and logged here)."""
         reason = self.refusal(ctx)
         if reason is not None:
             self.metrics.refusals.inc(reason)
@@ -140,6 +179,13 @@ class DracService:
             limited.warning("full", "ADD %s from %s refused: the table is full (%d entries, max_entries)",
                             address, ctx, len(self.table))
             return AddStat.ADD_SYSERR
+        return address
+
+    async def _add(self, address: IPAddress, ctx: CallContext, lifetime: int | None) -> AddStat:
+        checked = self._check(address, ctx)
+        if isinstance(checked, AddStat):
+            return checked
+        address = checked
         if self.shared is None:
             expiry = self.table.add(address, lifetime or self.settings.lifetime)
         elif (shared_expiry := await self.authorize(address, lifetime or self.settings.lifetime)) is None:

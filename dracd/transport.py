@@ -1,14 +1,16 @@
 """asyncio UDP and TCP endpoints for ONC RPC. No DRAC knowledge here.
 
-Both hand each message to a ``Dispatch`` coroutine with the caller's
-address and send back whatever it returns. TCP uses record marking with a
-size limit and an idle timeout.
+Both hand each message to a ``Dispatch`` function with the caller's
+address and send back the reply it returns, or the one it passes to the
+``respond`` callback later (see dispatch.Dispatcher.dispatch): no task per
+message. TCP uses record marking with a size limit and an idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -16,22 +18,25 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 from dracclient.record import RecordReader, encode_record
 from dracclient.xdr import XdrError
 
-from .dispatch import PeerCred
+from .dispatch import PENDING, PeerCred, Pending, Respond
 from .keys import IPAddress
 from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
 
-Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None], Awaitable[bytes | None]]
+#: A socket address as socket.recvfrom returns it (a tuple, or a path on a UNIX socket).
+SockAddr = tuple[Any, ...] | str
+#: (message, caller, port, transport, cred, respond) -> the reply now, PENDING or None (no answer).
+Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None, Respond], bytes | Pending | None]
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 _PEERGROUPS_BUFFER = 1024
@@ -54,6 +59,11 @@ class StreamLimits:
 
 #: Datagrams being answered at once; beyond it new ones are dropped (clients retransmit).
 MAX_UDP_IN_FLIGHT = 4096
+#: Datagrams read per readiness of a UDP socket: one epoll wake-up serves a burst, and
+#: the bound lets the rest of the loop (the map writer, TCP) run in between.
+UDP_BATCH = 64
+#: Caller addresses remembered (sockaddr text -> address object); then forgotten at once.
+CALLER_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -105,31 +115,113 @@ def bind_listeners(hosts: tuple[str, ...], port: int, attempts: int = 20) -> lis
     raise OSError(errno.EADDRINUSE, "could not find one free port for every listener")
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, dispatch: Dispatch) -> None:
+class CallerCache:
+    """The address object of a sockaddr's host text: ``ipaddress.ip_address()`` costs more
+    than a DRAC ADD's checks, and MTAs call from a handful of addresses. Bounded, as a
+    forger can send from many: when full it starts over."""
+
+    def __init__(self, size: int = CALLER_CACHE) -> None:
+        self.size = size
+        self._known: dict[str, IPAddress] = {}
+
+    def get(self, host: str) -> IPAddress:
+        address = self._known.get(host)
+        if address is None:
+            if len(self._known) >= self.size:
+                self._known.clear()
+            address = self._known[host] = ipaddress.ip_address(host.split("%", 1)[0])
+        return address
+
+
+def send_datagram(sock: socket.socket, data: bytes, addr: SockAddr) -> bool:
+    """Send one reply without waiting; False if it was dropped. A full send buffer drops
+    it (the client retransmits), rather than queueing replies without bound."""
+    try:
+        sock.sendto(data, addr)
+    except BlockingIOError:
+        limited.warning("udp-send", "UDP send buffer full: dropping replies (clients retransmit)")
+        return False
+    except OSError as exc:
+        log.debug("UDP reply to %s failed: %s", addr, exc)
+        return False
+    return True
+
+
+class UdpServer:
+    """One UDP socket read by hand: asyncio's datagram transport reads one datagram per
+    loop iteration (an epoll per call) and answers through a task per call; here each
+    readiness drains up to ``batch`` datagrams and each is answered by a plain sendto."""
+
+    def __init__(self, sock: socket.socket, dispatch: Dispatch, *, max_in_flight: int = MAX_UDP_IN_FLIGHT,
+                 batch: int = UDP_BATCH) -> None:
+        self.sock = sock
         self.dispatch = dispatch
-        self.transport: asyncio.DatagramTransport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.max_in_flight = max_in_flight
+        self.batch = batch
+        #: Calls read and not answered yet (PENDING ones wait for the map).
+        self.in_flight = 0
+        #: For tests and debugging: readiness callbacks, datagrams read, dropped (overload or send).
+        self.wakeups = 0
+        self.received = 0
+        self.dropped = 0
+        self.closed = False
+        self._callers = CallerCache()
+        self._idle: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        self.wakeups += 1
+        recvfrom, dispatch, callers = self.sock.recvfrom, self.dispatch, self._callers
+        for _ in range(self.batch):
+            try:
+                data, addr = recvfrom(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # an ICMP error queued on the socket, say: it is consumed
+                log.debug("UDP error: %s", exc)
+                continue
+            self.received += 1
+            if self.in_flight >= self.max_in_flight:
+                self.dropped += 1
+                limited.warning("udp", "UDP overload: %d calls in progress, dropping datagrams", self.in_flight)
+                continue
+            # Counted before dispatch: the reply may come (through respond) before it returns.
+            self.in_flight += 1
+            try:
+                reply = dispatch(data, callers.get(addr[0]), addr[1], "udp", None,
+                                 functools.partial(self._respond, addr))
+            except Exception:  # dispatch never raises; if it did, one datagram is lost, not the socket
+                log.exception("UDP datagram from %s", addr)
+                reply = None
+            if reply is PENDING:
+                continue
+            self.in_flight -= 1
+            if reply is not None:
+                if not send_datagram(self.sock, reply, addr):
+                    self.dropped += 1
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(self.tasks) >= MAX_UDP_IN_FLIGHT:
-            limited.warning("udp", "UDP overload: %d calls in progress, dropping datagrams", len(self.tasks))
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _respond(self, addr: SockAddr, reply: bytes) -> None:
+        self.in_flight -= 1
+        if self._idle is not None and self.in_flight <= 0 and not self._idle.done():
+            self._idle.set_result(None)
+        # Once closed, calls still finish (their table changes stand) but answer no one.
+        if not self.closed and not send_datagram(self.sock, reply, addr):
+            self.dropped += 1
 
-    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        caller, port = _caller(addr)
-        reply = await self.dispatch(data, caller, port, "udp", None)
-        if reply is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+    def idle(self) -> asyncio.Future[None]:
+        """Done once no call read from this socket is left to answer."""
+        if self._idle is None or self._idle.done():
+            self._idle = self._loop.create_future()
+        if self.in_flight <= 0:
+            self._idle.set_result(None)
+        return self._idle
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
+    def close(self) -> None:
+        """Stop reading; the socket itself is its listener's to close."""
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
 
 
 class AdminSocketInUse(Exception):
@@ -209,7 +301,10 @@ class StreamConnection:
         else:
             self.transport = "tcp"
             self.caller, self.port = _caller(writer.get_extra_info("peername"))
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: Calls read and not answered yet.
+        self.in_flight = 0
+        #: serve() waits on it for in_flight to fall; every answer wakes it.
+        self._answered: asyncio.Future[None] | None = None
         self.last_activity = time.monotonic()
 
     def close(self) -> None:
@@ -220,8 +315,8 @@ class StreamConnection:
         records = RecordReader(limits.max_record)
         try:
             while True:
-                if len(self.tasks) >= limits.max_in_flight:
-                    await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+                if self.in_flight >= limits.max_in_flight:
+                    await self._an_answer()
                     continue
                 timeout = limits.record_timeout if records.pending else limits.idle_timeout
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
@@ -229,11 +324,9 @@ class StreamConnection:
                     break
                 self.last_activity = time.monotonic()
                 for record in records.feed(data):
-                    task = asyncio.get_running_loop().create_task(self._answer(record))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-            if self.tasks:
-                await asyncio.wait(self.tasks)
+                    self._answer(record)
+            while self.in_flight > 0:
+                await self._an_answer()
         except XdrError as exc:
             limited.warning(f"record-{self.transport}", "closing %s connection from %s: %s",
                             self.transport, self.caller or self.cred, exc)
@@ -244,9 +337,24 @@ class StreamConnection:
         finally:
             self.writer.close()
 
-    async def _answer(self, record: bytes) -> None:
-        reply = await self.dispatch(record, self.caller, self.port, self.transport, self.cred)
+    async def _an_answer(self) -> None:
+        self._answered = asyncio.get_running_loop().create_future()
+        await self._answered
+
+    def _answer(self, record: bytes) -> None:
+        self.in_flight += 1  # before dispatch: respond may run before it returns
+        reply = self.dispatch(record, self.caller, self.port, self.transport, self.cred, self._respond)
+        if reply is PENDING:
+            return
+        self.in_flight -= 1
         if reply is not None and not self.writer.is_closing():
+            self.writer.write(encode_record(reply))
+
+    def _respond(self, reply: bytes) -> None:
+        self.in_flight -= 1
+        if self._answered is not None and not self._answered.done():
+            self._answered.set_result(None)
+        if not self.writer.is_closing():
             self.writer.write(encode_record(reply))
 
 
@@ -262,7 +370,7 @@ async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLi
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = StreamConnection(dispatch, reader, writer, limits)
         if len(active) >= limits.max_connections:
-            quiet = [c for c in active if not c.tasks]
+            quiet = [c for c in active if not c.in_flight]
             if not quiet:
                 limited.warning("connections", "refusing a connection: %d busy connections open", len(active))
                 writer.close()
@@ -282,7 +390,5 @@ async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLi
     return await asyncio.start_server(accept, sock=sock)
 
 
-async def serve_udp(sock: socket.socket, dispatch: Dispatch) -> tuple[asyncio.DatagramTransport, UdpProtocol]:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(lambda: UdpProtocol(dispatch), sock=sock)
-    return transport, protocol
+def serve_udp(sock: socket.socket, dispatch: Dispatch) -> UdpServer:
+    return UdpServer(sock, dispatch)

@@ -32,7 +32,7 @@ from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
-from tests.fixtures.server import ServerThread, test_config
+from tests.fixtures.server import LOOPS, ServerThread, test_config
 
 TIMEOUT = 5.0
 XID = 0x5EC0DE01
@@ -286,10 +286,10 @@ def daemon_of(server: ServerThread) -> Daemon:
     return server.daemon
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """One server for the module: it must survive every bad message in turn."""
-    server = ServerThread(test_config(tmp_path_factory.mktemp("dispatch"))).start()
+@pytest.fixture(scope="module", params=LOOPS)
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """One server per event loop for the module: it must survive every bad message in turn."""
+    server = ServerThread(test_config(tmp_path_factory.mktemp("dispatch"), event_loop=request.param)).start()
     # A procedure that fails, registered on the live dispatcher from the server's own loop.
     server.call(lambda: daemon_of(server).dispatcher.register(server.config.program, 1, 5, failing))
     try:

@@ -1,0 +1,466 @@
+"""The task-free request path: UDP read by hand (a burst per wake-up, bounded, an
+overload bound, replies dropped rather than queued when the send buffer is
+full), synchronous dispatch with answers now or from a callback, TCP records
+answered without a task each, and the event loop chosen by ``event_loop``.
+Real sockets on loopback, on asyncio's loop and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dracclient.drac import DRACPROG, AddStat, encode_add_args
+from dracclient.record import RecordReader, encode_record
+from dracclient.rpc import decode_reply, encode_call
+from dracclient.xdr import XdrError
+from dracd import transport
+from dracd.cli import EX_CONFIG, EX_OK, EX_USAGE, event_loop
+from dracd.cli import main as dracd_main
+from dracd.commit import Committer
+from dracd.config import Config, ConfigError, config_from_dict
+from dracd.daemon import Daemon
+from dracd.dispatch import PENDING, AuthRefused, CallContext, Dispatcher, Handler, Pending
+from dracd.keys import KeyStyle
+from dracd.maps.berkeley import BerkeleyMap
+from dracd.policy import AllowList, NetRule
+from dracd.ratelog import RateLimitedLog
+from dracd.service import DracService, Settings
+from dracd.table import RelayTable
+from dracd.transport import CallerCache, UdpServer, send_datagram
+from tests.fixtures.server import HAVE_UVLOOP, LOOPS, ServerThread, map_keys
+
+Make = Callable[..., ServerThread]
+XID = 0x0FA57000
+
+
+def words(*values: int) -> bytes:
+    return b"".join(v.to_bytes(4, "big") for v in values)
+
+
+def success(xid: int, results: bytes = b"") -> bytes:
+    return words(xid, 1, 0, 0, 0, 0) + results
+
+
+def add_call(prog: int, address: str, xid: int) -> bytes:
+    addr = ipaddress.ip_address(address)
+    return encode_call(xid, prog, 1 if addr.version == 4 else 2, 1, encode_add_args(addr))
+
+
+def null_call(prog: int, xid: int) -> bytes:
+    return encode_call(xid, prog, 1, 0)
+
+
+def udp_server_of(server: ServerThread) -> UdpServer:
+    assert server.daemon is not None
+    return server.daemon._udp[0]  # the 127.0.0.1 listener (test_config listens there first)
+
+
+def daemon_of(server: ServerThread) -> Daemon:
+    assert server.daemon is not None
+    return server.daemon
+
+
+def held_loop(server: ServerThread, seconds: float) -> threading.Event:
+    """Block the server's loop for ``seconds``; the event is set once it is blocked."""
+    blocked = threading.Event()
+
+    def block() -> None:
+        blocked.set()
+        time.sleep(seconds)
+
+    server.loop.call_soon_threadsafe(block)
+    assert blocked.wait(5)
+    return blocked
+
+
+def receive(sock: socket.socket, count: int) -> list[bytes]:
+    sock.settimeout(10)
+    return [sock.recv(65536) for _ in range(count)]
+
+
+# --- UDP: bursts, bounds, drops ------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_burst_of_datagrams_is_read_in_one_wake_up_and_answered(make_server: Make, loop: str) -> None:
+    server = make_server(event_loop=loop)
+    udp = udp_server_of(server)
+    prog = server.config.program
+    before = server.call(lambda: (udp.wakeups, udp.received))
+    writes_before = server.call(lambda: sum(daemon_of(server).metrics.map_writes.values.values()))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        held_loop(server, 0.5)
+        # Queued while the loop cannot read: one readiness must serve them all.
+        for n in range(40):
+            sock.sendto(add_call(prog, f"198.51.100.{n + 1}", XID + n), ("127.0.0.1", server.port))
+        for n in range(40, 50):
+            sock.sendto(null_call(prog, XID + n), ("127.0.0.1", server.port))
+        replies = receive(sock, 50)
+    after = server.call(lambda: (udp.wakeups, udp.received))
+    assert after[1] - before[1] == 50
+    assert after[0] - before[0] == 1
+    assert sorted(replies) == sorted([success(XID + n, words(AddStat.ADD_SUCCESS)) for n in range(40)]
+                                     + [success(XID + n) for n in range(40, 50)])
+    assert len(map_keys(server.config.map.path)) == 40
+    # The 40 ADDs reached the table together: a map write or two serve them, not forty.
+    writes = server.call(lambda: sum(daemon_of(server).metrics.map_writes.values.values())) - writes_before
+    assert writes <= 3
+
+
+def test_a_wake_up_reads_at_most_a_batch(make_server: Make) -> None:
+    """The per-readiness bound: 150 queued datagrams take three wake-ups of 64, and all are answered."""
+    server = make_server()
+    udp = udp_server_of(server)
+    assert udp.batch == 64
+    before = server.call(lambda: udp.wakeups)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        held_loop(server, 0.5)
+        for n in range(150):
+            sock.sendto(null_call(server.config.program, XID + n), ("127.0.0.1", server.port))
+        replies = receive(sock, 150)
+    assert sorted(replies) == sorted(success(XID + n) for n in range(150))
+    assert server.call(lambda: udp.wakeups) - before == 3
+
+
+def run_loop(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=event_loop(Config(event_loop=loop_name))[1]) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_udp_overload_bound_drops_new_calls_until_answers_make_room(loop: str) -> None:
+    held: list[CallContext] = []
+
+    def hold(args: bytes, ctx: CallContext) -> Pending:
+        held.append(ctx)
+        return PENDING
+
+    dispatcher = Dispatcher()
+    dispatcher.register(77, 1, 1, hold)
+    dispatcher.register(77, 1, 0, lambda args, ctx: b"")
+
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listening, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            listening.bind(("127.0.0.1", 0))
+            listening.setblocking(False)
+            client.setblocking(False)
+            server = UdpServer(listening, dispatcher.dispatch, max_in_flight=8)
+            address = listening.getsockname()
+            try:
+                for n in range(20):
+                    client.sendto(encode_call(XID + n, 77, 1, 1), address)
+                while server.received < 20:
+                    await asyncio.sleep(0.01)
+                assert (server.in_flight, server.dropped, len(held)) == (8, 12, 8)
+                assert not server.idle().done()
+                # Answers make room, and reach their callers.
+                for ctx in held:
+                    ctx.reply(b"done")
+                assert server.in_flight == 0 and server.idle().done()
+                answers: list[bytes] = []
+                while len(answers) < 8:
+                    try:
+                        answers.append(client.recv(100))
+                    except BlockingIOError:
+                        await asyncio.sleep(0.01)
+                assert sorted(answers) == [success(XID + n, b"done") for n in range(8)]
+                client.sendto(encode_call(XID + 99, 77, 1, 0), address)
+                while True:
+                    try:
+                        assert client.recv(100) == success(XID + 99)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(0.01)
+            finally:
+                server.close()
+
+    run_loop(loop, main)
+
+
+def test_a_full_send_buffer_drops_the_reply_and_logs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EAGAIN on a real socket: a UNIX datagram peer that does not read fills its queue,
+    and a non-blocking sendto then fails the way a full UDP send buffer does."""
+    monkeypatch.setattr(transport, "limited", RateLimitedLog(transport.log))
+    path = str(tmp_path / "peer")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        peer.bind(path)
+        sender.setblocking(False)
+        with caplog.at_level(logging.WARNING, logger="dracd.transport"):
+            sent = [send_datagram(sender, b"x" * 512, path) for _ in range(5000)]
+        assert sent[0] and not sent[-1]
+        dropped = sent.count(False)
+        assert dropped > 1
+        warnings = [r for r in caplog.records if "send buffer full" in r.getMessage()]
+        assert len(warnings) == 1  # rate-limited: one line for the flood
+        # Nothing was queued behind the drops: the peer holds only what was sent.
+        peer.setblocking(False)
+        received = 0
+        while True:
+            try:
+                peer.recv(1024)
+            except BlockingIOError:
+                break
+            received += 1
+        assert received == sent.count(True)
+
+
+def test_caller_cache_is_bounded_and_strips_scope() -> None:
+    cache = CallerCache(size=2)
+    assert cache.get("127.0.0.1") is cache.get("127.0.0.1")
+    assert cache.get("fe80::1%lo") == ipaddress.IPv6Address("fe80::1")
+    assert cache.get("::1") == ipaddress.IPv6Address("::1")
+    assert len(cache._known) <= 2
+
+
+# --- synchronous dispatch ------------------------------------------------------
+
+ALLOW = AllowList((NetRule(ipaddress.ip_network("127.0.0.1/32")),), "test")
+
+
+def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = BerkeleyMap(tmp_path / "missing" / "dracd.db", "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        table = RelayTable()
+        committer = Committer(table, writer)
+        committer.start()
+        try:
+            dispatcher = Dispatcher()
+            drac = DracService(table, committer, Settings(ALLOW, 600), dispatcher.metrics)
+            drac.register(dispatcher, DRACPROG)
+            message = add_call(DRACPROG, "192.0.2.10", XID)
+            # The ADD is in the table at once; the answer waits for the map.
+            assert dispatcher.dispatch(message, ipaddress.ip_address("127.0.0.1"), 800, "udp", None,
+                                       replies.append) is PENDING
+            assert ipaddress.IPv4Address("192.0.2.10") in table and replies == []
+            while not replies:
+                await asyncio.sleep(0.01)
+            assert drac.metrics.adds.get("1", "udp", "ADD_SYSERR") == 1
+        finally:
+            await committer.close()
+
+    with caplog.at_level(logging.WARNING, logger="dracd.service"):
+        asyncio.run(main())
+    assert replies == [success(XID, words(AddStat.ADD_SYSERR))]
+    assert any(r.getMessage().startswith("ADD 192.0.2.10 from 127.0.0.1/udp failed:") for r in caplog.records)
+
+
+def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) -> None:
+    """A refresh of an entry already written: on_written calls back before dispatch returns."""
+    writer = BerkeleyMap(tmp_path / "dracd.db", "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        table = RelayTable(clock=lambda: 1_000_000.0)
+        committer = Committer(table, writer)
+        committer.start()
+        try:
+            dispatcher = Dispatcher()
+            DracService(table, committer, Settings(ALLOW, 600)).register(dispatcher, DRACPROG)
+            caller = ipaddress.ip_address("127.0.0.1")
+            first = dispatcher.dispatch(add_call(DRACPROG, "192.0.2.11", XID), caller, 1, "udp", None, replies.append)
+            assert first is PENDING
+            while not replies:
+                await asyncio.sleep(0.01)
+            # Same second, same expiry: the table does not change, the map already holds it.
+            again = dispatcher.dispatch(add_call(DRACPROG, "192.0.2.11", XID + 1), caller, 1, "udp", None,
+                                        replies.append)
+            assert again is PENDING and len(replies) == 2
+        finally:
+            await committer.close()
+
+    asyncio.run(main())
+    assert replies == [success(XID, words(0)), success(XID + 1, words(0))]
+
+
+def raises_now(args: bytes, ctx: CallContext) -> bytes:
+    raise RuntimeError("sync handler exploded")
+
+
+def garbage_now(args: bytes, ctx: CallContext) -> bytes:
+    raise XdrError("sync handler found garbage")
+
+
+def refuses_now(args: bytes, ctx: CallContext) -> bytes:
+    raise AuthRefused()
+
+
+async def raises_later(args: bytes, ctx: CallContext) -> bytes:
+    await asyncio.sleep(0)
+    raise RuntimeError("coroutine handler exploded")
+
+
+SYSTEM_ERR = words(XID, 1, 0, 0, 0, 5)
+GARBAGE_ARGS = words(XID, 1, 0, 0, 0, 4)
+AUTH_TOOWEAK = words(XID, 1, 1, 1, 5)
+FAILING: dict[int, tuple[Handler, bytes]] = {
+    5: (raises_now, SYSTEM_ERR), 6: (garbage_now, GARBAGE_ARGS), 7: (refuses_now, AUTH_TOOWEAK),
+    8: (raises_later, SYSTEM_ERR),
+}
+
+
+def test_handler_errors_in_process(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher = Dispatcher()
+    for proc, (handler, _) in FAILING.items():
+        dispatcher.register(77, 1, proc, handler)
+
+    async def main() -> list[bytes | None]:
+        return [await dispatcher.handle(encode_call(XID, 77, 1, proc), ipaddress.ip_address("::1"), 1, "tcp")
+                for proc in FAILING]
+
+    with caplog.at_level(logging.ERROR, logger="dracd.dispatch"):
+        assert asyncio.run(main()) == [reply for _, reply in FAILING.values()]
+    failed = [r for r in caplog.records if "failed for ::1" in r.getMessage()]
+    assert len(failed) == 2 and all(r.exc_info is not None for r in failed)
+    assert dispatcher.metrics.rpc_errors.get("SYSTEM_ERR") == 2
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def fast(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.fixtures.server import test_config
+
+    server = ServerThread(test_config(tmp_path_factory.mktemp("fast"), event_loop=request.param)).start()
+    for proc, (handler, _) in FAILING.items():
+        server.call(functools.partial(daemon_of(server).dispatcher.register, server.config.program, 1, proc,
+                                      handler))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_failing_handlers_over_udp_and_tcp(fast: ServerThread) -> None:
+    prog = fast.config.program
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        for proc, (_, reply) in FAILING.items():
+            sock.sendto(encode_call(XID, prog, 1, proc), ("127.0.0.1", fast.port))
+            assert sock.recv(65536) == reply
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=5) as sock:
+        reader = RecordReader(1 << 16)
+        for proc, (_, reply) in FAILING.items():
+            sock.sendall(encode_record(encode_call(XID, prog, 1, proc)))
+            records: list[bytes] = []
+            while not records:
+                records += reader.feed(sock.recv(65536))
+            assert records == [reply]
+
+
+def test_event_loop_in_use(fast: ServerThread) -> None:
+    name = type(fast.loop).__module__.split(".")[0]
+    assert name == ("uvloop" if fast.config.event_loop == "uvloop" else "asyncio")
+
+
+# --- TCP -------------------------------------------------------------------
+
+
+def test_tcp_pipelined_records_are_all_answered(fast: ServerThread) -> None:
+    """300 records in one write, over the per-connection in-flight bound (64): ADDs answered
+    when the map holds them, NULLs and errors at once, so out of order; every one answered,
+    and a half-closed connection still gets the answers it is owed."""
+    prog = fast.config.program
+    expected: dict[int, bytes] = {}
+    calls = []
+    for n in range(300):
+        xid = XID + 0x1000 + n
+        if n % 3 == 0:
+            calls.append(null_call(prog, xid))
+            expected[xid] = success(xid)
+        elif n % 3 == 1:
+            calls.append(add_call(prog, f"203.0.113.{n % 250 + 1}" if n < 250 else f"2001:db8::{n:x}", xid))
+            expected[xid] = success(xid, words(AddStat.ADD_SUCCESS))
+        else:
+            calls.append(encode_call(xid, prog, 1, 9))  # PROC_UNAVAIL
+            expected[xid] = words(xid, 1, 0, 0, 0, 3)
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as sock:
+        sock.sendall(b"".join(encode_record(call) for call in calls))
+        sock.shutdown(socket.SHUT_WR)
+        reader = RecordReader(1 << 16)
+        answers: list[bytes] = []
+        while chunk := sock.recv(65536):
+            answers += reader.feed(chunk)
+    got = {decode_reply(answer).xid: answer for answer in answers}
+    assert len(answers) == len(got) == 300
+    assert got == expected
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_add_over_udp_and_tcp_is_in_the_map_before_the_reply(make_server: Make, loop: str) -> None:
+    server = make_server(event_loop=loop)
+    prog = server.config.program
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(add_call(prog, "2001:db8::77", XID), ("::1", server.port))
+        assert sock.recv(100) == success(XID, words(0))
+        assert b"2001:db8::77" in map_keys(server.config.map.path)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(encode_record(add_call(prog, "192.0.2.77", XID + 1)))
+        reader = RecordReader(1 << 16)
+        records: list[bytes] = []
+        while not records:
+            records += reader.feed(sock.recv(100))
+        assert records == [success(XID + 1, words(0))]
+        assert b"192.0.2.77" in map_keys(server.config.map.path)
+    metrics = daemon_of(server).metrics
+    counts = server.call(lambda: (metrics.adds.get("2", "udp", "ADD_SUCCESS"),
+                                  metrics.adds.get("1", "tcp", "ADD_SUCCESS")))
+    assert counts == (1, 1)
+
+
+# --- event_loop: config and command line ---------------------------------------------
+
+
+def test_event_loop_key_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.yaml"
+    assert config_from_dict({}, path).event_loop == "auto"
+    for value in EVENT_LOOP_VALUES:
+        assert config_from_dict({"event_loop": value}, path).event_loop == value
+    for bad in ("tokio", "", None, 1, True):
+        with pytest.raises(ConfigError, match=rf"{path}: key 'event_loop': expected one of auto, asyncio, uvloop"):
+            config_from_dict({"event_loop": bad}, path)
+
+
+EVENT_LOOP_VALUES = ("auto", "asyncio", "uvloop")
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop not installed")
+def test_auto_picks_uvloop_when_installed() -> None:
+    assert event_loop(Config())[0] == "uvloop"
+    assert event_loop(Config(event_loop="asyncio"))[0] == "asyncio"
+
+
+def test_missing_uvloop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvloop asked for but not installed: --check-config and the server exit 78 naming the
+    key and the extra; auto falls back to asyncio."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert event_loop(Config())[0] == "asyncio"
+    config = tmp_path / "dracd.yaml"
+    config.write_text(f"map:\n  path: {tmp_path / 'dracd.db'}\nevent_loop: uvloop\n")
+    assert dracd_main(["--check-config", "-c", str(config)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert f"{config}: key 'event_loop'" in err and "dracd[uvloop]" in err
+    assert dracd_main(["-c", str(config), "--no-rpcbind", "--admin-socket", ""]) == EX_CONFIG
+    assert "dracd[uvloop]" in capsys.readouterr().err
+    assert not (tmp_path / "dracd.db").exists()  # refused before anything was written
+    assert dracd_main(["--check-config", "-c", str(config), "--event-loop", "asyncio"]) == EX_OK
+    assert "event loop asyncio" in capsys.readouterr().out
+    assert dracd_main(["--check-config", "-c", str(config), "--event-loop", "libuv"]) == EX_USAGE
