@@ -10,7 +10,7 @@ APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbin
 	systemd man-db redis-server redis-tools
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench bench-quick profile soak fuzz check-rpcbind clean
+.PHONY: install apt run test lint bench bench-quick bench-ceiling profile soak fuzz check-rpcbind clean
 
 # Man pages go where `man` finds them when .venv/bin is on PATH (MANDIR=... to change).
 MANDIR ?= $(VENV)/share/man
@@ -69,6 +69,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
+
+# The ceilings: minimal servers (reply only; one flush per burst; flush and map) under the same load.
+bench-ceiling: install
+	$(BIN)/python bench/ceiling.py --out bench/results/ceiling_asyncio.json
+	$(BIN)/python bench/ceiling.py --loop uvloop --out bench/results/ceiling_uvloop.json
 
 # py-spy samples dracd under load: where the time goes (bench/results/profile_*.txt).
 profile: install
