@@ -121,7 +121,7 @@ class Committer:
             elif kind == "full" or payload:
                 self._write(kind, payload)
             if self.journal is not None and not final and not self.journal.active:
-                self.journal.start(self.table.copy_codes())
+                self.journal.start(self.table.codes())
         except Exception:
             self._failed(since)
             raise

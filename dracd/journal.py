@@ -31,6 +31,7 @@ write_state() from one thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import sys
@@ -57,6 +58,8 @@ CHUNK = 64 << 10
 COMPACT_MIN = 16 << 20
 COMPACT_RATIO = 4
 _HOSTS4 = 1 << 32
+#: Entries written to the state at a time.
+SLICE = 1 << 16
 
 
 class JournalError(MapError):
@@ -179,28 +182,28 @@ class Journal:
 
     def write_state(self, entries: Mapping[int, int], covered: int) -> None:
         """Write the table as the state covering journal epochs up to ``covered``.
-        Safe to call from another thread while commits go on."""
-        hosts = array("I", [code for code in entries if code < _HOSTS4])
-        expiries = array("q", [expiry for code, expiry in entries.items() if code < _HOSTS4])
+        Safe to call from another thread while commits go on, on a copy of the table."""
+        hosts = sum(1 for code in entries if code < _HOSTS4)
         others = b"".join([RECORD.pack(code.to_bytes(18, "big"), expiry)
                            for code, expiry in entries.items() if code >= _HOSTS4])
-        if sys.byteorder != "little":
-            hosts.byteswap()
-            expiries.byteswap()
-        body = [STATE.pack(STATE_MAGIC, covered, len(hosts), len(entries) - len(hosts)),
-                hosts.tobytes(), expiries.tobytes(), others]
-        crc = 0
-        for part in body:
-            crc = zlib.crc32(part, crc)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        crc = size = 0
         try:
             _unlink_quietly(tmp)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                for part in (*body, CRC.pack(crc)):
-                    view = memoryview(part)
+                # In slices, so a million entries never cost more than a slice of memory.
+                parts: Iterator[bytes | array[int]] = itertools.chain(
+                    [STATE.pack(STATE_MAGIC, covered, hosts, len(entries) - hosts)],
+                    _slices("I", (code for code in entries if code < _HOSTS4)),
+                    _slices("q", (expiry for code, expiry in entries.items() if code < _HOSTS4)),
+                    [others])
+                for part in parts:
+                    view = memoryview(part).cast("B")
+                    crc, size = zlib.crc32(view, crc), size + len(view)
                     while view:
                         view = view[os.write(fd, view):]
+                os.write(fd, CRC.pack(crc))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -209,7 +212,7 @@ class Journal:
         except OSError as exc:
             _unlink_quietly(tmp)
             raise JournalError(f"cannot write {self.state_path}: {exc.strerror}") from exc
-        self._state_bytes = sum(len(part) for part in body)
+        self._state_bytes = size
 
     def close(self, *, clean: bool = False) -> None:
         """Stop appending; ``clean``: the map on disk holds everything, remove the files."""
@@ -247,6 +250,14 @@ class Journal:
             entries[int.from_bytes(code, "big")] = expiry
         self._state_bytes = size
         return covered, entries
+
+
+def _slices(typecode: str, values: Iterator[int]) -> Iterator[array[int]]:
+    """``values`` as little-endian arrays of at most SLICE items."""
+    while chunk := array(typecode, itertools.islice(values, SLICE)):
+        if sys.byteorder != "little":
+            chunk.byteswap()
+        yield chunk
 
 
 def _header(epoch: int) -> bytes:

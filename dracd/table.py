@@ -150,6 +150,11 @@ class RelayTable:
         self._changes = {}
         return self.copy_codes()
 
+    def codes(self) -> Mapping[int, int]:
+        """The table itself as entry codes, not a copy: only for code that runs while the
+        table cannot change (start-up, shutdown)."""
+        return self._expiry
+
     def copy_codes(self) -> dict[int, int]:
         """The whole table as entry codes, leaving the change log alone."""
         return dict(self._expiry)
