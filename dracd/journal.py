@@ -40,6 +40,7 @@ from array import array
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from .files import fsync_dir, unlink_quietly
 from .maps import MapError
 
 HEADER = struct.Struct("<8sQI")  # magic, epoch, crc32 of the first two
@@ -114,7 +115,7 @@ class Journal:
         self.write_state(entries, epoch - 1)
         try:
             for index, path in enumerate(self.paths):
-                _unlink_quietly(path)
+                unlink_quietly(path)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 try:
                     os.pwrite(fd, _header(epoch if index == 0 else 0), 0)
@@ -123,7 +124,7 @@ class Journal:
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
-            _fsync_dir(self.state_path.parent)
+            fsync_dir(self.state_path.parent)
         except OSError as exc:
             self.close()
             raise JournalError(f"cannot write {self.paths[0]}: {exc.strerror}") from exc
@@ -189,7 +190,7 @@ class Journal:
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         crc = size = 0
         try:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 # In slices, so a million entries never cost more than a slice of memory.
@@ -208,9 +209,9 @@ class Journal:
             finally:
                 os.close(fd)
             os.rename(tmp, self.state_path)
-            _fsync_dir(self.state_path.parent)
+            fsync_dir(self.state_path.parent)
         except OSError as exc:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise JournalError(f"cannot write {self.state_path}: {exc.strerror}") from exc
         self._state_bytes = size
 
@@ -219,9 +220,9 @@ class Journal:
         self._open = False
         if clean:
             for path in (self.state_path, *self.paths):
-                _unlink_quietly(path)
+                unlink_quietly(path)
             try:
-                _fsync_dir(self.state_path.parent)
+                fsync_dir(self.state_path.parent)
             except OSError:
                 pass
 
@@ -293,18 +294,3 @@ def _batches(path: Path, epoch: int) -> Iterator[tuple[int, int]]:
             code, expiry = RECORD.unpack_from(records, position)
             yield int.from_bytes(code, "big"), expiry
         offset = end
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from berkeleydb import db
 
+from ..files import fdatasync, fsync_dir, unlink_quietly
 from ..keys import Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
 from . import MapError, StaleMap
 
@@ -101,7 +102,7 @@ class BerkeleyMap:
         self._replace(fill, copy=False)
         # The old inode may be anyone's; start the spare afresh from the next update.
         self._spare_lacks = None
-        _unlink_quietly(self._spare)
+        unlink_quietly(self._spare)
 
     def update(self, changes: Mapping[Entry, int | None]) -> None:
         self.update_codes({entry_code(entry): expiry for entry, expiry in changes.items()})
@@ -142,7 +143,7 @@ class BerkeleyMap:
         finally:
             table.close(db.DB_NOSYNC)
         if durable:
-            _fdatasync(self._spare)
+            fdatasync(self._spare)
         self._install(self._spare, durable)
 
     def _cache(self) -> db.DBEnv:
@@ -170,7 +171,7 @@ class BerkeleyMap:
         """Build the new map in a temporary file beside the map, then rename it in place."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             # O_EXCL|O_NOFOLLOW: never write through a planted file or symlink.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, MAP_MODE)
             try:
@@ -191,17 +192,17 @@ class BerkeleyMap:
                 os.close(fd)
             self._install(tmp)
         except StaleMap:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         except (OSError, db.DBError) as exc:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             self._written = None
             raise MapError(f"cannot write {self.path}: {_describe(exc)}") from exc
 
     def _install(self, new: Path, durable: bool = True) -> None:
         """Rename ``new`` over the map; the map's inode stays as the spare."""
         with self._locked(fcntl.LOCK_EX):
-            _unlink_quietly(self._prev)
+            unlink_quietly(self._prev)
             try:
                 os.link(self.path, self._prev)
                 keep = True
@@ -217,10 +218,10 @@ class BerkeleyMap:
                     st = os.stat(self._spare)
                     os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
                 except OSError:  # not ours after all: let it go
-                    _unlink_quietly(self._spare)
+                    unlink_quietly(self._spare)
         self._written = _identity(self.path)
         if durable:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def _copy_current(self, out_fd: int) -> None:
         """Copy the map, under a shared lock so no other writer is half-way through it."""
@@ -283,7 +284,7 @@ class BerkeleyMap:
             return False
         self._written = self._as_written
         self._spare_lacks = None
-        _unlink_quietly(self._spare)
+        unlink_quietly(self._spare)
         return True
 
     @contextmanager
@@ -358,27 +359,10 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _fdatasync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _describe(exc: BaseException) -> str:
