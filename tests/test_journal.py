@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from dracclient.drac import AddStat
 from dracd import journal as journal_module
 from dracd.journal import HEADER_SIZE, Journal, JournalError
 from dracd.keys import entry_code
 from tests.fixtures.process import DracdProcess, add_status, read_map
-from tests.fixtures.server import ServerThread, private_prog, test_config
+from tests.fixtures.server import ServerThread, private_prog, test_config, wait_for
 from tests.fixtures.server import add_status as server_add
 
 
@@ -221,3 +222,22 @@ def _current_epoch(map_path: Path) -> int:
         head = (map_path.parent / f".{map_path.name}.journal.{index}").read_bytes()[:16]
         epochs.append(struct.unpack("<Q", head[8:16])[0])
     return max(epochs)
+
+
+def test_a_journal_that_cannot_be_written_fails_the_add_then_starts_afresh(tmp_path: Path) -> None:
+    """Someone removes the journal under a running dracd: the ADD that cannot be made
+    durable gets ADD_SYSERR (never a false ADD_SUCCESS); dracd then writes the whole
+    map and a new journal generation, and later ADDs succeed and survive a crash."""
+    server = ServerThread(test_config(tmp_path)).start()
+    map_path = server.config.map.path
+    try:
+        assert server_add(server, "192.0.2.1") == AddStat.ADD_SUCCESS
+        for path in Journal(map_path).paths:
+            path.unlink()
+        assert server_add(server, "192.0.2.2") == AddStat.ADD_SYSERR
+        assert wait_for(lambda: all(path.exists() for path in Journal(map_path).paths), timeout=5.0)
+        assert server_add(server, "192.0.2.3") == AddStat.ADD_SUCCESS
+    finally:
+        server.abandon()
+    recovered = Journal(map_path).recover()
+    assert {code("192.0.2.1"), code("192.0.2.2"), code("192.0.2.3")} <= set(recovered)
