@@ -505,3 +505,20 @@ def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_cha
             await committer.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_admin_procedures_run_as_coroutines_over_unix_and_tcp(make_server: Make, loop: str) -> None:
+    """Admin procedures are still coroutine handlers (a task each): over the UNIX socket
+    (peer credentials) and TCP, on both loops."""
+    from dracclient.admin import AdminClient
+
+    server = make_server(event_loop=loop, admin_allow=(ipaddress.ip_network("127.0.0.1/32"),))
+    prog = server.config.program
+    for admin in (AdminClient(socket_path=str(server.config.admin_socket), prog=prog, timeout=5),
+                  AdminClient(server="127.0.0.1", port=server.port, prog=prog, timeout=5)):
+        admin.add("192.0.2.30", lifetime=600)
+        assert b"192.0.2.30" in map_keys(server.config.map.path)
+        assert admin.get("192.0.2.30") is not None
+        admin.delete("192.0.2.30")
+        assert b"192.0.2.30" not in map_keys(server.config.map.path)
