@@ -150,8 +150,8 @@ class Dispatcher:
     def dispatch(self, message: bytes, caller: IPAddress | None, port: int, transport: str,
                  cred: PeerCred | None, respond: Respond) -> bytes | Pending | None:
         """The reply to ``message`` if it is known now; PENDING if ``respond`` will be called
-        with it (exactly once, maybe before this returns); None when there is nobody to answer.
-        Never raises."""
+        with it (once, maybe before this returns; never if the server stops first, which
+        cancels coroutine handlers); None when there is nobody to answer. Never raises."""
         try:
             call = decode_call(message)
         except RpcVersionMismatch as exc:

@@ -89,6 +89,11 @@ class DracService:
         self.metrics = metrics if metrics is not None else Metrics()
         #: The table shared through Redis, written before the local one; None: not shared.
         self.shared: SharedTable | None = None
+        #: refusal() of network callers by (caller, transport): matching the allow list costs
+        #: more than the rest of an ADD. Valid for the allow list and udp_from it was made
+        #: with (both immutable; SIGHUP replaces them); bounded like CallerBuckets.
+        self._refusals: dict[tuple[IPAddress, str], str | None] = {}
+        self._refusals_for: tuple[AllowList | None, tuple[Network, ...] | None] = (None, None)
 
     def register(self, dispatcher: Dispatcher, prog: int) -> None:
         for vers in (DRACVERS, DRACVERS6):
@@ -140,12 +145,28 @@ class DracService:
     def refusal(self, ctx: CallContext) -> str | None:
         """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may: network
         callers by the allow list (and udp_from over UDP), UNIX socket callers if they are admins."""
-        if ctx.caller is None:
+        caller = ctx.caller
+        if caller is None:
             return None if self.settings.admin.permits(ctx) else "admin"
-        udp_from = self.settings.udp_from
-        if ctx.transport == "udp" and udp_from is not None and not in_networks(canonical(ctx.caller), udp_from):
-            return "udp_from"
-        return None if self.settings.allow.permits(ctx.caller) else "allow"
+        allow, udp_from = self.settings.allow, self.settings.udp_from
+        known = self._refusals_for
+        if known[0] is not allow or known[1] is not udp_from:
+            self._refusals.clear()
+            self._refusals_for = (allow, udp_from)
+        key = (caller, ctx.transport)
+        try:
+            return self._refusals[key]
+        except KeyError:
+            pass
+        reason: str | None = None
+        if ctx.transport == "udp" and udp_from is not None and not in_networks(canonical(caller), udp_from):
+            reason = "udp_from"
+        elif not allow.permits(caller):
+            reason = "allow"
+        if len(self._refusals) >= CallerBuckets.MAX_CALLERS:
+            self._refusals.clear()
+        self._refusals[key] = reason
+        return reason
 
     async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
         stat = await self._add(address, ctx, lifetime)

@@ -305,6 +305,9 @@ class StreamConnection:
         self.in_flight = 0
         #: serve() waits on it for in_flight to fall; every answer wakes it.
         self._answered: asyncio.Future[None] | None = None
+        #: Replies of this loop iteration, written together by _flush.
+        self._outbox: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
         self.last_activity = time.monotonic()
 
     def close(self) -> None:
@@ -318,8 +321,9 @@ class StreamConnection:
                 if self.in_flight >= limits.max_in_flight:
                     await self._an_answer()
                     continue
-                timeout = limits.record_timeout if records.pending else limits.idle_timeout
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                # asyncio.timeout, not wait_for: wait_for (Python 3.11) makes a task per read.
+                async with asyncio.timeout(limits.record_timeout if records.pending else limits.idle_timeout):
+                    data = await self.reader.read(65536)
                 if not data:
                     break
                 self.last_activity = time.monotonic()
@@ -335,6 +339,7 @@ class StreamConnection:
         except ConnectionError:
             pass
         finally:
+            self._flush()
             self.writer.close()
 
     async def _an_answer(self) -> None:
@@ -347,15 +352,26 @@ class StreamConnection:
         if reply is PENDING:
             return
         self.in_flight -= 1
-        if reply is not None and not self.writer.is_closing():
-            self.writer.write(encode_record(reply))
+        if reply is not None:
+            self._send(reply)
 
     def _respond(self, reply: bytes) -> None:
         self.in_flight -= 1
         if self._answered is not None and not self._answered.done():
             self._answered.set_result(None)
-        if not self.writer.is_closing():
-            self.writer.write(encode_record(reply))
+        self._send(reply)
+
+    def _send(self, reply: bytes) -> None:
+        """Queue a reply for the end of this loop iteration: one map write answers many
+        ADDs at once, and one write() of them all is one send() instead of one each."""
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append(encode_record(reply))
+
+    def _flush(self) -> None:
+        if self._outbox and not self.writer.is_closing():
+            self.writer.write(b"".join(self._outbox))
+        self._outbox.clear()
 
 
 async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLimits) -> asyncio.Server:

@@ -464,3 +464,61 @@ def test_missing_uvloop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys:
     assert dracd_main(["--check-config", "-c", str(config), "--event-loop", "asyncio"]) == EX_OK
     assert "event loop asyncio" in capsys.readouterr().out
     assert dracd_main(["--check-config", "-c", str(config), "--event-loop", "libuv"]) == EX_USAGE
+
+
+def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_changes(tmp_path: Path) -> None:
+    """refusal() is cached per (caller, transport): a new allow list or udp_from (SIGHUP
+    replaces them) is obeyed from the next call on."""
+    writer = BerkeleyMap(tmp_path / "dracd.db", "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        table = RelayTable()
+        committer = Committer(table, writer)
+        committer.start()
+        try:
+            dispatcher = Dispatcher()
+            settings = Settings(AllowList((), "empty"), 600)
+            DracService(table, committer, settings).register(dispatcher, DRACPROG)
+            caller = ipaddress.ip_address("127.0.0.1")
+
+            async def add(xid: int, transport: str = "udp") -> bytes:
+                reply = dispatcher.dispatch(add_call(DRACPROG, "192.0.2.20", xid), caller, 1, transport, None,
+                                            replies.append)
+                if reply is PENDING:
+                    while len(replies) < 1:
+                        await asyncio.sleep(0.01)
+                    return replies.pop()
+                assert isinstance(reply, bytes)
+                return reply
+
+            assert await add(1) == success(1, words(AddStat.ADD_PERM))
+            assert await add(2) == success(2, words(AddStat.ADD_PERM))
+            settings.allow = ALLOW
+            assert await add(3) == success(3, words(AddStat.ADD_SUCCESS))
+            settings.udp_from = (ipaddress.ip_network("192.0.2.0/24"),)
+            assert await add(4) == success(4, words(AddStat.ADD_PERM))
+            assert await add(5, "tcp") == success(5, words(AddStat.ADD_SUCCESS))
+            settings.udp_from = None
+            assert await add(6) == success(6, words(AddStat.ADD_SUCCESS))
+        finally:
+            await committer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_admin_procedures_run_as_coroutines_over_unix_and_tcp(make_server: Make, loop: str) -> None:
+    """Admin procedures are still coroutine handlers (a task each): over the UNIX socket
+    (peer credentials) and TCP, on both loops."""
+    from dracclient.admin import AdminClient
+
+    server = make_server(event_loop=loop, admin_allow=(ipaddress.ip_network("127.0.0.1/32"),))
+    prog = server.config.program
+    for admin in (AdminClient(socket_path=str(server.config.admin_socket), prog=prog, timeout=5),
+                  AdminClient(server="127.0.0.1", port=server.port, prog=prog, timeout=5)):
+        admin.add("192.0.2.30", lifetime=600)
+        assert b"192.0.2.30" in map_keys(server.config.map.path)
+        assert admin.get("192.0.2.30") is not None
+        admin.delete("192.0.2.30")
+        assert b"192.0.2.30" not in map_keys(server.config.map.path)

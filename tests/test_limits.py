@@ -16,7 +16,7 @@ from dracclient.drac import DRACPROC_ADD, AddStat, encode_add_args
 from dracclient.record import encode_record
 from dracclient.rpc import encode_call
 from dracd.config import ConfigError, load_config
-from tests.fixtures.server import ServerThread, add_status, map_keys
+from tests.fixtures.server import LOOPS, ServerThread, add_status, map_keys
 
 Make = Callable[..., ServerThread]
 
@@ -53,8 +53,9 @@ def test_oversized_record_closes_that_connection_only(make_server: Make) -> None
     assert add_status(server, "192.0.2.1", transport="tcp") == AddStat.ADD_SUCCESS
 
 
-def test_silent_connections_cannot_lock_others_out(make_server: Make) -> None:
-    server = make_server(max_connections=3)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_silent_connections_cannot_lock_others_out(make_server: Make, loop: str) -> None:
+    server = make_server(max_connections=3, event_loop=loop)
     held = [tcp(server) for _ in range(3)]
     try:
         time.sleep(0.2)  # let the server accept all three
@@ -67,14 +68,16 @@ def test_silent_connections_cannot_lock_others_out(make_server: Make) -> None:
             sock.close()
 
 
-def test_idle_connection_is_closed(make_server: Make, tmp_path: Path) -> None:
-    server = make_server(idle_timeout=1)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_idle_connection_is_closed(make_server: Make, tmp_path: Path, loop: str) -> None:
+    server = make_server(idle_timeout=1, event_loop=loop)
     with tcp(server) as idle:
         assert 0.8 < closed_by_server(idle, 5) < 3
 
 
-def test_slow_sender_is_closed_before_the_idle_timeout(make_server: Make) -> None:
-    server = make_server(idle_timeout=60, record_timeout=1)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_slow_sender_is_closed_before_the_idle_timeout(make_server: Make, loop: str) -> None:
+    server = make_server(idle_timeout=60, record_timeout=1, event_loop=loop)
     record = encode_record(add_call(server, "192.0.2.4"))
     with tcp(server) as slow:
         slow.sendall(record[:10])  # a record that never completes
@@ -100,7 +103,9 @@ def test_udp_from_restricts_udp_callers_only(make_server: Make, tmp_path: Path) 
     assert set(map_keys(server.config.map.path)) == {b"192.0.2.1", b"192.0.2.3"}
 
 
-def test_pipelined_calls_beyond_the_in_flight_bound_are_all_answered(server: ServerThread) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_pipelined_calls_beyond_the_in_flight_bound_are_all_answered(make_server: Make, loop: str) -> None:
+    server = make_server(event_loop=loop)
     calls = b"".join(encode_record(add_call(server, f"198.51.100.{n}", xid=n)) for n in range(1, 201))
     with tcp(server) as sock:
         sock.sendall(calls)
