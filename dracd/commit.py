@@ -1,20 +1,16 @@
-"""Group commit: many ADDs, one map rewrite.
+"""Group commit: many ADDs, one journal flush and one map update.
 
-An ADD changes the table, then waits for a write that includes its
-change. Only one write runs at a time, off the event loop; every change
-that arrives while it runs is served by the next one. Writes that cost
-their changes (an in-place update of the map's spare inode, see maps.berkeley)
-run on the loop; the others in a worker thread. A write carries only
-the changes since the previous one, unless the writer needs the whole
-table (first write, after a failure, or when someone else replaced the map). A failed write fails
-the waiters it was meant to serve and is retried with a back-off, so the
-map catches up by itself once the disk is writable again.
-
-With a journal (dracd.journal), an incremental commit appends the changes
-to it and flushes them while the map is brought up to date, unflushed, in
-the map thread; the ADDs are answered once both are done: one flush per
-commit instead of two. The journal is compacted in the background; a full
-write starts it afresh.
+An ADD changes the table, then waits for a commit that includes its
+change. Only one commit runs at a time; every change that arrives while it
+runs is served by the next one. A commit carries the changes since the
+previous one: they are appended to the journal (dracd.journal) and flushed
+while the map thread brings the map up to date, unflushed; the ADDs are
+answered once both are done. The whole table is written instead (the map
+in the map thread, and a new journal generation) for the first write,
+after a failure, when someone else replaced the map, or when the changes
+outnumber the entries. A failed commit fails the waiters it was meant to
+serve and is retried with a back-off, so the map catches up by itself once
+the disk is writable again. The journal is compacted in the background.
 """
 
 from __future__ import annotations
@@ -42,15 +38,15 @@ RETRY_MAX = 30.0
 GATHER_ROUND = 3
 GATHER_MAX = 0.002
 FULL_WRITE_CHANGES = 1024
-#: An in-place update of at most this many changes runs on the loop (see _run).
+#: A commit of at most this many changes flushes the journal on the loop thread (see _journaled).
 INLINE_CHANGES = 256
 #: How long the loop blocks for a small map update before it awaits it instead (see _journaled).
 MAP_WAIT = 0.002
 
 
 class Committer:
-    def __init__(self, table: RelayTable, writer: MapWriter, metrics: Metrics | None = None,
-                 journal: Journal | None = None) -> None:
+    def __init__(self, table: RelayTable, writer: MapWriter, journal: Journal,
+                 metrics: Metrics | None = None) -> None:
         self.table = table
         self.writer = writer
         self.journal = journal
@@ -120,12 +116,12 @@ class Committer:
                 self.writer.write_codes(cast(dict[int, int], payload))
             elif kind == "full" or payload:
                 self._write(kind, payload)
-            if self.journal is not None and not final and not self.journal.active:
+            if not final and not self.journal.active:
                 self.journal.start(self.table.codes())
         except Exception:
             self._failed(since)
             raise
-        if final and self.journal is not None:
+        if final:
             self.journal.close(clean=True)
         self._done(version, started, kind, since)
 
@@ -141,15 +137,15 @@ class Committer:
             return "full", cast(dict[int, int | None], self.table.snapshot_codes())
         return "incremental", self.table.take_change_codes()
 
-    def _write(self, kind: str, payload: dict[int, int | None], durable: bool = True) -> None:
+    def _write(self, kind: str, payload: dict[int, int | None]) -> None:
+        """Write outside the journal: durable by itself (start-up, full writes)."""
         if kind == "incremental":
-            self.writer.update_codes(payload, durable)
+            self.writer.update_codes(payload)
             return
         entries = cast(dict[int, int], payload)
-        if self.journal is not None:
-            # A new generation first: its state covers every journal there was.
-            self.journal.start(entries)
-            self._full_needed = False
+        # A new generation first: its state covers every journal there was.
+        self.journal.start(entries)
+        self._full_needed = False
         self.writer.write_codes(entries)
 
     def adopted(self) -> None:
@@ -162,8 +158,7 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._compacted()
-        if self.journal is not None:
-            self.journal.close()
+        self.journal.close()
         waiters, self._waiters = self._waiters, []
         for _, callback in waiters:
             callback(MapError("server is shutting down"))
@@ -209,12 +204,8 @@ class Committer:
                 if kind == "full":
                     await self._compacted()  # a new generation must not race the state being written
                     await loop.run_in_executor(self._executor, self._write, kind, payload)
-                elif self.journal is not None and self.journal.active:
-                    await self._journaled(payload)
-                elif self._small(payload):
-                    self._write(kind, payload)
                 else:
-                    await loop.run_in_executor(self._executor, self._write, kind, payload)
+                    await self._journaled(payload)
             except StaleMap as exc:
                 log.warning("%s; writing the whole map", exc)
                 self._still_pending(since)
@@ -236,15 +227,9 @@ class Committer:
             if self._waiters or self.table.version > self.written_version:
                 self._wake.set()
 
-    def _small(self, changes: dict[int, int | None]) -> bool:
-        """Whether the changes make a small in-place update of the map (well under a
-        millisecond): then threads cost more than they save (see _run, _journaled)."""
-        return len(changes) <= INLINE_CHANGES and self.writer.can_update_in_place(len(changes))
-
     async def _journaled(self, changes: dict[int, int | None]) -> None:
         """Flush the changes to the journal while the map takes them."""
         journal = self.journal
-        assert journal is not None
         if len(changes) <= INLINE_CHANGES:
             # The map thread updates the map while this thread waits for the journal's
             # flush: blocking the loop for ~0.2 ms costs less than waking it from two
@@ -274,7 +259,6 @@ class Committer:
         """Start a new journal file and write the table as the state that covers the old
         one, in the background. The switch happens now, so later batches go to the new file."""
         journal, loop = self.journal, asyncio.get_running_loop()
-        assert journal is not None
         snapshot = self.table.copy_codes()
         try:
             covered = journal.switch()

@@ -97,7 +97,7 @@ class Daemon:
         self.metrics.table_entries.read = self.table.__len__
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
         self.journal = Journal(config.map.path)
-        self.committer = Committer(self.table, self.writer, self.metrics, self.journal)
+        self.committer = Committer(self.table, self.writer, self.journal, self.metrics)
         self.settings = Settings(
             load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
             config.udp_from, config.max_entries, config.rate_per_caller,

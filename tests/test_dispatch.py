@@ -27,6 +27,7 @@ from dracd.admin import AdminService
 from dracd.commit import Committer
 from dracd.daemon import Daemon
 from dracd.dispatch import CallContext, Dispatcher, check_auth
+from dracd.journal import Journal
 from dracd.keys import KeyStyle
 from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
@@ -163,7 +164,7 @@ def run_dispatcher(tmp_path: Path, messages: list[bytes], *, caller: str = "127.
 
     async def main() -> list[bytes | None]:
         table = RelayTable()
-        committer = Committer(table, writer)
+        committer = Committer(table, writer, Journal(writer.path))
         committer.start()
         try:
             dispatcher = Dispatcher()

@@ -31,6 +31,7 @@ from dracd.commit import Committer
 from dracd.config import Config, ConfigError, config_from_dict
 from dracd.daemon import Daemon
 from dracd.dispatch import PENDING, AuthRefused, CallContext, Dispatcher, Handler, Pending
+from dracd.journal import Journal
 from dracd.keys import KeyStyle
 from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
@@ -241,7 +242,7 @@ def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
 
     async def main() -> None:
         table = RelayTable()
-        committer = Committer(table, writer)
+        committer = Committer(table, writer, Journal(writer.path))
         committer.start()
         try:
             dispatcher = Dispatcher()
@@ -271,7 +272,7 @@ def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) 
 
     async def main() -> None:
         table = RelayTable(clock=lambda: 1_000_000.0)
-        committer = Committer(table, writer)
+        committer = Committer(table, writer, Journal(writer.path))
         committer.start()
         try:
             dispatcher = Dispatcher()
@@ -474,7 +475,7 @@ def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_cha
 
     async def main() -> None:
         table = RelayTable()
-        committer = Committer(table, writer)
+        committer = Committer(table, writer, Journal(writer.path))
         committer.start()
         try:
             dispatcher = Dispatcher()

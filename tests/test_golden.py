@@ -31,6 +31,7 @@ from dracclient.record import LAST_FRAGMENT, RecordReader, encode_record
 from dracclient.rpc import AUTH_NONE, AcceptStat, ReplyStat, decode_call, decode_reply, encode_accepted, encode_call
 from dracd.commit import Committer
 from dracd.dispatch import Dispatcher
+from dracd.journal import Journal
 from dracd.keys import IPAddress, KeyStyle
 from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
@@ -205,7 +206,7 @@ def serve_in_process(
 
     async def main() -> list[bytes | None]:
         table = RelayTable(lambda: NOW)
-        committer = Committer(table, writer)
+        committer = Committer(table, writer, Journal(writer.path))
         committer.start()
         try:
             dispatcher = Dispatcher()
