@@ -39,7 +39,7 @@ from dracd.ratelog import RateLimitedLog
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from dracd.transport import CallerCache, UdpServer, send_datagram
-from tests.fixtures.server import HAVE_UVLOOP, LOOPS, ServerThread, map_keys
+from tests.fixtures.server import LOOPS, ServerThread, map_keys
 
 Make = Callable[..., ServerThread]
 XID = 0x0FA57000
@@ -443,7 +443,6 @@ def test_event_loop_key_is_validated(tmp_path: Path) -> None:
 EVENT_LOOP_VALUES = ("auto", "asyncio", "uvloop")
 
 
-@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop not installed")
 def test_auto_picks_uvloop_when_installed() -> None:
     assert event_loop(Config())[0] == "uvloop"
     assert event_loop(Config(event_loop="asyncio"))[0] == "asyncio"
