@@ -37,7 +37,7 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .files import fsync_dir, unlink_quietly
@@ -137,8 +137,7 @@ class Journal:
         being remounted read-only."""
         if not self._open:
             raise JournalError("the journal is not open")
-        records = b"".join([RECORD.pack(code.to_bytes(18, "big"), -1 if expiry is None else expiry)
-                            for code, expiry in changes.items()])
+        records = _pack_records((code, -1 if expiry is None else expiry) for code, expiry in changes.items())
         head = struct.pack("<II", self.epoch & 0xFFFF_FFFF, len(changes))
         batch = BATCH.pack(BATCH_MAGIC, self.epoch & 0xFFFF_FFFF, len(changes),
                            zlib.crc32(records, zlib.crc32(head))) + records
@@ -185,8 +184,7 @@ class Journal:
         """Write the table as the state covering journal epochs up to ``covered``.
         Safe to call from another thread while commits go on, on a copy of the table."""
         hosts = sum(1 for code in entries if code < _HOSTS4)
-        others = b"".join([RECORD.pack(code.to_bytes(18, "big"), expiry)
-                           for code, expiry in entries.items() if code >= _HOSTS4])
+        others = _pack_records((code, expiry) for code, expiry in entries.items() if code >= _HOSTS4)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         crc = size = 0
         try:
@@ -246,11 +244,19 @@ class Journal:
             codes.byteswap()
             expiries.byteswap()
         entries = dict(zip(codes, expiries, strict=True))
-        for offset in range(STATE.size + hosts * 12, size, RECORD.size):
-            code, expiry = RECORD.unpack_from(data, offset)
-            entries[int.from_bytes(code, "big")] = expiry
+        entries.update(_unpack_records(memoryview(data)[STATE.size + hosts * 12:size]))
         self._state_bytes = size
         return covered, entries
+
+
+def _pack_records(items: Iterable[tuple[int, int]]) -> bytes:
+    """(entry code, expiry) pairs as RECORDs: the code big-endian in 18 bytes."""
+    return b"".join([RECORD.pack(code.to_bytes(18, "big"), expiry) for code, expiry in items])
+
+
+def _unpack_records(records: memoryview) -> Iterator[tuple[int, int]]:
+    for code, expiry in RECORD.iter_unpack(records):
+        yield int.from_bytes(code, "big"), expiry
 
 
 def _slices(typecode: str, values: Iterator[int]) -> Iterator[array[int]]:
@@ -290,7 +296,5 @@ def _batches(path: Path, epoch: int) -> Iterator[tuple[int, int]]:
         records = memoryview(data)[offset + BATCH.size:end]
         if zlib.crc32(records, zlib.crc32(struct.pack("<II", batch_epoch, count))) != crc:
             return
-        for position in range(0, len(records), RECORD.size):
-            code, expiry = RECORD.unpack_from(records, position)
-            yield int.from_bytes(code, "big"), expiry
+        yield from _unpack_records(records)
         offset = end

@@ -43,9 +43,6 @@ class MapWriter(Protocol):
     def can_update(self) -> bool:
         """Whether :meth:`update` may be used (this writer wrote the current map)."""
 
-    def can_update_in_place(self, changes: int) -> bool:
-        """Whether :meth:`update` with this many changes would cost only them (no copy)."""
-
     def read(self) -> dict[Entry, int]:
         """The entries in the current map (empty if there is none)."""
 

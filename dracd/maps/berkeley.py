@@ -111,7 +111,7 @@ class BerkeleyMap:
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
         records: Records = {key: None if expiry is None else self.style.value(expiry)
                             for code, expiry in changes.items() for key in self.style.code_keys(code)}
-        if self.can_update_in_place(len(records)):
+        if self._can_update_in_place(len(records)):
             try:
                 self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
             except (OSError, db.DBError) as exc:
@@ -124,7 +124,7 @@ class BerkeleyMap:
         self._replace(lambda table: _apply(table, records), copy=True)
         self._keep_spare(records)
 
-    def can_update_in_place(self, changes: int) -> bool:
+    def _can_update_in_place(self, changes: int) -> bool:
         lacks = self._spare_lacks
         return (lacks is not None and len(lacks) + changes <= SPARE_MAX_PENDING and self.can_update()
                 and _nobody_has_open(self._spare))
