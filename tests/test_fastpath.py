@@ -7,6 +7,7 @@ Real sockets on loopback, on asyncio's loop and on uvloop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -14,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,22 @@ def test_caller_cache_is_bounded_and_strips_scope() -> None:
 ALLOW = AllowList((NetRule(ipaddress.ip_network("127.0.0.1/32")),), "test")
 
 
+@contextlib.asynccontextmanager
+async def drac_service(writer: BerkeleyMap, settings: Settings, clock: Callable[[], float] = time.time
+                       ) -> AsyncIterator[tuple[RelayTable, Dispatcher, DracService]]:
+    """The DRAC program on a dispatcher, over a running committer, with no sockets."""
+    table = RelayTable(clock=clock)
+    committer = Committer(table, writer, Journal(writer.path))
+    committer.start()
+    try:
+        dispatcher = Dispatcher()
+        service = DracService(table, committer, settings, dispatcher.metrics)
+        service.register(dispatcher, DRACPROG)
+        yield table, dispatcher, service
+    finally:
+        await committer.close()
+
+
 def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -241,13 +258,7 @@ def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
     replies: list[bytes] = []
 
     async def main() -> None:
-        table = RelayTable()
-        committer = Committer(table, writer, Journal(writer.path))
-        committer.start()
-        try:
-            dispatcher = Dispatcher()
-            drac = DracService(table, committer, Settings(ALLOW, 600), dispatcher.metrics)
-            drac.register(dispatcher, DRACPROG)
+        async with drac_service(writer, Settings(ALLOW, 600)) as (table, dispatcher, drac):
             message = add_call(DRACPROG, "192.0.2.10", XID)
             # The ADD is in the table at once; the answer waits for the map.
             assert dispatcher.dispatch(message, ipaddress.ip_address("127.0.0.1"), 800, "udp", None,
@@ -256,8 +267,6 @@ def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
             while not replies:
                 await asyncio.sleep(0.01)
             assert drac.metrics.adds.get("1", "udp", "ADD_SYSERR") == 1
-        finally:
-            await committer.close()
 
     with caplog.at_level(logging.WARNING, logger="dracd.service"):
         asyncio.run(main())
@@ -271,12 +280,7 @@ def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) 
     replies: list[bytes] = []
 
     async def main() -> None:
-        table = RelayTable(clock=lambda: 1_000_000.0)
-        committer = Committer(table, writer, Journal(writer.path))
-        committer.start()
-        try:
-            dispatcher = Dispatcher()
-            DracService(table, committer, Settings(ALLOW, 600)).register(dispatcher, DRACPROG)
+        async with drac_service(writer, Settings(ALLOW, 600), clock=lambda: 1_000_000.0) as (_, dispatcher, _):
             caller = ipaddress.ip_address("127.0.0.1")
             first = dispatcher.dispatch(add_call(DRACPROG, "192.0.2.11", XID), caller, 1, "udp", None, replies.append)
             assert first is PENDING
@@ -286,8 +290,6 @@ def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) 
             again = dispatcher.dispatch(add_call(DRACPROG, "192.0.2.11", XID + 1), caller, 1, "udp", None,
                                         replies.append)
             assert again is PENDING and len(replies) == 2
-        finally:
-            await committer.close()
 
     asyncio.run(main())
     assert replies == [success(XID, words(0)), success(XID + 1, words(0))]
@@ -473,13 +475,8 @@ def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_cha
     replies: list[bytes] = []
 
     async def main() -> None:
-        table = RelayTable()
-        committer = Committer(table, writer, Journal(writer.path))
-        committer.start()
-        try:
-            dispatcher = Dispatcher()
-            settings = Settings(AllowList((), "empty"), 600)
-            DracService(table, committer, settings).register(dispatcher, DRACPROG)
+        settings = Settings(AllowList((), "empty"), 600)
+        async with drac_service(writer, settings) as (_, dispatcher, _):
             caller = ipaddress.ip_address("127.0.0.1")
 
             async def add(xid: int, transport: str = "udp") -> bytes:
@@ -501,8 +498,6 @@ def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_cha
             assert await add(5, "tcp") == success(5, words(AddStat.ADD_SUCCESS))
             settings.udp_from = None
             assert await add(6) == success(6, words(AddStat.ADD_SUCCESS))
-        finally:
-            await committer.close()
 
     asyncio.run(main())
 
