@@ -1,46 +1,75 @@
 # dracd: `make run` starts the server on etc/dracd.yaml, `make test` runs the suite.
-# Both install what they need first (apt packages as root, then .venv).
+# Both install what they need first: Debian packages as root, then .venv from uv.lock.
+#
+# Two sets of Debian packages, so that `make install` / `make run` are safe on a
+# production mail host: RUN_APT is what dracd needs (nothing that is, or replaces,
+# an MTA, an MRA or Redis); TEST_APT is what only the tests need (their real
+# peers: Postfix, Dovecot, Redis, the C client toolchain, ...). `make test` takes both.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := gcc make python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind \
-	rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
+RUN_APT := make gcc python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind
+TEST_APT := rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils \
 	systemd man-db redis-server redis-tools
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test lint bench bench-quick bench-ceiling profile soak fuzz check-rpcbind clean
+# uv, pinned with its hashes in tools/uv.txt, installs every Python package from
+# uv.lock (exact versions and hashes; `make lock` refreshes both files).
+UV_HOME := .cache/uv-tool
+UV := $(UV_HOME)/bin/uv
+export UV_PYTHON := $(shell command -v $(PYTHON))
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+# berkeleydb's C extension builds against Debian's libdb5.3-dev.
+export BERKELEYDB_DIR := /usr
+SYNC := $(UV) sync --locked
+TEST_SYNC := $(SYNC) --all-extras --group test --group lint
+
+.PHONY: install install-man apt-run apt-test venv-run venv-test run test lint lock test-lowest \
+	test-pythons bench bench-quick bench-ceiling profile soak fuzz check-rpcbind clean
+
+# What dracd needs to run, nothing more: no test peer, no test tool.
+install: venv-run install-man
 
 # Man pages go where `man` finds them when .venv/bin is on PATH (MANDIR=... to change).
 MANDIR ?= $(VENV)/share/man
-install: $(VENV)/.installed
+install-man:
 	for page in docs/man/*.[158]; do \
 		install -D -m 644 $$page $(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; done
 	ln -sf dracd.8 $(MANDIR)/man8/rpc.dracd.8
 
-# Postfix is preseeded to "No configuration" and a temporary policy-rc.d keeps
-# apt from starting system Dovecot/Postfix services: tests run private instances.
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-		| grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make: as root, install: $$missing" >&2; exit 1; fi; \
-		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
-		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
-			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; status=$$?; \
-		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
-		exit $$status; \
-	fi
+apt-run:
+	@tools/apt-install $(RUN_APT)
 
-$(VENV)/.installed: pyproject.toml client/pyproject.toml | apt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	BERKELEYDB_DIR=/usr $(BIN)/pip install -q -e ./client -e '.[test]'
+apt-test: apt-run
+	@tools/apt-install --test-peers $(TEST_APT)
+
+$(UV): tools/uv.txt | apt-run
+	rm -rf $(UV_HOME)
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install -q --isolated --no-deps --require-hashes -r tools/uv.txt
 	touch $@
 
-check-rpcbind: apt
+# --inexact: `make run` after `make test` keeps the test tools.
+venv-run: $(UV) apt-run
+	$(SYNC) --inexact --no-default-groups
+
+venv-test: $(UV) apt-test
+	$(TEST_SYNC)
+
+# Refresh the lock (all Python packages, the build tools and uv itself) to the newest
+# releases that pyproject.toml allows; commit uv.lock and tools/uv.txt with the change.
+lock: $(UV)
+	$(UV) lock --upgrade
+	echo uv > .cache/uv.in
+	$(UV) pip compile -q --upgrade --generate-hashes --no-header --python-version 3.11 \
+		--custom-compile-command "make lock" .cache/uv.in -o tools/uv.txt.new
+	{ echo "# uv itself, with the hashes of every build: make lock refreshes it."; cat tools/uv.txt.new; } > tools/uv.txt
+	rm tools/uv.txt.new
+
+check-rpcbind: apt-run
 	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; sleep 0.5; }
 
 run: install check-rpcbind
@@ -54,40 +83,67 @@ run: install check-rpcbind
 	exec $(BIN)/dracd -c etc/dracd.yaml
 
 # pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
-test: install check-rpcbind lint
+test: venv-test check-rpcbind lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
-	$(BIN)/ruff check dracd client tests bench fuzz
+lint: venv-test
+	$(BIN)/ruff check dracd client tests bench fuzz setup.py
 	$(BIN)/mypy
+
+# The declared floors are true: the lowest versions pyproject.toml allows for every
+# direct dependency (uv's lowest-direct), in their own venv, through the unit and Redis tests.
+LOWEST := .cache/venv-lowest
+test-lowest: $(UV) apt-test check-rpcbind
+	rm -rf $(LOWEST)
+	$(UV) venv -q $(LOWEST)
+	$(UV) pip install -q --python $(LOWEST)/bin/python --resolution lowest-direct \
+		-e ./client -e '.[metrics,redis,uvloop]' --group pyproject.toml:test
+	$(UV) pip list --python $(LOWEST)/bin/python
+	$(LOWEST)/bin/python -m pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)
+	$(LOWEST)/bin/python -m pytest -p no:cacheprovider tests/test_redis.py $(PYTEST_ARGS)
+
+# The unit tests on every Python here: Debian's own and pyenv's 3.11+ (PYTHONS=... to choose).
+PYTHONS ?= /usr/bin/python3 $(wildcard $(HOME)/.pyenv/versions/3.1[1-9]*/bin/python3)
+test-pythons: $(UV) apt-test
+	@for py in $(PYTHONS); do \
+		env=.cache/venv-$$($$py -c 'import platform; print(platform.python_version())'); \
+		echo "== $$py -> $$env"; \
+		UV_PROJECT_ENVIRONMENT=$$env UV_PYTHON=$$py $(TEST_SYNC) -q || exit 1; \
+		$$env/bin/python -m pytest -q -m unit -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
+	done
 
 # Benchmark suite (issue 7), not part of `make test`: the full matrix with 3 repetitions
 # (well under an hour), or `make bench-quick` (< 1 min). Results: bench/results/*.json.
 BENCH_ARGS ?=
-bench: install
+BENCH_SYNC := $(TEST_SYNC) --group bench
+bench: venv-test check-rpcbind
+	$(BENCH_SYNC)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-bench-quick: install
+bench-quick: venv-test check-rpcbind
+	$(BENCH_SYNC)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # The ceilings: minimal servers (reply only; one flush per burst; flush and map) under the same load.
-bench-ceiling: install
+bench-ceiling: venv-test
+	$(BENCH_SYNC)
 	$(BIN)/python bench/ceiling.py --out bench/results/ceiling_asyncio.json
 	$(BIN)/python bench/ceiling.py --loop uvloop --out bench/results/ceiling_uvloop.json
 
 # py-spy samples dracd under load: where the time goes (bench/results/profile_*.txt).
-profile: install
+profile: venv-test check-rpcbind
+	$(BENCH_SYNC)
 	$(BIN)/python bench/profile.py $(BENCH_ARGS)
 
 FUZZ_SECONDS ?= 60
-fuzz: install
-	$(BIN)/pip install -q atheris
+fuzz: venv-test
+	$(TEST_SYNC) --group fuzz
 	mkdir -p .cache/fuzz-corpus
 	$(BIN)/python fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.cache/ .cache/fuzz-corpus
 
 # Long runs kept out of `make test`: many kill -9 rounds.
-soak: install check-rpcbind
+soak: venv-test check-rpcbind
 	DRACD_CRASH_ROUNDS=200 $(BIN)/python -m pytest -q -s tests/test_crash.py
 
 clean:
-	rm -rf $(VENV) var build tests/c/build
+	rm -rf $(VENV) var build tests/c/build .cache

@@ -1,3 +1,6 @@
 """dracd: Dynamic Relay Authorization Control server, a drop-in for rpc.dracd."""
 
-__version__ = "0.1.0"
+# One version for both distributions: dracd requires the dracclient of its own version.
+from dracclient import __version__
+
+__all__ = ["__version__"]

@@ -55,6 +55,8 @@ GONE = frozenset({"del", "expired", "evicted"})
 IGNORED = frozenset({"expire"})
 #: Our own writes whose "set" event needs no GET; bounded in case events are off.
 MAX_OWN = 100_000
+#: CLIENT SETNAME of every connection, so CLIENT LIST shows which are dracd's.
+CLIENT_NAME = "dracd"
 
 
 class RedisUnavailable(ConfigError):
@@ -66,9 +68,9 @@ def require() -> Any:
     try:
         import redis.asyncio
         import redis.asyncio.cluster
+        import redis.asyncio.retry
         import redis.asyncio.sentinel
         import redis.backoff
-        import redis.retry
     except ImportError:
         raise RedisUnavailable("redis: needs redis-py: pip install 'dracd[redis]'") from None
     return redis
@@ -92,11 +94,12 @@ class Backend:
     def __init__(self, config: RedisConfig) -> None:
         self.redis = require()
         self.config = config
-        retry = self.redis.retry.Retry(self.redis.backoff.NoBackoff(), 1)
         # One immediate retry: a pooled connection to a Redis that restarted fails once.
+        # The asyncio Retry: redis-py 8.2 warns about (and converts) a synchronous one.
+        retry = self.redis.asyncio.retry.Retry(self.redis.backoff.NoBackoff(), 1)
         self.options: dict[str, Any] = {
             "socket_timeout": config.timeout, "socket_connect_timeout": config.timeout, "retry": retry,
-            "decode_responses": True, "health_check_interval": HEALTH_CHECK,
+            "decode_responses": True, "health_check_interval": HEALTH_CHECK, "client_name": CLIENT_NAME,
         }
         if config.password is not None:
             self.options["password"] = config.password
@@ -110,7 +113,8 @@ class Backend:
         elif config.sentinels:
             self._sentinel = self.redis.asyncio.sentinel.Sentinel(
                 list(config.sentinels), socket_timeout=config.timeout,
-                sentinel_kwargs={"socket_timeout": config.timeout, "socket_connect_timeout": config.timeout})
+                sentinel_kwargs={"socket_timeout": config.timeout, "socket_connect_timeout": config.timeout,
+                                 "client_name": CLIENT_NAME})
             self.client = self._sentinel.master_for(config.service, db=config.db, **self.options)
         else:
             cluster = self.redis.asyncio.cluster
@@ -131,12 +135,17 @@ class Backend:
         return [self._nodes[address] for address in sorted(primaries)]
 
     async def close(self) -> None:
-        for node in self._nodes.values():
-            await node.aclose()
+        """Close every client and pool opened here. redis-py closes a pool only if it
+        made it (not master_for's), and Sentinel.aclose() exists only from 8.2 on,
+        so each is closed by name; one failing does not keep the others open."""
+        clients = [*self._nodes.values(), *(self._sentinel.sentinels if self._sentinel is not None else ())]
         self._nodes.clear()
-        await self.client.aclose()
-        if self._sentinel is not None:
-            await self._sentinel.aclose()
+        closing = [client.aclose(close_connection_pool=True) for client in clients]
+        # RedisCluster owns its nodes' pools and closes them all.
+        closing.append(self.client.aclose() if self.config.cluster else self.client.aclose(close_connection_pool=True))
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.debug("closing a Redis client at stop: %s", result)
 
 
 class SharedTable:
@@ -183,8 +192,7 @@ class SharedTable:
         for _, _, future in self._puts:
             if not future.done():
                 future.set_result(False)
-        with contextlib.suppress(Exception):
-            await self.backend.close()
+        await self.backend.close()
 
     # Changes made through this instance: Redis first.
 

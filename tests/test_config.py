@@ -11,6 +11,9 @@ from dracd.cli import build_parser, resolve_config
 from dracd.config import Config, ConfigError, load_config
 from dracd.keys import Ipv6Keys
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 
 

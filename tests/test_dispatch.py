@@ -35,6 +35,9 @@ from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from tests.fixtures.server import LOOPS, ServerThread, test_config
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 TIMEOUT = 5.0
 XID = 0x5EC0DE01
 V4 = encode_add_args(ipaddress.IPv4Address("192.0.2.10"))

@@ -42,6 +42,9 @@ from dracd.table import RelayTable
 from dracd.transport import CallerCache, UdpServer, send_datagram
 from tests.fixtures.server import LOOPS, ServerThread, map_keys
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 Make = Callable[..., ServerThread]
 XID = 0x0FA57000
 

@@ -39,6 +39,9 @@ from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from tests.fixtures.server import ServerThread
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 TIMEOUT = 5.0
 #: Copied from tests/vectors/README.md (test_vectors_match_readme keeps them in step).
 GOLDEN: dict[str, dict[str, bytes]] = {

@@ -20,6 +20,9 @@ from dracd.keys import (
     sendmail_form,
 )
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 V4 = ipaddress.ip_address("192.0.2.7")
 V6 = ipaddress.ip_address("2001:db8::b8:10")
 

@@ -18,6 +18,9 @@ from dracclient.rpc import encode_call
 from dracd.config import ConfigError, load_config
 from tests.fixtures.server import LOOPS, ServerThread, add_status, map_keys
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 Make = Callable[..., ServerThread]
 
 

@@ -23,6 +23,9 @@ from dracd.logwatch.policy import parse_address
 from dracd.logwatch.presets import PRESETS, Matcher, RuleOptions, preset_rule
 from dracd.logwatch.record import LogRecord, parse_syslog_datagram, parse_syslog_line
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 VECTORS = Path(__file__).parent / "vectors" / "logwatch"
 ALL = [preset_rule(name, RuleOptions()) for name in PRESETS]
 MRAS = ("courier", "cyrus", "popa3d")

@@ -19,6 +19,9 @@ from dracd.maps import MapError, StaleMap, open_writer
 from tests.fixtures.mounts import set_readonly, tmpfs
 from tests.fixtures.server import map_keys as records
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 VECTORS = Path(__file__).parent / "vectors"
 V4 = ipaddress.ip_address("192.0.2.7")
 V6 = ipaddress.ip_address("2001:db8::7")

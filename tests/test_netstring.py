@@ -6,6 +6,9 @@ import pytest
 
 from dracd.netstring import MAX_LENGTH, NetstringError, NetstringReader, NetstringTooLong, encode
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 
 def test_encode() -> None:
     assert encode(b"") == b"0:,"

@@ -9,6 +9,9 @@ import pytest
 
 from dracd.policy import AllowFileError, default_allow_list, load_allow, load_allow_file, parse_allow_line
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 
 def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from dracclient.record import LAST_FRAGMENT, MAX_FRAGMENT, RecordReader, RecordTooLarge, encode_record
 from dracclient.xdr import XdrError
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 FAST = settings(max_examples=200, deadline=None)
 
 

@@ -46,6 +46,9 @@ from dracclient.rpccall import Transport, call, new_xid
 from dracclient.xdr import Packer, XdrError
 from tests.fixtures.server import ServerThread
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 FAST = settings(max_examples=300, deadline=None)
 U32 = st.integers(0, 0xFFFFFFFF)
 

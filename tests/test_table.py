@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from dracd.table import RelayTable
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 A = ipaddress.ip_address("192.0.2.1")
 B = ipaddress.ip_address("2001:db8::1")
 C = ipaddress.ip_address("192.0.2.3")

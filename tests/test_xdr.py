@@ -27,6 +27,9 @@ from dracclient.drac import (
 )
 from dracclient.xdr import Packer, Unpacker, XdrError, pad
 
+# In-process only: `make test-pythons` runs these on every Python here.
+pytestmark = pytest.mark.unit
+
 FAST = settings(max_examples=300, deadline=None)
 
 

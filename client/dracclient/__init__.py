@@ -18,7 +18,11 @@ from .errors import (
     Unavailable,
 )
 
+#: The version of dracclient and of dracd, released together (dracd requires exactly this one).
+__version__ = "0.1.0"
+
 __all__ = [
+    "__version__",
     "add",
     "ping",
     "ServerResult",

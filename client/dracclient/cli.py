@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .admin import DEFAULT_SOCKET, AdminClient, NotFound
 from .adminproto import Entry
 from .client import ServerResult, add, ping
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dracctl", description="See and change a dracd relay table.", epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-s", "--server", action="append",
                         help="dracd host, repeatable (default: $DRACD_SERVER or localhost)")
     parser.add_argument("-p", "--port", type=int, help="dracd port (default: ask rpcbind)")

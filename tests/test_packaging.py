@@ -1,0 +1,96 @@
+"""What every install of dracd rests on: one version, locked dependencies, and
+an install that is safe on a production mail host (the reproducible set-up issue)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import dracclient
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = dracclient.__version__
+#: Debian packages that are, replace or configure a mail server or Redis: only tests want them.
+PEERS = ("postfix", "sendmail", "exim", "dovecot", "courier", "cyrus", "redis", "debconf", "policy-rc.d")
+
+
+def make_dry_run(*targets: str) -> str:
+    result = subprocess.run(["make", "-n", *targets], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def console_scripts(distribution: str) -> list[str]:
+    return sorted(ep.name for ep in metadata.distribution(distribution).entry_points
+                  if ep.group == "console_scripts")
+
+
+@pytest.mark.parametrize("command", console_scripts("dracd") + console_scripts("dracclient"))
+def test_every_command_answers_version(command: str) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / command), "--version"], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert (result.returncode, result.stdout) == (0, f"{command} {VERSION}\n"), result.stderr
+
+
+def test_dracd_requires_the_dracclient_of_its_own_version() -> None:
+    import dracd
+
+    assert dracd.__version__ == VERSION
+    assert metadata.version("dracd") == metadata.version("dracclient") == VERSION
+    assert f"dracclient=={VERSION}" in (metadata.requires("dracd") or [])
+
+
+def test_the_version_is_written_in_one_place() -> None:
+    """The lock and the changelog name it too, as they must; addresses such as
+    127.0.0.1.0.111 (an rpcbind universal address) are not versions."""
+    pattern = r"(?<![\d.])" + re.escape(VERSION) + r"(?![\d.])"
+    result = subprocess.run(["git", "grep", "-l", "-P", pattern], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) - {"uv.lock", "CHANGELOG.md"} == {"client/dracclient/__init__.py"}
+
+
+@pytest.mark.parametrize("distribution", ["dracd", "dracclient"])
+def test_metadata_license_and_pythons(distribution: str) -> None:
+    """The classifiers name exactly the Pythons that `make test-pythons` runs."""
+    meta = metadata.metadata(distribution)
+    assert meta["License-Expression"] == "MIT" and meta.get_all("License-File") == ["LICENSE"]
+    assert meta["Requires-Python"] == ">=3.11"
+    pythons = {c.rsplit(" :: ", 1)[1] for c in meta.get_all("Classifier") or []
+               if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)}
+    assert pythons == {"3.11", "3.12", "3.13"}
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in pythons
+
+
+@pytest.mark.parametrize("target", ["install", "run"])
+def test_install_and_run_pull_in_no_mail_server_or_redis(target: str) -> None:
+    """On an Exim, Sendmail or Courier host, apt installing postfix would remove the running MTA."""
+    plan = make_dry_run("-B", target)
+    assert "tools/apt-install make gcc" in plan and "libdb5.3-dev" in plan
+    found = [peer for peer in PEERS if peer in plan]
+    assert not found, f"make {target} would install {found}:\n{plan}"
+
+
+def test_test_installs_the_peers() -> None:
+    """The counterpart: without them the end-to-end tests could not run."""
+    plan = make_dry_run("-B", "test")
+    assert all(peer in plan for peer in ("postfix", "dovecot-core", "redis-server"))
+
+
+def test_every_python_install_is_locked() -> None:
+    """uv installs only from uv.lock (--locked fails rather than resolve anew); pip
+    only bootstraps uv, from tools/uv.txt with its hashes."""
+    plan = make_dry_run("-B", "install", "test", "bench", "fuzz")
+    installs = [line for line in plan.splitlines() if re.search(r"\b(pip install|uv sync|uv pip)\b", line)]
+    assert installs
+    for line in installs:
+        assert ("uv sync --locked" in line
+                or ("pip install" in line and "--require-hashes -r tools/uv.txt" in line)), line
+    pins = (REPO / "tools" / "uv.txt").read_text()
+    assert re.search(r"^uv==\S+ \\$", pins, re.MULTILINE) and "--hash=sha256:" in pins
