@@ -36,8 +36,9 @@ from .registration import Registration, entries_for
 from .service import DracService, Settings
 from .shared import SharedTable
 from .socketmap import SocketmapServer
+from .stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
 from .table import Clock, RelayTable
-from .transport import Listener, StreamLimits, UdpServer, bind_listeners, bind_unix, serve_stream, serve_udp
+from .transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Daemon:
         self.admin.register(self.dispatcher, config.program)
         self.listeners: list[Listener] = []
         self.registration: Registration | None = None
-        self._servers: list[asyncio.Server] = []
+        self._streams: list[StreamServer] = []
         self._udp: list[UdpServer] = []
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -181,19 +182,25 @@ class Daemon:
             # The shared entries reach the map before any MTA is told we are ready.
             await self.committer.commit()
         self.listeners = bind_listeners(self.config.listen, self.config.port)
+        streams = [x.sock for x in self.listeners if not x.netid.startswith("udp")]
+        if self.config.admin_socket is not None:
+            self._admin_sock = bind_unix(self.config.admin_socket)
+            streams.append(self._admin_sock)
+        limits = stream_limits(self.config)
+        # Every stream endpoint at its limit must leave descriptors for the map and journal.
+        limits = replace(limits, max_connections=fit_descriptors(len(streams) + len(self.config.socketmap),
+                                                                 limits.max_connections))
         dispatch = self.dispatcher.dispatch
         for listener in self.listeners:
             if listener.netid.startswith("udp"):
                 self._udp.append(serve_udp(listener.sock, dispatch))
-            else:
-                self._servers.append(await serve_stream(listener.sock, dispatch, stream_limits(self.config)))
+        for sock in streams:
+            self._streams.append(await StreamServer(sock, dispatch, RPC_RECORDS, limits).start())
         log.info("listening on %s", ", ".join(f"{x.netid} {x.host} port {x.port}" for x in self.listeners))
         if self.config.admin_socket is not None:
-            self._admin_sock = bind_unix(self.config.admin_socket)
-            self._servers.append(await serve_stream(self._admin_sock, dispatch, stream_limits(self.config)))
             log.info("admin socket %s", self.config.admin_socket)
         if self.config.socketmap:
-            self.socketmap = SocketmapServer(self.table, self.config.socketmap, stream_limits(self.config))
+            self.socketmap = SocketmapServer(self.table, self.config.socketmap, limits)
             await self.socketmap.start()
         if self.config.metrics_listen is not None:
             self._endpoint = Endpoint(self.metrics, self.config.metrics_listen)
@@ -269,11 +276,10 @@ class Daemon:
         pending = [idle for udp in self._udp if not (idle := udp.idle()).done()]
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
-        for server in self._servers:
-            try:
-                await asyncio.wait_for(server.wait_closed(), DRAIN_TIMEOUT)
-            except TimeoutError:
-                log.warning("TCP clients still connected after %.0f s; closing anyway", DRAIN_TIMEOUT)
+        drained = await asyncio.gather(*(stream.drain(DRAIN_TIMEOUT) for stream in self._streams))
+        if not all(drained):
+            log.warning("stream clients still owed answers after %.0f s; closing anyway", DRAIN_TIMEOUT)
+        self._streams.clear()
         if self._expiry_task is not None:
             self._expiry_task.cancel()
         if self.shared is not None:
@@ -296,8 +302,8 @@ class Daemon:
         if self._endpoint is not None:
             self._endpoint.close()
             self._endpoint = None
-        for server in self._servers:
-            server.close()
+        for stream in self._streams:
+            stream.close()
         for udp in self._udp:
             udp.close()
         for listener in self.listeners:

@@ -16,6 +16,13 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str, *args: object) -> None:
+        self._log(logging.WARNING, key, message, args, exc_info=False)
+
+    def exception(self, key: str, message: str, *args: object) -> None:
+        """An ERROR with the traceback of the exception being handled."""
+        self._log(logging.ERROR, key, message, args, exc_info=True)
+
+    def _log(self, level: int, key: str, message: str, args: tuple[object, ...], exc_info: bool) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -24,4 +31,4 @@ class RateLimitedLog:
         self._last[key] = now
         if suppressed:
             message += f" ({suppressed} more like this since the last report)"
-        self.logger.warning(message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)

@@ -13,21 +13,19 @@ is later than now, to the second, whatever the expiry loop has done yet.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
 import os
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .keys import IPAddress, parse_key
 from .netstring import NetstringError, NetstringReader, encode
 from .ratelog import RateLimitedLog
+from .stream import Framing, StreamLimits, StreamServer
 from .table import RelayTable
-from .transport import StreamLimits, bind_unix
+from .transport import bind_tcp, bind_unix
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
@@ -85,43 +83,8 @@ def answer(table: RelayTable, request: bytes) -> bytes:
     return b"OK " + str(expiry).encode()
 
 
-class _Connection:
-    def __init__(self, table: RelayTable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 limits: StreamLimits) -> None:
-        self.table = table
-        self.reader = reader
-        self.writer = writer
-        self.limits = limits
-        self.last_activity = time.monotonic()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    async def serve(self) -> None:
-        requests = NetstringReader()
-        try:
-            while True:
-                timeout = self.limits.record_timeout if requests.pending else self.limits.idle_timeout
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
-                if not data:
-                    break
-                self.last_activity = time.monotonic()
-                try:
-                    payloads = requests.feed(data)
-                except NetstringError as exc:
-                    limited.warning("socketmap-framing", "closing socketmap connection: %s", exc)
-                    self.writer.write(encode(BAD_REQUEST))
-                    await self.writer.drain()
-                    break
-                for payload in payloads:
-                    self.writer.write(encode(answer(self.table, payload)))
-                await self.writer.drain()
-        except TimeoutError:
-            log.debug("closing idle or stalled socketmap connection")
-        except ConnectionError:
-            pass
-        finally:
-            self.writer.close()
+#: Netstrings: a request over the length limit gets "PERM bad request", then the connection closes.
+NETSTRINGS = Framing("socketmap", lambda limits: NetstringReader(), encode, (NetstringError,), BAD_REQUEST)
 
 
 class SocketmapServer:
@@ -133,9 +96,11 @@ class SocketmapServer:
         self.limits = limits
         #: Where each endpoint is bound (an inet port 0 replaced by the real one).
         self.bound: list[SocketmapSpec] = []
-        self._servers: list[asyncio.Server] = []
+        self.servers: list[StreamServer] = []
         self._unix_paths: list[Path] = []
-        self._active: set[_Connection] = set()
+
+    def handle(self, request: bytes, *_: object) -> bytes:
+        return answer(self.table, request)
 
     async def start(self) -> None:
         for spec in self.specs:
@@ -143,57 +108,24 @@ class SocketmapServer:
                 assert spec.path is not None
                 sock = bind_unix(spec.path)
                 self._unix_paths.append(spec.path)
-                self._servers.append(await asyncio.start_unix_server(self._accept, sock=sock))
                 self.bound.append(spec)
             else:
-                sock = _bind_inet(spec.host, spec.port)
-                port = sock.getsockname()[1]
-                self._servers.append(await asyncio.start_server(self._accept, sock=sock))
-                self.bound.append(SocketmapSpec("inet", host=spec.host, port=port))
+                sock = bind_tcp(spec.host, spec.port)
+                self.bound.append(SocketmapSpec("inet", host=spec.host, port=sock.getsockname()[1]))
+            self.servers.append(await StreamServer(sock, self.handle, NETSTRINGS, self.limits).start())
         if self.bound:
             log.info("socketmap on %s", ", ".join(str(spec) for spec in self.bound))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(self.table, reader, writer, self.limits)
-        if len(self._active) >= self.limits.max_connections:
-            # MTAs keep their connections open between lookups: the quietest makes room.
-            oldest = min(self._active, key=lambda c: c.last_activity)
-            limited.warning("socketmap-evict", "%d socketmap connections open: closing the quietest",
-                            len(self._active))
-            oldest.close()
-        self._active.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            self._active.discard(connection)
-
     async def close(self) -> None:
-        """Stop listening and close every connection: lookups never need draining."""
-        for server in self._servers:
+        """Stop listening and close every connection: lookups are answered at once,
+        so nothing is owed."""
+        for server in self.servers:
             server.close()
-        for connection in list(self._active):
-            connection.close()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-        self._servers.clear()
+        for server in self.servers:
+            await server.drain(1.0)
+            server.sock.close()
+        self.servers.clear()
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._unix_paths.clear()
-
-
-def _bind_inet(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock

@@ -1,9 +1,9 @@
-"""asyncio UDP and TCP endpoints for ONC RPC. No DRAC knowledge here.
+"""Sockets: binding every endpoint, and the UDP server for ONC RPC. No DRAC knowledge here.
 
-Both hand each message to a ``Dispatch`` function with the caller's
-address and send back the reply it returns, or the one it passes to the
-``respond`` callback later (see dispatch.Dispatcher.dispatch): no task per
-message. TCP uses record marking with a size limit and an idle timeout.
+Each message goes to a ``Dispatch`` function with the caller's address; the
+reply is the one it returns, or the one it passes to the ``respond`` callback
+later (see dispatch.Dispatcher.dispatch): no task per message. Streams (TCP,
+UNIX sockets) are served by stream.StreamServer.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ import logging
 import os
 import socket
 import stat
-import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from dracclient.record import RecordReader, encode_record
-from dracclient.xdr import XdrError
 
 from .dispatch import PENDING, PeerCred, Pending, Respond
 from .keys import IPAddress
@@ -41,20 +36,6 @@ Dispatch = Callable[[bytes, IPAddress | None, int, str, PeerCred | None, Respond
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 _PEERGROUPS_BUFFER = 1024
 
-
-
-@dataclass(frozen=True)
-class StreamLimits:
-    """What one TCP or UNIX-socket client may cost us."""
-
-    max_record: int = 64 * 1024
-    max_connections: int = 256
-    #: A connection with no partial record is closed after this long.
-    idle_timeout: float = 120.0
-    #: A record that has started must be complete within this long (slow senders).
-    record_timeout: float = 10.0
-    #: Calls of one connection answered concurrently; reading waits beyond it.
-    max_in_flight: int = 64
 
 
 #: Datagrams being answered at once; beyond it new ones are dropped (clients retransmit).
@@ -74,7 +55,7 @@ class Listener:
     port: int
 
 
-def _caller(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[IPAddress, int]:
+def caller_of(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[IPAddress, int]:
     return ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), sockaddr[1]
 
 
@@ -228,30 +209,6 @@ class AdminSocketInUse(Exception):
     """Another live server listens on the admin socket's path."""
 
 
-def peer_cred(sock: socket.socket) -> PeerCred:
-    """Who is at the other end of a UNIX socket, as the kernel says."""
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return PeerCred(pid, uid, gid, _peer_groups(sock, pid))
-
-
-def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
-    """Supplementary groups: SO_PEERGROUPS (Python caps its buffer at 1024 bytes,
-    256 groups), else the peer's /proc status for callers in more groups."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BUFFER)
-        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Groups:"):
-                    return frozenset(int(gid) for gid in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return frozenset()
-
-
 def bind_unix(path: Path) -> socket.socket:
     """Listen on ``path``, replacing a stale socket but never a live one.
 
@@ -281,129 +238,21 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-class StreamConnection:
-    """One TCP or UNIX-socket client: read records, answer each (concurrently), close when idle."""
-
-    def __init__(
-        self, dispatch: Dispatch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: StreamLimits
-    ) -> None:
-        self.dispatch = dispatch
-        self.limits = limits
-        self.reader = reader
-        self.writer = writer
-        sock = writer.get_extra_info("socket")
-        self.cred: PeerCred | None = None
-        self.caller: IPAddress | None = None
-        self.port = 0
-        if sock.family == socket.AF_UNIX:
-            self.transport = "unix"
-            self.cred = peer_cred(sock)
-        else:
-            self.transport = "tcp"
-            self.caller, self.port = _caller(writer.get_extra_info("peername"))
-        #: Calls read and not answered yet.
-        self.in_flight = 0
-        #: serve() waits on it for in_flight to fall; every answer wakes it.
-        self._answered: asyncio.Future[None] | None = None
-        #: Replies of this loop iteration, written together by _flush.
-        self._outbox: list[bytes] = []
-        self._loop = asyncio.get_running_loop()
-        self.last_activity = time.monotonic()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    async def serve(self) -> None:
-        limits = self.limits
-        records = RecordReader(limits.max_record)
-        try:
-            while True:
-                if self.in_flight >= limits.max_in_flight:
-                    await self._an_answer()
-                    continue
-                # asyncio.timeout, not wait_for: wait_for (Python 3.11) makes a task per read.
-                async with asyncio.timeout(limits.record_timeout if records.pending else limits.idle_timeout):
-                    data = await self.reader.read(65536)
-                if not data:
-                    break
-                self.last_activity = time.monotonic()
-                for record in records.feed(data):
-                    self._answer(record)
-            while self.in_flight > 0:
-                await self._an_answer()
-        except XdrError as exc:
-            limited.warning(f"record-{self.transport}", "closing %s connection from %s: %s",
-                            self.transport, self.caller or self.cred, exc)
-        except TimeoutError:
-            log.debug("closing idle or stalled %s connection from %s", self.transport, self.caller or self.cred)
-        except ConnectionError:
-            pass
-        finally:
-            self._flush()
-            self.writer.close()
-
-    async def _an_answer(self) -> None:
-        self._answered = asyncio.get_running_loop().create_future()
-        await self._answered
-
-    def _answer(self, record: bytes) -> None:
-        self.in_flight += 1  # before dispatch: respond may run before it returns
-        reply = self.dispatch(record, self.caller, self.port, self.transport, self.cred, self._respond)
-        if reply is PENDING:
-            return
-        self.in_flight -= 1
-        if reply is not None:
-            self._send(reply)
-
-    def _respond(self, reply: bytes) -> None:
-        self.in_flight -= 1
-        if self._answered is not None and not self._answered.done():
-            self._answered.set_result(None)
-        self._send(reply)
-
-    def _send(self, reply: bytes) -> None:
-        """Queue a reply for the end of this loop iteration: one map write answers many
-        ADDs at once, and one write() of them all is one send() instead of one each."""
-        if not self._outbox:
-            self._loop.call_soon(self._flush)
-        self._outbox.append(encode_record(reply))
-
-    def _flush(self) -> None:
-        if self._outbox and not self.writer.is_closing():
-            self.writer.write(b"".join(self._outbox))
-        self._outbox.clear()
-
-
-async def serve_stream(sock: socket.socket, dispatch: Dispatch, limits: StreamLimits) -> asyncio.Server:
-    """Serve TCP or a UNIX socket: the connection tells which.
-
-    At max_connections a new client does not wait for idle ones to time out:
-    the connection that has been quiet longest (and owes no answer) makes room,
-    so clients that connect and send nothing cannot lock others out.
-    """
-    active: set[StreamConnection] = set()
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = StreamConnection(dispatch, reader, writer, limits)
-        if len(active) >= limits.max_connections:
-            quiet = [c for c in active if not c.in_flight]
-            if not quiet:
-                limited.warning("connections", "refusing a connection: %d busy connections open", len(active))
-                writer.close()
-                return
-            oldest = min(quiet, key=lambda c: c.last_activity)
-            limited.warning("evict", "%d connections open: closing the quietest, from %s",
-                            len(active), oldest.caller or oldest.cred)
-            oldest.close()
-        active.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            active.discard(connection)
-
-    if sock.family == socket.AF_UNIX:
-        return await asyncio.start_unix_server(accept, sock=sock)
-    return await asyncio.start_server(accept, sock=sock)
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on one address (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def serve_udp(sock: socket.socket, dispatch: Dispatch) -> UdpServer:

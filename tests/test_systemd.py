@@ -298,3 +298,15 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0, output
     assert "dracd.service" not in output, output
+
+
+def test_unit_descriptor_limit_covers_the_default_limits_on_many_endpoints() -> None:
+    """A flood of connects must not exhaust the descriptors the map and journal need
+    (the hardening issue): LimitNOFILE holds 20 stream endpoints at the default
+    max_connections, with what stream.fit_descriptors adds per endpoint and keeps back."""
+    from dracd.config import Config
+    from dracd.stream import ACCEPT_BATCH, RESERVE
+
+    limit = int(unit()["Service"]["LimitNOFILE"])
+    baseline = 64  # what dracd has open before the endpoints serve: listeners, journal, rpcbind...
+    assert limit >= baseline + RESERVE + 20 * (Config().max_connections + 2 * ACCEPT_BATCH)
