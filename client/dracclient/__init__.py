@@ -5,7 +5,7 @@ same signatures (imported on demand, so hooks that do not use it never load
 asyncio).
 """
 
-from .client import ServerResult, add, ping
+from .client import add, ping
 from .drac import DRACPROG, DRACVERS, DRACVERS6, AddStat
 from .errors import (
     BadReply,
@@ -15,6 +15,7 @@ from .errors import (
     RpcRefused,
     RpcTimeout,
     ServerError,
+    ServerResult,
     Unavailable,
 )
 

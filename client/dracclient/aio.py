@@ -24,7 +24,6 @@ from typing import Any
 
 from . import rpcbind
 from .client import (
-    ServerResult,
     StreamOrDatagram,
     addstat_error,
     check_options,
@@ -36,7 +35,7 @@ from .client import (
     server_host,
 )
 from .drac import DRACPROC_ADD, DRACPROC_NULL, DRACPROG, IPAddress
-from .errors import DracError, RpcRefused
+from .errors import DracError, RpcRefused, ServerResult
 from .record import encode_record
 from .rpccall import (
     Address,

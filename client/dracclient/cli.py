@@ -22,10 +22,10 @@ from typing import Any, NoReturn
 from . import __version__
 from .admin import DEFAULT_SOCKET, AdminClient, NotFound
 from .adminproto import Entry
-from .client import ServerResult, add, ping
+from .client import add, ping
 from .drac import DRACPROG
 from .durations import parse_duration
-from .errors import DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, Unavailable
+from .errors import DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, ServerResult, Unavailable
 
 EX_OK = 0
 EX_REFUSED = 1

@@ -27,25 +27,22 @@ from .drac import (
     encode_add_args,
     version_for,
 )
-from .errors import BadReply, DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, Unavailable
+from .errors import (
+    BadReply,
+    DracError,
+    InvalidRequest,
+    PermissionRefused,
+    RpcTimeout,
+    ServerError,
+    ServerResult,
+    Unavailable,
+)
 from .rpccall import Deadline, call, seconds
 from .xdr import XdrError
 
 StreamOrDatagram = Literal["udp", "tcp"]
 #: How long past the deadline ``add()`` waits for a server's thread before giving up on it.
 _JOIN_GRACE = 1.0
-
-
-@dataclass(frozen=True)
-class ServerResult:
-    """What one server made of an ``add()``: ``error`` is None if it took the address."""
-
-    server: str  # as given by the caller
-    error: DracError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)

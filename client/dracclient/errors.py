@@ -9,12 +9,9 @@ error is the first server's and carries every server's outcome in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from .rpc import Reply
-
-if TYPE_CHECKING:
-    from .client import ServerResult
 
 
 class DracError(Exception):
@@ -22,6 +19,18 @@ class DracError(Exception):
 
     #: Set by ``add()`` on the error it raises: one result per server, in the order given.
     results: list[ServerResult] | None = None
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    """What one server made of an ``add()``: ``error`` is None if it took the address."""
+
+    server: str  # as given by the caller
+    error: DracError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 class RpcTimeout(DracError):
