@@ -37,6 +37,7 @@ from dracclient.xdr import Unpacker, XdrError
 
 from .keys import IPAddress
 from .metrics import Metrics
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class Dispatcher:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._handlers: dict[int, dict[int, dict[int, Handler]]] = {}
         self.metrics = metrics if metrics is not None else Metrics()
+        #: A failing handler logs its traceback once a minute per procedure, not per call.
+        self.limited = RateLimitedLog(log)
         #: Coroutine handlers running; held here so they are not garbage-collected mid-call.
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -213,8 +216,8 @@ class Dispatcher:
                      ctx.caller, call.prog, call.vers, call.proc, exc)
             return encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS)
         self.metrics.rpc_errors.inc("SYSTEM_ERR")
-        log.error("procedure %d.%d.%d failed for %s", call.prog, call.vers, call.proc, ctx.caller,
-                  exc_info=exc)
+        self.limited.error(f"failed-{call.prog}.{call.vers}.{call.proc}", "procedure %d.%d.%d failed for %s",
+                           call.prog, call.vers, call.proc, ctx.caller, exc_info=exc)
         return encode_accepted(call.xid, AcceptStat.SYSTEM_ERR)
 
     async def handle(

@@ -15,7 +15,16 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> None:
+    def warning(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.log(logging.WARNING, key, message, *args, exc_info=exc_info)
+
+    def error(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.log(logging.ERROR, key, message, *args, exc_info=exc_info)
+
+    def log(self, level: int, key: str, message: str, *args: object,
+            exc_info: BaseException | None = None) -> None:
+        """Log at ``level`` unless ``key`` was logged within ``interval``; ``exc_info``: a
+        traceback, written with the one line that is logged (never with the ones counted)."""
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -24,4 +33,4 @@ class RateLimitedLog:
         self._last[key] = now
         if suppressed:
             message += f" ({suppressed} more like this since the last report)"
-        self.logger.warning(message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
