@@ -135,11 +135,20 @@ profile: venv-test check-rpcbind
 	$(BENCH_SYNC)
 	$(BIN)/python bench/profile.py $(BENCH_ARGS)
 
+# Each target (fuzz/fuzz_TARGET.py) runs FUZZ_SECONDS with its own corpus; the first finding stops make.
+# In a venv of its own: the locked atheris (3.1) has wheels for CPython 3.12+ only, and syncing
+# it into .venv would replace that venv's interpreter.
 FUZZ_SECONDS ?= 60
-fuzz: venv-test
-	$(TEST_SYNC) --group fuzz
-	mkdir -p .cache/fuzz-corpus
-	$(BIN)/python fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.cache/ .cache/fuzz-corpus
+FUZZ_TARGETS ?= decoders socketmap map_reload
+FUZZ_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.1[2-9] $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python3))
+FUZZ_VENV := .cache/venv-fuzz
+fuzz: $(UV)
+	UV_PROJECT_ENVIRONMENT=$(FUZZ_VENV) UV_PYTHON=$(FUZZ_PYTHON) $(SYNC) -q --all-extras --group fuzz
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p .cache/fuzz-corpus/$$target && \
+		$(FUZZ_VENV)/bin/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=.cache/fuzz-$$target- .cache/fuzz-corpus/$$target || exit 1; \
+	done
 
 # Long runs kept out of `make test`: many kill -9 rounds.
 soak: venv-test check-rpcbind
