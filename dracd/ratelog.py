@@ -16,15 +16,19 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
-        self.log(logging.WARNING, key, message, *args, exc_info=exc_info)
+        self._log(logging.WARNING, key, message, args, exc_info)
 
     def error(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
-        self.log(logging.ERROR, key, message, *args, exc_info=exc_info)
+        self._log(logging.ERROR, key, message, args, exc_info)
 
     def log(self, level: int, key: str, message: str, *args: object,
             exc_info: BaseException | None = None) -> None:
         """Log at ``level`` unless ``key`` was logged within ``interval``; ``exc_info``: a
         traceback, written with the one line that is logged (never with the ones counted)."""
+        self._log(level, key, message, args, exc_info)
+
+    def _log(self, level: int, key: str, message: str, args: tuple[object, ...],
+             exc_info: BaseException | None) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -33,4 +37,5 @@ class RateLimitedLog:
         self._last[key] = now
         if suppressed:
             message += f" ({suppressed} more like this since the last report)"
-        self.logger.log(level, message, *args, exc_info=exc_info)
+        # stacklevel: the record names the caller of warning()/error()/log(), not this module.
+        self.logger.log(level, message, *args, exc_info=exc_info, stacklevel=3)
