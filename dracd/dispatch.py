@@ -139,23 +139,23 @@ class Dispatcher:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._handlers: dict[int, dict[int, dict[int, Handler]]] = {}
         self.metrics = metrics if metrics is not None else Metrics()
-        #: (program, version) pairs not served over UDP: there they do not exist (PROG_MISMATCH).
-        self._stream_only: set[tuple[int, int]] = set()
+        #: The same table without the versions not served over UDP: there they do not exist.
+        self._udp_handlers: dict[int, dict[int, dict[int, Handler]]] = {}
         #: A failing handler logs its traceback once a minute per procedure, not per call.
         self.limited = RateLimitedLog(log)
         #: Coroutine handlers running; held here so they are not garbage-collected mid-call.
         self.tasks: set[asyncio.Task[None]] = set()
 
     def register(self, prog: int, vers: int, proc: int, handler: Handler, *, udp: bool = True) -> None:
-        """``udp=False``: the version is not served over UDP (all its procedures must agree)."""
+        """``udp=False``: the version is not served over UDP, where a call to it gets
+        PROG_MISMATCH (give the same for all its procedures)."""
         self._handlers.setdefault(prog, {}).setdefault(vers, {})[proc] = handler
-        if not udp:
-            self._stream_only.add((prog, vers))
+        if udp:
+            self._udp_handlers.setdefault(prog, {}).setdefault(vers, {})[proc] = handler
 
     def versions(self, prog: int, transport: str | None = None) -> list[int]:
         """The versions of ``prog`` served (over ``transport``, if given)."""
-        return sorted(vers for vers in self._handlers.get(prog, {})
-                      if transport != "udp" or (prog, vers) not in self._stream_only)
+        return sorted((self._udp_handlers if transport == "udp" else self._handlers).get(prog, {}))
 
     def dispatch(self, message: bytes, caller: IPAddress | None, port: int, transport: str,
                  cred: PeerCred | None, respond: Respond) -> bytes | Pending | None:
@@ -177,15 +177,14 @@ class Dispatcher:
             if auth != AuthStat.AUTH_OK:
                 self.metrics.rpc_errors.inc(auth.name)
                 return encode_auth_error(call.xid, auth)
-        versions = self._handlers.get(call.prog)
+        versions = (self._udp_handlers if transport == "udp" else self._handlers).get(call.prog)
         if versions is None:
             self.metrics.rpc_errors.inc("PROG_UNAVAIL")
             return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL)
         procedures = versions.get(call.vers)
-        if procedures is None or (transport == "udp" and (call.prog, call.vers) in self._stream_only):
+        if procedures is None:
             self.metrics.rpc_errors.inc("PROG_MISMATCH")
-            served = self.versions(call.prog, transport) or sorted(versions)
-            return encode_accepted(call.xid, AcceptStat.PROG_MISMATCH, mismatch=(served[0], served[-1]))
+            return encode_accepted(call.xid, AcceptStat.PROG_MISMATCH, mismatch=(min(versions), max(versions)))
         handler = procedures.get(call.proc)
         if handler is None:
             self.metrics.rpc_errors.inc("PROC_UNAVAIL")
