@@ -135,11 +135,16 @@ profile: venv-test check-rpcbind
 	$(BENCH_SYNC)
 	$(BIN)/python bench/profile.py $(BENCH_ARGS)
 
+# Each target (fuzz/fuzz_TARGET.py) runs FUZZ_SECONDS with its own corpus; the first finding stops make.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decoders socketmap map_reload
 fuzz: venv-test
 	$(TEST_SYNC) --group fuzz
-	mkdir -p .cache/fuzz-corpus
-	$(BIN)/python fuzz/fuzz_decoders.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.cache/ .cache/fuzz-corpus
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p .cache/fuzz-corpus/$$target && \
+		$(BIN)/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=.cache/fuzz-$$target- .cache/fuzz-corpus/$$target || exit 1; \
+	done
 
 # Long runs kept out of `make test`: many kill -9 rounds.
 soak: venv-test check-rpcbind

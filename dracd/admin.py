@@ -79,7 +79,8 @@ class AdminService:
             DRACPROC_LIST3: self.list, DRACPROC_FLUSH3: self.flush, DRACPROC_STATUS3: self.status,
         }
         for proc, handler in procedures.items():
-            dispatcher.register(prog, DRACVERS_ADMIN, proc, handler)
+            # Never over UDP, whose source addresses can be forged: there version 3 does not exist.
+            dispatcher.register(prog, DRACVERS_ADMIN, proc, handler, udp=False)
 
     def _require_admin(self, ctx: CallContext, what: str) -> None:
         if not self.drac.settings.admin.permits(ctx):

@@ -305,10 +305,12 @@ def _check(prog: str, config: Config) -> int:
     from .policy import load_allow
 
     try:
-        allow = load_allow(config.allow_path, config.allow_file is not None)
+        allow = load_allow(config.allow_path, config.allow_file is not None, quiet=True)
     except (AllowFileError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
+    for problem in allow.problems:  # legal, as in DRAC, but surely not what was meant
+        print(f"{prog}: warning: {problem}", file=sys.stderr)
     try:  # the optional extras the config needs (each error names the one to install)
         loop_name, _ = event_loop(config)
         if config.metrics_listen is not None:
@@ -323,7 +325,7 @@ def _check(prog: str, config: Config) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
-          f"event loop {loop_name})")
+          f"event loop {loop_name})" + (f", {len(allow.problems)} warning(s)" if allow.problems else ""))
     return EX_OK
 
 

@@ -37,6 +37,7 @@ from dracclient.xdr import Unpacker, XdrError
 
 from .keys import IPAddress
 from .metrics import Metrics
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,23 @@ class Dispatcher:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._handlers: dict[int, dict[int, dict[int, Handler]]] = {}
         self.metrics = metrics if metrics is not None else Metrics()
+        #: The same table without the versions not served over UDP: there they do not exist.
+        self._udp_handlers: dict[int, dict[int, dict[int, Handler]]] = {}
+        #: A failing handler logs its traceback once a minute per procedure, not per call.
+        self.limited = RateLimitedLog(log)
         #: Coroutine handlers running; held here so they are not garbage-collected mid-call.
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def register(self, prog: int, vers: int, proc: int, handler: Handler) -> None:
+    def register(self, prog: int, vers: int, proc: int, handler: Handler, *, udp: bool = True) -> None:
+        """``udp=False``: the version is not served over UDP, where a call to it gets
+        PROG_MISMATCH (give the same for all its procedures)."""
         self._handlers.setdefault(prog, {}).setdefault(vers, {})[proc] = handler
+        if udp:
+            self._udp_handlers.setdefault(prog, {}).setdefault(vers, {})[proc] = handler
 
-    def versions(self, prog: int) -> list[int]:
-        return sorted(self._handlers.get(prog, {}))
+    def versions(self, prog: int, transport: str | None = None) -> list[int]:
+        """The versions of ``prog`` served (over ``transport``, if given)."""
+        return sorted((self._udp_handlers if transport == "udp" else self._handlers).get(prog, {}))
 
     def dispatch(self, message: bytes, caller: IPAddress | None, port: int, transport: str,
                  cred: PeerCred | None, respond: Respond) -> bytes | Pending | None:
@@ -167,7 +177,7 @@ class Dispatcher:
             if auth != AuthStat.AUTH_OK:
                 self.metrics.rpc_errors.inc(auth.name)
                 return encode_auth_error(call.xid, auth)
-        versions = self._handlers.get(call.prog)
+        versions = (self._udp_handlers if transport == "udp" else self._handlers).get(call.prog)
         if versions is None:
             self.metrics.rpc_errors.inc("PROG_UNAVAIL")
             return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL)
@@ -213,8 +223,8 @@ class Dispatcher:
                      ctx.caller, call.prog, call.vers, call.proc, exc)
             return encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS)
         self.metrics.rpc_errors.inc("SYSTEM_ERR")
-        log.error("procedure %d.%d.%d failed for %s", call.prog, call.vers, call.proc, ctx.caller,
-                  exc_info=exc)
+        self.limited.error(f"failed-{call.prog}.{call.vers}.{call.proc}", "procedure %d.%d.%d failed for %s",
+                           call.prog, call.vers, call.proc, ctx.caller, exc_info=exc)
         return encode_accepted(call.xid, AcceptStat.SYSTEM_ERR)
 
     async def handle(

@@ -32,6 +32,7 @@ write_state() from one thread.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
 import sys
@@ -41,7 +42,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .files import fsync_dir, unlink_quietly
+from .keys import valid_code
 from .maps import MapError
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<8sQI")  # magic, epoch, crc32 of the first two
 JOURNAL_MAGIC = b"DRACDJ01"
@@ -105,6 +109,13 @@ class Journal:
                 else:
                     entries[code] = expiry
         self.epoch = max(self.epoch, covered)
+        # Only a valid code came from an ADD: a CRC says the bytes are as written, not by whom.
+        invalid = [code for code in entries if not valid_code(code)]
+        if invalid:
+            log.warning("%s: ignored %d records that are no relayable entry", self.state_path.parent,
+                        len(invalid))
+            for code in invalid:
+                del entries[code]
         return entries
 
     def start(self, entries: Mapping[int, int]) -> None:

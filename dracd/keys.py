@@ -144,6 +144,24 @@ def code_entry(code: int) -> Entry:
     return ipaddress.IPv4Address(address) if prefixlen < 0 else ipaddress.IPv4Network((address, prefixlen))
 
 
+def valid_code(code: int) -> bool:
+    """Whether ``code`` is what entry_code() makes of an entry that may become a key: for
+    codes read back from disk (journal replay), which must not bring in what no ADD could."""
+    if 0 < code < 1 << 32:  # an IPv4 host, the common case, without objects
+        return code >> 28 != _MULTICAST4 and code != 0xFFFFFFFF
+    if code < 0 or code >> _NET_SHIFT > 129:
+        return False
+    try:
+        entry = code_entry(code)
+    except ValueError:  # a prefix too long for its family, or host bits set
+        return False
+    if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        fits = entry_network(entry) == entry
+    else:
+        fits = relayable(entry) and canonical(entry) == entry
+    return fits and entry_code(entry) == code
+
+
 def code_network(code: int) -> tuple[int, int] | None:
     """(version, prefix length) of a network's code; None for a host."""
     prefixlen = (code >> _NET_SHIFT) - 1
@@ -167,7 +185,7 @@ def parse_key_code(key: bytes) -> int | None:
     building an address object (a million of them at start-up)."""
     try:
         packed = socket.inet_pton(socket.AF_INET, key.rstrip(b"\0").decode("ascii"))
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeDecodeError is one too
         entry = parse_key(key)
         return None if entry is None else entry_code(entry)
     code = int.from_bytes(packed, "big")
@@ -236,6 +254,8 @@ def parse_key(key: bytes) -> Entry | None:
         text = key.rstrip(b"\0").decode("ascii")
     except UnicodeDecodeError:
         return None
+    if "\0" in text:  # one trailing NUL style or the other, never junk after a NUL
+        return None
     text = text.removeprefix("ipv6:")
     if "/" in text:
         try:
@@ -255,7 +275,7 @@ def _parse_host(text: str) -> IPAddress | None:
         if ":" in text:
             return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
         return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL, which inet_pton refuses so
         return None
 
 

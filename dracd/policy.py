@@ -1,9 +1,17 @@
 """Who may add addresses: the allow list (legacy dracd.allow plus CIDR lines).
 
-Legacy lines are ``NETMASK NETADDR``, mask first, both dotted quads; a
-caller is allowed if ``caller & mask == addr``. We also take ``NET/LEN``
-lines for IPv4 and IPv6. ``#`` starts a comment. Without an allow file the
-legacy default holds: loopback and the host's own addresses.
+Legacy lines are ``NETMASK NETADDR``, mask first, both dotted quads, and
+anything after the address is ignored, as DRAC's ``sscanf("%[0-9.]
+%[0-9.]")`` did. A caller is allowed if ``caller & mask == addr``, exactly
+DRAC's test: the address is *not* masked, so a line whose address has bits
+outside its mask (the fields swapped, a host address with a net mask)
+matches nobody. Masking it, as dracd once did, let such a line admit whole
+networks that legacy refused. We also take ``NET/LEN`` lines for IPv4 and
+IPv6 (our extension); one with host bits set (``192.0.2.5/24``) follows the
+same rule and matches nobody. Either kind is kept, and reported in
+``AllowList.problems`` (``--check-config``, the log at start and reload).
+``#`` starts a comment. Without an allow file the legacy default holds:
+loopback and the host's own addresses.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ class AllowFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MaskRule:
-    """A legacy rule: any mask, contiguous or not, applied bitwise as DRAC did."""
+    """A legacy rule: any mask, contiguous or not, applied bitwise as DRAC did,
+    to the caller only (``addr`` with bits outside ``mask`` matches nobody)."""
 
     mask: int
     addr: int
@@ -46,13 +55,30 @@ class MaskRule:
     def matches(self, caller: IPAddress) -> bool:
         return caller.version == 4 and int(caller) & self.mask == self.addr
 
+    def problem(self) -> str | None:
+        """Why this rule can match no caller, or None."""
+        if self.addr & ~self.mask & 0xFFFFFFFF:
+            mask, addr = ipaddress.IPv4Address(self.mask), ipaddress.IPv4Address(self.addr)
+            return (f"address {addr} has bits outside mask {mask}, so it matches no caller, as in DRAC "
+                    "(the mask comes first, and the address needs its host bits zero)")
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class NetRule:
+    """A CIDR line; ``exact`` False when its address had host bits set (it then matches nobody)."""
+
     network: Network
+    exact: bool = True
 
     def matches(self, caller: IPAddress) -> bool:
-        return in_networks(caller, (self.network,))
+        return self.exact and in_networks(caller, (self.network,))
+
+    def problem(self) -> str | None:
+        if self.exact:
+            return None
+        return (f"address has bits outside the /{self.network.prefixlen} prefix, so it matches no caller "
+                f"(the network is {self.network})")
 
 
 Rule = MaskRule | NetRule
@@ -62,6 +88,8 @@ Rule = MaskRule | NetRule
 class AllowList:
     rules: tuple[Rule, ...]
     source: str
+    #: Lines that can match no caller, each naming file and line: reported, not fatal.
+    problems: tuple[str, ...] = ()
 
     def permits(self, caller: IPAddress) -> bool:
         caller = canonical(caller)
@@ -73,19 +101,21 @@ def parse_allow_line(text: str) -> Rule | None:
     fields = text.split("#", 1)[0].split()
     if not fields:
         return None
-    if len(fields) == 2:
+    if len(fields) >= 2 and "/" not in fields[0]:
+        # Legacy: the words after NETADDR were never read.
         mask = ipaddress.IPv4Address(fields[0])
         addr = ipaddress.IPv4Address(fields[1])
-        return MaskRule(int(mask), int(addr) & int(mask))
+        return MaskRule(int(mask), int(addr))
     # A lone address is refused: it is more likely a legacy line missing its netaddr.
     if len(fields) == 1 and "/" in fields[0]:
-        return NetRule(ipaddress.ip_network(fields[0], strict=False))
+        network = ipaddress.ip_network(fields[0], strict=False)
+        return NetRule(network, exact=network.network_address == ipaddress.ip_address(fields[0].split("/")[0]))
     raise ValueError("expected 'NETMASK NETADDR' or 'NETWORK/PREFIX'")
 
 
 def load_allow_file(path: Path) -> AllowList:
     """Read an allow file; raises OSError or AllowFileError naming file and line."""
-    rules = []
+    rules, problems = [], []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             try:
@@ -94,7 +124,10 @@ def load_allow_file(path: Path) -> AllowList:
                 raise AllowFileError(f"{path}, line {number}: {line.strip()!r}: {exc}") from None
             if rule is not None:
                 rules.append(rule)
-    return AllowList(tuple(rules), str(path))
+                problem = rule.problem()
+                if problem is not None:
+                    problems.append(f"{path}, line {number}: {line.strip()!r}: {problem}")
+    return AllowList(tuple(rules), str(path), tuple(problems))
 
 
 def host_addresses() -> set[IPAddress]:
@@ -119,13 +152,19 @@ def default_allow_list() -> AllowList:
     return AllowList(rules, "built-in default (loopback and this host's addresses)")
 
 
-def load_allow(path: Path, explicit: bool) -> AllowList:
+def load_allow(path: Path, explicit: bool, *, quiet: bool = False) -> AllowList:
     """The allow list from ``path``; when it is absent, the default unless the
-    file was named explicitly (a typo must not silently widen access)."""
+    file was named explicitly (a typo must not silently widen access). Lines
+    that match nobody are logged as warnings unless ``quiet`` (--check-config
+    prints them itself)."""
     if not path.exists() and not explicit:
         log.info("no allow file %s: allowing loopback and this host's own addresses", path)
         return default_allow_list()
-    return load_allow_file(path)
+    allow = load_allow_file(path)
+    if not quiet:
+        for problem in allow.problems:
+            log.warning("%s", problem)
+    return allow
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,20 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> None:
-        self._log(logging.WARNING, key, message, args, exc_info=False)
+    def warning(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self._log(logging.WARNING, key, message, args, exc_info)
 
-    def exception(self, key: str, message: str, *args: object) -> None:
-        """An ERROR with the traceback of the exception being handled."""
-        self._log(logging.ERROR, key, message, args, exc_info=True)
+    def error(self, key: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self._log(logging.ERROR, key, message, args, exc_info)
 
-    def _log(self, level: int, key: str, message: str, args: tuple[object, ...], exc_info: bool) -> None:
+    def log(self, level: int, key: str, message: str, *args: object,
+            exc_info: BaseException | None = None) -> None:
+        """Log at ``level`` unless ``key`` was logged within ``interval``; ``exc_info``: a
+        traceback, written with the one line that is logged (never with the ones counted)."""
+        self._log(level, key, message, args, exc_info)
+
+    def _log(self, level: int, key: str, message: str, args: tuple[object, ...],
+             exc_info: BaseException | None) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -31,4 +37,5 @@ class RateLimitedLog:
         self._last[key] = now
         if suppressed:
             message += f" ({suppressed} more like this since the last report)"
-        self.logger.log(level, message, *args, exc_info=exc_info)
+        # stacklevel: the record names the caller of warning()/error()/log(), not this module.
+        self.logger.log(level, message, *args, exc_info=exc_info, stacklevel=3)

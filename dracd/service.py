@@ -87,6 +87,9 @@ class DracService:
         self.settings = settings
         self.buckets = CallerBuckets()
         self.metrics = metrics if metrics is not None else Metrics()
+        #: Failed writes: one line a minute during an outage, not one per ADD (the committer
+        #: logs the outage's start and end; its ADDs are counted in the metrics).
+        self.write_failures = RateLimitedLog(log)
         #: The table shared through Redis, written before the local one; None: not shared.
         self.shared: SharedTable | None = None
         #: refusal() of network callers by (caller, transport): matching the allow list costs
@@ -105,11 +108,12 @@ class DracService:
         Unpacker(args).done()
         return b""
 
+    # Bytes after the argument are ignored, as rpc.dracd (a libtirpc server) ignores them.
     def add_v1(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
-        return self._add_now(decode_add_v1(args), ctx)
+        return self._add_now(decode_add_v1(args, trailing=True), ctx)
 
     def add_v2(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
-        return self._add_now(decode_add_v2(args), ctx)
+        return self._add_now(decode_add_v2(args, trailing=True), ctx)
 
     def _add_now(self, address: IPAddress, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
         """An ADD without a task: checked and put in the table now, answered from the
@@ -128,7 +132,7 @@ class DracService:
     def _written(self, ctx: CallContext, address: IPAddress, expiry: int, error: MapError | None) -> None:
         """The committer's answer for one ADD of _add_now: as commit() and _add() log it."""
         if error is not None:
-            log.warning("ADD %s from %s failed: %s", address, ctx, error)
+            self.write_failures.warning("write", "ADD %s from %s failed: %s", address, ctx, error)
             stat = AddStat.ADD_SYSERR
         else:
             log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
@@ -253,6 +257,6 @@ class DracService:
         try:
             await self.committer.commit()
         except MapError as exc:
-            log.warning("%s %s from %s failed: %s", verb, target, ctx, exc)
+            self.write_failures.warning("write", "%s %s from %s failed: %s", verb, target, ctx, exc)
             return False
         return True

@@ -32,6 +32,8 @@ limited = RateLimitedLog(log)
 
 NOTFOUND = b"NOTFOUND "
 BAD_REQUEST = b"PERM bad request"
+#: The reply when answering failed unexpectedly: Postfix and Sendmail retry later (451).
+INTERNAL_ERROR = b"TEMP internal error"
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,17 @@ def parse_spec(text: str) -> SocketmapSpec:
 
 
 def answer(table: RelayTable, request: bytes) -> bytes:
-    """The reply to one request payload ``NAME KEY``."""
+    """The reply to one request payload ``NAME KEY``, whatever its bytes: a bug met on the
+    way is a TEMP reply and one log line a minute, never a dropped connection."""
+    try:
+        return _answer(table, request)
+    except Exception as exc:
+        limited.error("socketmap-error", "socketmap request %r failed, answered TEMP: %r",
+                      request[:80], exc, exc_info=exc)
+        return INTERNAL_ERROR
+
+
+def _answer(table: RelayTable, request: bytes) -> bytes:
     name, sep, key = request.partition(b" ")
     if not sep or not name or not key:
         return BAD_REQUEST

@@ -248,8 +248,8 @@ class StreamConnection(asyncio.Protocol):
         self.in_flight += 1  # before dispatch: respond may run before it returns
         try:
             reply = self.server.handle(message, self.caller, self.port, self.kind, self.cred, self._respond)
-        except Exception:  # noqa: BLE001 - a handler's bug must not take the connection's peers down
-            limited.exception(f"handler-{self.framing.name}", "handling a message on %s failed", self)
+        except Exception as exc:  # noqa: BLE001 - a handler's bug must not take the connection's peers down
+            limited.error(f"handler-{self.framing.name}", "handling a message on %s failed", self, exc_info=exc)
             reply = None
         if reply is PENDING:
             return

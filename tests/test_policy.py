@@ -29,9 +29,10 @@ def test_legacy_format_mask_first(tmp_path: Path) -> None:
     assert not allow.permits(ip("192.0.3.1")) and not allow.permits(ip("127.0.0.2"))
 
 
-def test_legacy_addr_bits_outside_mask_are_ignored_like_drac() -> None:
+def test_legacy_addr_bits_outside_mask_match_nobody_like_drac() -> None:
+    """DRAC compared (caller & mask) == addr: an address with bits outside its mask matches no caller."""
     rule = parse_allow_line("255.255.255.0 192.0.2.77")
-    assert rule is not None and rule.matches(ip("192.0.2.1"))
+    assert rule is not None and not rule.matches(ip("192.0.2.1")) and not rule.matches(ip("192.0.2.77"))
 
 
 def test_cidr_lines_ipv4_and_ipv6(tmp_path: Path) -> None:

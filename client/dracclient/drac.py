@@ -43,15 +43,19 @@ def encode_add_args(address: IPAddress, *, sign_extend: bool = True) -> bytes:
     return packer.bytes()
 
 
-def decode_add_v1(args: bytes) -> ipaddress.IPv4Address:
+def decode_add_v1(args: bytes, *, trailing: bool = False) -> ipaddress.IPv4Address:
+    """``trailing``: ignore bytes after the argument, as a libtirpc server (legacy
+    rpc.dracd) does: its XDR decoder stops at the argument's end and looks no further."""
     reader = Unpacker(args)
     address = ipaddress.IPv4Address(reader.uint())
-    reader.done()
+    if not trailing:
+        reader.done()
     return address
 
 
-def decode_add_v2(args: bytes) -> ipaddress.IPv6Address:
-    """Decode sixteen char words, accepting both sign-extended and plain bytes."""
+def decode_add_v2(args: bytes, *, trailing: bool = False) -> ipaddress.IPv6Address:
+    """Decode sixteen char words, accepting both sign-extended and plain bytes;
+    ``trailing`` as for decode_add_v1."""
     reader = Unpacker(args)
     raw = bytearray()
     for _ in range(16):
@@ -59,7 +63,8 @@ def decode_add_v2(args: bytes) -> ipaddress.IPv6Address:
         if not -128 <= word <= 255:
             raise XdrError(f"char word {word} out of range")
         raw.append(word & 0xFF)
-    reader.done()
+    if not trailing:
+        reader.done()
     return ipaddress.IPv6Address(bytes(raw))
 
 

@@ -254,7 +254,11 @@ class BerkeleyMap:
                 identity = _identity(self.path)
                 for key, value in _records(self.path):
                     records += 1
-                    code, expiry = parse_key_code(key), parse_value(value)
+                    try:
+                        code, expiry = parse_key_code(key), parse_value(value)
+                    except Exception:  # the parsers return None for junk; a bug must not stop a start
+                        log.debug("unreadable record %r: %r", key[:80], value[:80], exc_info=True)
+                        code = expiry = None
                     if code is None or expiry is None:
                         # A network's second Postfix key ("2001:db8:") comes back with its first.
                         skipped += not key.rstrip(b"\0").endswith(b":")

@@ -1,0 +1,107 @@
+"""The allow file follows legacy rpc.dracd exactly (issue 16, fault 6).
+
+DRAC read ``MASK ADDR`` lines and allowed a caller if ``(caller & mask) ==
+addr``: the address is not masked, so a line whose address has bits outside
+its mask (fields swapped, a host address with a net mask) matches nobody.
+dracd masked the address too and so let such lines admit whole networks.
+Such a line still matches nobody; ``--check-config`` and the start say so.
+CIDR lines are dracd's own extension; one with host bits set (192.0.2.5/24)
+is treated the same way: it matches nobody and is reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dracclient.drac import AddStat
+from dracd.policy import load_allow_file, parse_allow_line
+from tests.fixtures.process import DRACD, DracdProcess, run_command
+from tests.fixtures.server import ServerThread, add_status, private_prog
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def legacy_permits(mask: str, addr: str, caller: str) -> bool:
+    """DRAC 1.12's test, in so many words."""
+    return int(ip(caller)) & int(ip(mask)) == int(ip(addr))
+
+
+LINES = [
+    ("255.255.255.0", "192.0.2.0"),     # the usual line
+    ("192.0.2.0", "255.255.255.0"),     # fields swapped: nobody
+    ("255.255.255.0", "192.0.2.77"),    # host bits outside the mask: nobody
+    ("255.0.0.255", "10.0.0.7"),        # a non-contiguous mask: any 10.x.y.7
+    ("0.0.0.0", "0.0.0.0"),             # everyone
+    ("0.0.0.0", "192.0.2.1"),           # nobody
+    ("255.255.255.255", "192.0.2.1"),   # one host
+]
+CALLERS = ["192.0.2.1", "192.0.2.77", "192.0.3.1", "255.255.255.1", "10.1.2.7", "10.1.2.8", "198.51.100.7",
+           "0.0.0.0", "127.0.0.1"]
+
+
+@pytest.mark.parametrize(("mask", "addr"), LINES)
+def test_mask_lines_match_exactly_as_legacy(mask: str, addr: str) -> None:
+    rule = parse_allow_line(f"{mask} {addr}")
+    assert rule is not None
+    for caller in CALLERS:
+        assert rule.matches(ip(caller)) == legacy_permits(mask, addr, caller), (mask, addr, caller)
+
+
+def test_lines_that_match_nobody_are_reported_naming_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.allow"
+    path.write_text("# ok\n255.255.255.0 192.0.2.0\n192.0.2.0 255.255.255.0\n255.255.255.0 192.0.2.77\n"
+                    "198.51.100.5/24\n2001:db8::1/64\n203.0.113.0/24\n")
+    allow = load_allow_file(path)
+    assert len(allow.problems) == 4
+    for number, problem in zip((3, 4, 5, 6), allow.problems, strict=True):
+        assert f"{path}, line {number}" in problem and "matches no caller" in problem
+    assert not allow.permits(ip("198.51.100.5")) and not allow.permits(ip("2001:db8::1"))
+    assert allow.permits(ip("203.0.113.6")) and allow.permits(ip("192.0.2.1"))
+    assert not allow.permits(ip("255.255.255.1"))
+
+
+def test_legacy_ignores_text_after_the_address(tmp_path: Path) -> None:
+    """sscanf("%[0-9.] %[0-9.]") stops after the address: the rest of the line is ignored."""
+    rule = parse_allow_line("255.255.255.255 127.0.0.1 mail-relay 1")
+    assert rule is not None and rule.matches(ip("127.0.0.1")) and not rule.matches(ip("127.0.0.2"))
+
+
+@pytest.mark.parametrize("line", ["127.0.0.0 255.0.0.0", "255.255.255.0 127.0.0.5", "127.0.0.5/8"])
+def test_real_server_refuses_what_legacy_refused(make_server: Callable[..., ServerThread], tmp_path: Path,
+                                                 line: str) -> None:
+    """Each line admitted all of 127/8 under the masked rule; legacy admitted nobody.
+    The second line of the file admits 127.0.0.3 only, to show the file is in force."""
+    allow = tmp_path / "mras.allow"
+    allow.write_text(f"{line}\n255.255.255.255 127.0.0.3\n")
+    server = make_server(allow_file=allow)
+    for source in ("127.0.0.1", "127.0.0.2", "127.0.0.5"):
+        assert add_status(server, "192.0.2.7", source=source) == AddStat.ADD_PERM, source
+    assert add_status(server, "192.0.2.7", source="127.0.0.3") == AddStat.ADD_SUCCESS
+
+
+def test_check_config_and_start_report_such_lines(tmp_path: Path) -> None:
+    allow = tmp_path / "dracd.allow"
+    allow.write_text("255.255.255.255 127.0.0.1\n192.0.2.0 255.255.255.0\n")
+    db = tmp_path / "dracd.db"
+    result = run_command([DRACD, "--check-config", "--allow", allow, db])
+    assert result.returncode == 0, result.stderr
+    assert f"{allow}, line 2" in result.stderr and "matches no caller" in result.stderr
+    assert "OK" in result.stdout and "1 warning" in result.stdout
+    process = DracdProcess(["--no-rpcbind", "--port", "0", "--listen", "127.0.0.1", "--program",
+                            str(private_prog()), "--allow", str(allow), str(db)],
+                           log_path=tmp_path / "dracd.log", cwd=tmp_path, exe=DRACD)
+    try:
+        process.start().wait_ready(10)
+        log = process.log()
+        assert f"{allow}, line 2" in log and "matches no caller" in log, log
+        assert process.stop() == 0
+    finally:
+        process.kill()
