@@ -19,28 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dracclient.durations import parse_duration
-
 from . import __version__
 from . import notify as sd
-from .config import (
-    EVENT_LOOPS,
-    LOG_LEVELS,
-    Config,
-    ConfigError,
-    RedisConfig,
-    load_config,
-    override,
-    parse_listen,
-    parse_metrics_listen,
-    parse_redis_url,
-)
+from .config import Config, ConfigError, add_options, apply_options, load_config
 from .daemon import Daemon, MapInUse
-from .maps import BERKELEY_TYPES, MapError
+from .maps import MapError
 from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
-from .socketmap import parse_spec
 from .transport import AdminSocketInUse
 
 log = logging.getLogger("dracd")
@@ -51,42 +37,6 @@ EX_UNAVAILABLE = 69
 EX_OSERR = 71
 EX_CANTCREAT = 73
 EX_CONFIG = 78
-
-
-def _duration(text: str) -> int:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _listen(text: str) -> str:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _metrics_listen(text: str) -> str:
-    try:
-        return parse_metrics_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _socketmap(text: str) -> str:
-    try:
-        spec = parse_spec(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return f"unix:{spec.path.absolute()}" if spec.path is not None else str(spec)
-
-
-def _redis_url(text: str) -> str:
-    try:
-        return parse_redis_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _minutes(text: str) -> int:
@@ -105,32 +55,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser.add_argument("-e", dest="expire_minutes", type=_minutes, metavar="MINUTES",
                         help="entry lifetime in minutes (legacy; default 30)")
     parser.add_argument("-c", "--config", type=Path, help="YAML configuration file")
-    parser.add_argument("--lifetime", type=_duration, metavar="DURATION", help="entry lifetime, e.g. 90s, 30m")
-    parser.add_argument("--allow", dest="allow_file", type=Path, metavar="FILE", help="allow file")
-    parser.add_argument("--listen", action="append", type=_listen, metavar="ADDR",
-                        help="address to listen on (repeatable; default all IPv4 and IPv6)")
-    parser.add_argument("--port", type=int, metavar="N", help="port for UDP and TCP (0 = any free port)")
-    parser.add_argument("--map-type", dest="type", choices=BERKELEY_TYPES, help="Berkeley DB map type")
-    parser.add_argument("--no-rpcbind", dest="rpcbind", action="store_false", default=None,
-                        help="do not register with rpcbind")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity (default info)")
-    parser.add_argument("--syslog", action="store_true", default=None,
-                        help="log to syslog, facility mail (default: rpc.dracd yes, dracd stderr)")
-    parser.add_argument("--user", metavar="USER", help="run as USER once bound and registered (needs root)")
-    parser.add_argument("--group", metavar="GROUP", help="with --user: run with this group")
-    parser.add_argument("--admin-socket", metavar="PATH",
-                        help="UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)")
-    parser.add_argument("--metrics-listen", type=_metrics_listen, metavar="ADDR:PORT",
-                        help="serve Prometheus metrics there (needs the metrics extra; default off)")
-    parser.add_argument("--socketmap", action="append", type=_socketmap, metavar="SPEC",
-                        help="answer socketmap lookups on inet:ADDR:PORT or unix:PATH (repeatable; default none)")
-    parser.add_argument("--redis", type=_redis_url, metavar="URL",
-                        help="share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
-                             "(needs the redis extra; overrides redis: in the config)")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS,
-                        help="asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)")
+    add_options(parser)
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
-    parser.add_argument("--program", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -139,34 +65,17 @@ def resolve_config(args: argparse.Namespace) -> Config:
     """The YAML file (if any) with the command line on top; raises ConfigError."""
     if args.expire_minutes is not None and args.lifetime is not None:
         raise ConfigError("command line: give -e or --lifetime, not both")
-    if args.port is not None and not 0 <= args.port <= 65535:
-        raise ConfigError(f"command line: --port {args.port}: expected 0..65535")
-    config = load_config(args.config)
-    changes: dict[str, Any] = {
-        "path": args.dbfile.absolute() if args.dbfile else None,
-        "type": args.type,
-        "initialize": args.initialize,
-        "lifetime": args.lifetime if args.lifetime is not None else args.expire_minutes,
-        "allow_file": args.allow_file.absolute() if args.allow_file else None,
-        "listen": tuple(args.listen) if args.listen else None,
-        "port": args.port,
-        "rpcbind": args.rpcbind,
-        "program": args.program,
-        "log_level": args.log_level,
-        "user": args.user,
-        "syslog": args.syslog,
-        "group": args.group,
-        "metrics_listen": args.metrics_listen,
-        "socketmap": tuple(args.socketmap) if args.socketmap else None,
-        "event_loop": args.event_loop,
-    }
-    config = override(config, **changes)
-    if args.redis is not None:
-        # A URL names one server: it replaces Sentinel or Cluster addresses from the file.
-        base = config.redis or RedisConfig()
-        config = replace(config, redis=replace(base, url=args.redis, sentinels=(), service=None, cluster=(), db=0))
-    if args.admin_socket is not None:
-        config = replace(config, admin_socket=Path(args.admin_socket).absolute() if args.admin_socket else None)
+    # Relative paths on the command line mean what they meant at start, also on a
+    # SIGHUP after rpc.dracd changed to "/".
+    cwd = getattr(args, "cwd", None) or Path.cwd()
+    config = apply_options(load_config(args.config), args, cwd)
+    # The legacy command line: rpc.dracd [-i] [-e minutes] [dbfile].
+    if args.dbfile is not None:
+        config = replace(config, map=replace(config.map, path=cwd / args.dbfile))
+    if args.initialize:
+        config = replace(config, initialize=True)
+    if args.expire_minutes is not None:
+        config = replace(config, lifetime=args.expire_minutes)
     return config
 
 
@@ -217,11 +126,8 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
         if started:
             sd.reloading()
         try:
-            new = resolve_config(args)
-            if new.event_loop != daemon.config.event_loop:
-                log.warning("reload: event_loop changed; restart dracd to apply")
-            daemon.reload(new)
-            logging.getLogger().setLevel(new.log_level.upper())
+            daemon.reload(resolve_config(args))
+            logging.getLogger().setLevel(daemon.config.log_level.upper())
         except (ConfigError, AllowFileError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             if started:
@@ -263,12 +169,9 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         return EX_OK if not exc.code else EX_USAGE
     # SIGHUP resolves the command line again, after rpc.dracd changed to "/":
     # relative paths must keep meaning what they meant at start.
-    for name in ("dbfile", "config", "allow_file"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(args, name, value.absolute())
-    if args.admin_socket:
-        args.admin_socket = str(Path(args.admin_socket).absolute())
+    args.cwd = Path.cwd()
+    if args.config is not None:
+        args.config = args.config.absolute()
     try:
         config = resolve_config(args)
     except ConfigError as exc:

@@ -6,9 +6,11 @@ the directory of the config file, so a config can travel with its data.
 
 from __future__ import annotations
 
+import argparse
 import grp
 import ipaddress
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,6 @@ from dracclient.drac import DRACPROG
 from dracclient.durations import parse_duration
 
 from .keys import Ipv6Keys
-from .maps import BERKELEY_TYPES
-from .socketmap import parse_spec
 
 DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
@@ -27,6 +27,8 @@ DEFAULT_LIFETIME = 30 * 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: auto: uvloop when it is installed (the uvloop extra), else asyncio's own loop.
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+#: Berkeley DB access methods a map may use.
+MAP_TYPES = ("btree", "hash")
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,39 @@ def parse_metrics_listen(text: str) -> str:
         raise ValueError(f"{text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9150")
     address = ipaddress.ip_address(host.strip("[]"))
     return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"
+
+
+@dataclass(frozen=True)
+class SocketmapSpec:
+    """Where to serve socketmap: ``inet:HOST:PORT`` (port 0: any free port) or ``unix:PATH``."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"inet:{host}:{self.port}"
+
+
+def parse_spec(text: str) -> SocketmapSpec:
+    """``inet:HOST:PORT`` (IPv6 HOST in brackets or not) or ``unix:PATH``; ValueError otherwise."""
+    kind, sep, rest = text.strip().partition(":")
+    if sep and kind == "unix" and rest:
+        return SocketmapSpec("unix", path=Path(rest))
+    if sep and kind == "inet":
+        host, sep, port = rest.rpartition(":")
+        if sep and port.isdigit() and int(port) <= 65535:
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                pass
+            else:
+                return SocketmapSpec("inet", host=str(address), port=int(port))
+    raise ValueError(f"{text!r}: expected inet:ADDR:PORT (e.g. inet:127.0.0.1:8800) or unix:PATH")
 
 
 @dataclass(frozen=True)
@@ -288,44 +323,143 @@ class _SubkeyError(ValueError):
         self.key = key
 
 
-_MAP_KEYS: dict[str, Any] = {
-    "path": _str,
-    "type": _choice(BERKELEY_TYPES),
-    "nul_terminated": _bool,
-    "cidr_keys": _bool,
-    "ipv6_keys": lambda v: Ipv6Keys(_choice(tuple(Ipv6Keys))(v)),
-    "allow_unsafe_directory": _bool,
+def _duration(value: Any) -> int:
+    return parse_duration(str(value) if isinstance(value, int) and not isinstance(value, bool) else _str(value))
+
+
+def _cli_int(check: Callable[[Any], int]) -> Callable[[str], int]:
+    """An integer option: the text as a number, then the key's own range check."""
+    def convert(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        return check(number)
+    return convert
+
+
+def _relative(value: Any, base: Path) -> Any:
+    return None if value is None else _resolve(base, str(value))
+
+
+def _relative_specs(specs: tuple[str, ...], base: Path) -> tuple[str, ...]:
+    return tuple(f"unix:{_resolve(base, spec[5:])}" if spec.startswith("unix:") else spec for spec in specs)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a key is also given on dracd's command line (it then wins over the file)."""
+
+    flag: str
+    help: str
+    #: value (--flag VALUE), append (repeatable), on (--flag sets true), off (--flag sets false).
+    kind: str = "value"
+    #: The option's text -> the value; None: the key's own parser, on the text.
+    parse: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    hidden: bool = False
+    #: Set the value into a config itself (for a value that replaces more than one field).
+    apply: Callable[[Config, Any], Config] | None = None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key, declared once. The YAML loader, the command line,
+    SIGHUP (what it may change) and the documentation tests all read this table."""
+
+    #: As written in YAML; "map.path" inside the map section, "redis" for the whole section.
+    name: str
+    #: A YAML value -> the typed value; ValueError (or _SubkeyError) says what was expected.
+    parse: Callable[[Any], Any]
+    #: The Config (or MapConfig) attribute, when it is not the name.
+    attribute: str = ""
+    option: Option | None = None
+    #: SIGHUP applies a new value; a change to any other key is logged as needing a restart.
+    reloadable: bool = False
+    #: Paths in the value are taken relative to the config file (the current directory on the command line).
+    resolve: Callable[[Any, Path], Any] | None = None
+
+    @property
+    def section(self) -> str:
+        return self.name.split(".", 1)[0] if "." in self.name else ""
+
+    @property
+    def field(self) -> str:
+        return self.attribute or self.name.rsplit(".", 1)[-1]
+
+    def get(self, config: Config) -> Any:
+        return getattr(config.map if self.section == "map" else config, self.field)
+
+
+def _redis_url_option(config: Config, url: str) -> Config:
+    # A URL names one server: it replaces Sentinel or Cluster addresses from the file.
+    base = config.redis or RedisConfig()
+    return replace(config, redis=replace(base, url=url, sentinels=(), service=None, cluster=(), db=0))
+
+
+KEYS: tuple[Key, ...] = (
+    Key("map.path", _str, resolve=_relative),
+    Key("map.type", _choice(MAP_TYPES), option=Option("--map-type", "Berkeley DB map type", choices=MAP_TYPES)),
+    Key("map.nul_terminated", _bool),
+    Key("map.cidr_keys", _bool),
+    Key("map.ipv6_keys", lambda v: Ipv6Keys(_choice(tuple(Ipv6Keys))(v))),
+    Key("map.allow_unsafe_directory", _bool),
+    Key("lifetime", _duration, reloadable=True,
+        option=Option("--lifetime", "entry lifetime, e.g. 90s, 30m", metavar="DURATION")),
+    Key("allow_file", _str, reloadable=True, resolve=_relative,
+        option=Option("--allow", "allow file", metavar="FILE")),
+    Key("initialize", _bool),
+    Key("listen", _listen, option=Option(
+        "--listen", "address to listen on (repeatable; default all IPv4 and IPv6)", kind="append",
+        parse=parse_listen, metavar="ADDR")),
+    Key("port", _int_range(0, 65535), option=Option(
+        "--port", "port for UDP and TCP (0 = any free port)", parse=_cli_int(_int_range(0, 65535)), metavar="N")),
+    Key("rpcbind", _bool, option=Option("--no-rpcbind", "do not register with rpcbind", kind="off")),
+    Key("program", _int_range(1, 0xFFFFFFFF), option=Option(
+        "--program", "", parse=_cli_int(_int_range(1, 0xFFFFFFFF)), hidden=True)),
+    Key("log_level", _choice(LOG_LEVELS), reloadable=True,
+        option=Option("--log-level", "log verbosity (default info)", choices=LOG_LEVELS)),
+    Key("syslog", _bool, option=Option(
+        "--syslog", "log to syslog, facility mail (default: rpc.dracd yes, dracd stderr)", kind="on")),
+    Key("admin_socket", _optional_path, resolve=_relative, option=Option(
+        "--admin-socket", "UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)",
+        parse=str, metavar="PATH")),
+    Key("admin_group", _groups, attribute="admin_groups", reloadable=True),
+    Key("admin_allow", _networks, reloadable=True),
+    Key("udp_from", _udp_from, reloadable=True),
+    Key("max_entries", _int_range(1, 100_000_000), reloadable=True),
+    Key("rate_per_caller", _int_range(0, 1_000_000), reloadable=True),
+    Key("user", _str, option=Option("--user", "run as USER once bound and registered (needs root)", metavar="USER")),
+    Key("group", _str, option=Option("--group", "with --user: run with this group", metavar="GROUP")),
+    Key("max_connections", _int_range(1, 65_536)),
+    Key("max_record", _int_range(1024, 16 * 1024 * 1024)),
+    Key("idle_timeout", _duration),
+    Key("record_timeout", _duration),
+    Key("metrics_listen", _metrics_listen, option=Option(
+        "--metrics-listen", "serve Prometheus metrics there (needs the metrics extra; default off)",
+        parse=parse_metrics_listen, metavar="ADDR:PORT")),
+    Key("socketmap", _socketmap, resolve=_relative_specs, option=Option(
+        "--socketmap", "answer socketmap lookups on inet:ADDR:PORT or unix:PATH (repeatable; default none)",
+        kind="append", parse=lambda text: str(parse_spec(text)), metavar="SPEC")),
+    Key("redis", _redis, option=Option(
+        "--redis", "share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
+        "(needs the redis extra; overrides redis: in the config)", parse=parse_redis_url, metavar="URL",
+        apply=_redis_url_option)),
+    Key("event_loop", _choice(EVENT_LOOPS), option=Option(
+        "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
+        choices=EVENT_LOOPS)),
+)
+#: The keys of each section, by the name written there.
+SECTIONS: dict[str, dict[str, Key]] = {
+    section: {key.name.rsplit(".", 1)[-1]: key for key in KEYS if key.section == section}
+    for section in ("", "map")
 }
-_TOP_KEYS: dict[str, Any] = {
-    "lifetime": lambda v: parse_duration(_str(v) if not isinstance(v, int) else str(v)),
-    "allow_file": _str,
-    "initialize": _bool,
-    "listen": _listen,
-    "port": _int_range(0, 65535),
-    "rpcbind": _bool,
-    "program": _int_range(1, 0xFFFFFFFF),
-    "log_level": _choice(LOG_LEVELS),
-    "syslog": _bool,
-    "admin_socket": _optional_path,
-    "admin_group": _groups,
-    "admin_allow": _networks,
-    "udp_from": _udp_from,
-    "max_entries": _int_range(1, 100_000_000),
-    "rate_per_caller": _int_range(0, 1_000_000),
-    "user": _str,
-    "group": _str,
-    "max_connections": _int_range(1, 65_536),
-    "max_record": _int_range(1024, 16 * 1024 * 1024),
-    "idle_timeout": lambda v: parse_duration(_str(v)),
-    "record_timeout": lambda v: parse_duration(_str(v)),
-    "metrics_listen": _metrics_listen,
-    "socketmap": _socketmap,
-    "redis": _redis,
-    "event_loop": _choice(EVENT_LOOPS),
-}
+REDIS_KEYS = tuple(_REDIS_KEYS)
 
 
 def _convert(section: dict[str, Any], table: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    """A section by a table of converters (dracd-logwatch's config); ConfigError names the key."""
     out = {}
     for key, value in section.items():
         name = f"{prefix}{key}"
@@ -337,6 +471,17 @@ def _convert(section: dict[str, Any], table: dict[str, Any], prefix: str, source
             raise ConfigError(f"{source}: key {exc.key!r}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{source}: key {name!r}: {exc}") from None
+    return out
+
+
+def _section(section: dict[str, Any], prefix: str, source: str, base: Path) -> dict[str, Any]:
+    """The typed values of one section of dracd's config, by attribute, paths resolved."""
+    keys = SECTIONS[prefix.rstrip(".")]
+    values = _convert(section, {name: key.parse for name, key in keys.items()}, prefix, source)
+    out = {}
+    for name, value in values.items():
+        key = keys[name]
+        out[key.field] = value if key.resolve is None or value is None else key.resolve(value, base)
     return out
 
 
@@ -375,26 +520,64 @@ def config_from_dict(data: Any, path: Path) -> Config:
     map_section = data.pop("map", None) or {}
     if not isinstance(map_section, dict):
         raise ConfigError(f"{source}: key 'map': expected a mapping")
-    map_values = _convert(map_section, _MAP_KEYS, "map.", source)
-    top = _convert(data, _TOP_KEYS, "", source)
-    base = path.parent
-    if "path" in map_values:
-        map_values["path"] = _resolve(base, map_values["path"])
-    if "allow_file" in top:
-        top["allow_file"] = _resolve(base, top["allow_file"])
-    if "admin_socket" in top:
-        top["admin_socket"] = _resolve(base, top["admin_socket"]) if top["admin_socket"] else None
-    if "socketmap" in top:
-        top["socketmap"] = tuple(f"unix:{_resolve(base, spec[5:])}" if spec.startswith("unix:") else spec
-                                 for spec in top["socketmap"])
-    if "admin_group" in top:
-        top["admin_groups"] = top.pop("admin_group")
+    map_values = _section(map_section, "map.", source, path.parent)
+    top = _section(data, "", source, path.parent)
     return Config(map=MapConfig(**map_values), source=source, **top)
 
 
-def override(config: Config, **changes: Any) -> Config:
-    """Apply command-line values (None means "not given") on top of ``config``."""
-    map_names = {f.name for f in fields(MapConfig)}
-    map_changes = {k: v for k, v in changes.items() if k in map_names and v is not None}
-    top_changes = {k: v for k, v in changes.items() if k not in map_names and v is not None}
-    return replace(config, map=replace(config.map, **map_changes), **top_changes)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """One command-line option per key that declares one."""
+    for key in KEYS:
+        option = key.option
+        if option is None:
+            continue
+        help_text = argparse.SUPPRESS if option.hidden else option.help
+        if option.kind in ("on", "off"):
+            parser.add_argument(option.flag, dest=key.name, action="store_true" if option.kind == "on"
+                                else "store_false", default=None, help=help_text)
+            continue
+        parse = option.parse or key.parse
+        if option.choices is not None:
+            parser.add_argument(option.flag, dest=key.name, choices=option.choices, help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=key.name, type=_argument(parse), help=help_text,
+                                metavar=option.metavar, action="append" if option.kind == "append" else "store")
+
+
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def apply_options(config: Config, args: argparse.Namespace, cwd: Path) -> Config:
+    """``config`` with every option given on the command line on top."""
+    for key in KEYS:
+        value = getattr(args, key.name, None) if key.option is not None else None
+        if value is None:
+            continue
+        if key.option is not None and key.option.kind == "append":
+            value = tuple(value)
+        if key.resolve is not None and value != "":
+            value = key.resolve(value, cwd)
+        elif value == "":
+            value = None  # --admin-socket '': none
+        if key.option is not None and key.option.apply is not None:
+            config = key.option.apply(config, value)
+        else:
+            config = set_value(config, key, value)
+    return config
+
+
+def set_value(config: Config, key: Key, value: Any) -> Config:
+    if key.section == "map":
+        return replace(config, map=replace(config.map, **{key.field: value}))
+    return replace(config, **{key.field: value})
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The keys whose change SIGHUP cannot apply (logged; a restart applies them)."""
+    return [key.name for key in KEYS if not key.reloadable and key.get(old) != key.get(new)]

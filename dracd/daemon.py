@@ -23,13 +23,13 @@ from dracclient.adminproto import DRACVERS_ADMIN
 
 from .admin import AdminService
 from .commit import Committer
-from .config import Config
+from .config import Config, needs_restart
 from .dispatch import Dispatcher
 from .journal import Journal, JournalError
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer, unsafe_directory
 from .metrics import Metrics
-from .policy import AdminPolicy, load_allow
+from .policy import load_allow
 from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .prometheus import Endpoint
 from .registration import Registration, entries_for
@@ -47,10 +47,6 @@ DRAIN_TIMEOUT = 5.0
 # a short tick bounds how late they leave the map, at the cost of a few idle wake-ups.
 EXPIRY_TICK = 0.25
 EXPIRY_BATCH = 512
-
-
-def admin_policy(config: Config) -> AdminPolicy:
-    return AdminPolicy(groups=frozenset(config.admin_groups), allow=config.admin_allow)
 
 
 def stream_limits(config: Config) -> StreamLimits:
@@ -99,10 +95,7 @@ class Daemon:
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
         self.journal = Journal(config.map.path)
         self.committer = Committer(self.table, self.writer, self.journal, self.metrics)
-        self.settings = Settings(
-            load_allow(config.allow_path, config.allow_file is not None), config.lifetime, admin_policy(config),
-            config.udp_from, config.max_entries, config.rate_per_caller,
-        )
+        self.settings = Settings.from_config(config, load_allow(config.allow_path, config.allow_file is not None))
         self.service = DracService(self.table, self.committer, self.settings, self.metrics)
         self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None
         self.service.shared = self.shared
@@ -256,17 +249,12 @@ class Daemon:
     def reload(self, config: Config) -> None:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
         allow = load_allow(config.allow_path, config.allow_file is not None)
-        fixed = ("map", "listen", "port", "program", "rpcbind", "admin_socket", "max_connections", "max_record",
-                 "idle_timeout", "record_timeout", "metrics_listen", "socketmap", "redis")
-        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        changed = needs_restart(self.config, config)
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
-        self.settings.allow = allow
-        self.settings.lifetime = config.lifetime
-        self.settings.admin = admin_policy(config)
-        self.settings.udp_from = config.udp_from
-        self.settings.max_entries = config.max_entries
-        self.settings.rate_per_caller = config.rate_per_caller
+        new = Settings.from_config(config, allow)
+        # dracd's own uid stays an administrator after the switch to `user:`.
+        self.settings.update(replace(new, admin=replace(new.admin, uid=self.settings.admin.uid)))
         self.config = config
         log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
                  config.source, allow.source, len(allow.rules), config.lifetime)

@@ -6,7 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from dracclient.drac import (
@@ -22,6 +22,7 @@ from dracclient.drac import (
 from dracclient.xdr import Unpacker
 
 from .commit import Committer
+from .config import Config
 from .dispatch import PENDING, CallContext, Dispatcher, Pending
 from .keys import Entry, IPAddress, canonical, relayable
 from .maps import MapError
@@ -54,6 +55,16 @@ class Settings:
     max_entries: int = 1_000_000
     #: ADDs per second one network caller may make (burst: twice that); 0 = no limit.
     rate_per_caller: int = 0
+
+    @classmethod
+    def from_config(cls, config: Config, allow: AllowList) -> Settings:
+        admin = AdminPolicy(groups=frozenset(config.admin_groups), allow=config.admin_allow)
+        return cls(allow, config.lifetime, admin, config.udp_from, config.max_entries, config.rate_per_caller)
+
+    def update(self, new: Settings) -> None:
+        """Take every value of ``new`` (SIGHUP); the objects holding this one see them."""
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(new, name))
 
 
 class CallerBuckets:

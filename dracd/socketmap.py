@@ -14,12 +14,11 @@ is later than now, to the second, whatever the expiry loop has done yet.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from .config import SocketmapSpec, parse_spec
 from .keys import IPAddress, parse_key
 from .netstring import NetstringError, NetstringReader, encode
 from .ratelog import RateLimitedLog
@@ -34,39 +33,6 @@ NOTFOUND = b"NOTFOUND "
 BAD_REQUEST = b"PERM bad request"
 #: The reply when answering failed unexpectedly: Postfix and Sendmail retry later (451).
 INTERNAL_ERROR = b"TEMP internal error"
-
-
-@dataclass(frozen=True)
-class SocketmapSpec:
-    """Where to serve: ``inet:HOST:PORT`` (port 0: any free port) or ``unix:PATH``."""
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: Path | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_spec(text: str) -> SocketmapSpec:
-    """``inet:HOST:PORT`` (IPv6 HOST in brackets or not) or ``unix:PATH``; ValueError otherwise."""
-    kind, sep, rest = text.strip().partition(":")
-    if sep and kind == "unix" and rest:
-        return SocketmapSpec("unix", path=Path(rest))
-    if sep and kind == "inet":
-        host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit() and int(port) <= 65535:
-            try:
-                address = ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                pass
-            else:
-                return SocketmapSpec("inet", host=str(address), port=int(port))
-    raise ValueError(f"{text!r}: expected inet:ADDR:PORT (e.g. inet:127.0.0.1:8800) or unix:PATH")
 
 
 def answer(table: RelayTable, request: bytes) -> bytes:

@@ -145,3 +145,44 @@ def test_syslog_key_and_flag(tmp_path: Path) -> None:
     assert load_config(path).syslog is True
     assert resolve_config(build_parser().parse_args(["--syslog"])).syslog is True
     assert resolve_config(build_parser().parse_args([])).syslog is None
+
+
+def test_every_setting_is_declared_once() -> None:
+    """config.KEYS is the one place a key is declared: each Config and MapConfig field
+    (but the bookkeeping ``source``) has exactly one declaration, and each declaration
+    has its field, so the YAML loader, the command line and SIGHUP cannot disagree."""
+    from dataclasses import fields
+
+    from dracd.config import KEYS, MapConfig
+
+    declared = [(key.section, key.field) for key in KEYS]
+    assert len(declared) == len(set(declared))
+    wanted = {("", f.name) for f in fields(Config) if f.name not in ("map", "source")}
+    wanted |= {("map", f.name) for f in fields(MapConfig)}
+    assert set(declared) == wanted
+
+
+def test_command_line_options_come_from_the_declarations() -> None:
+    from dracd.config import KEYS
+
+    parser = build_parser()
+    flags = {option for action in parser._actions for option in action.option_strings}
+    assert {key.option.flag for key in KEYS if key.option is not None} <= flags
+    args = parser.parse_args(["--no-rpcbind", "--socketmap", "inet:127.0.0.1:0", "--socketmap", "unix:x.sock",
+                              "--admin-socket", "", "--port", "111", "--redis", "redis://127.0.0.1:6379/2"])
+    config = resolve_config(args)
+    assert config.rpcbind is False and config.admin_socket is None and config.port == 111
+    assert config.socketmap == ("inet:127.0.0.1:0", f"unix:{Path.cwd() / 'x.sock'}")
+    assert config.redis is not None and config.redis.url == "redis://127.0.0.1:6379/2"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--port", "70000"])
+
+
+def test_reload_names_what_needs_a_restart() -> None:
+    from dataclasses import replace
+
+    from dracd.config import needs_restart
+
+    old = Config()
+    new = replace(old, lifetime=60, listen=("127.0.0.1",), map=replace(old.map, type="hash"), event_loop="asyncio")
+    assert needs_restart(old, new) == ["map.type", "listen", "event_loop"]

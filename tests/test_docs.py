@@ -82,8 +82,7 @@ def test_every_page_is_in_the_list() -> None:
 # dracd.yaml(5) and the example config against the validator tables.
 
 def validator_keys() -> set[str]:
-    return ({f"map.{key}" for key in dracd_config._MAP_KEYS} | set(dracd_config._TOP_KEYS)
-            | {f"redis.{key}" for key in dracd_config._REDIS_KEYS})
+    return {key.name for key in dracd_config.KEYS} | {f"redis.{key}" for key in dracd_config.REDIS_KEYS}
 
 
 def documented_keys() -> set[str]:
@@ -111,8 +110,9 @@ def test_dracd_yaml_5_gives_type_default_and_example_for_every_key() -> None:
 def test_example_config_sets_exactly_the_validated_keys() -> None:
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     map_keys = set(data.pop("map"))
-    assert map_keys == set(dracd_config._MAP_KEYS), f"map: {map_keys ^ set(dracd_config._MAP_KEYS)}"
-    assert set(data) == set(dracd_config._TOP_KEYS), f"top level: {set(data) ^ set(dracd_config._TOP_KEYS)}"
+    sections = dracd_config.SECTIONS
+    assert map_keys == set(sections["map"]), f"map: {map_keys ^ set(sections['map'])}"
+    assert set(data) == set(sections[""]), f"top level: {set(data) ^ set(sections[''])}"
 
 
 def test_example_config_loads_with_the_documented_defaults_where_it_keeps_them() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from ..config import MAP_TYPES
 from ..keys import Entry, KeyStyle
 
 
@@ -54,11 +55,10 @@ class MapWriter(Protocol):
         would produce; False if it needs one."""
 
 
-BERKELEY_TYPES = ("btree", "hash")
 
 
 def open_writer(kind: str, path: Path, style: KeyStyle) -> MapWriter:
-    if kind in BERKELEY_TYPES:
+    if kind in MAP_TYPES:
         from .berkeley import BerkeleyMap
 
         return BerkeleyMap(path, kind, style)
