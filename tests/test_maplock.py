@@ -31,7 +31,8 @@ from berkeleydb import db
 from dracclient.drac import AddStat
 from dracclient.errors import RpcTimeout
 from dracd.keys import KeyStyle
-from dracd.maps import StaleMap, open_writer
+from dracd.maps import MapError, StaleMap, open_writer
+from dracd.maps.berkeley import READ_PATIENCE
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.process import DracdProcess, add_status, read_map, wait_until
 from tests.fixtures.server import map_keys as records
@@ -375,3 +376,37 @@ def test_a_map_read_under_an_exclusive_lock(tmp_path: Path) -> None:
     with flocked(path, fcntl.LOCK_EX):
         assert timed(lambda: restarted.read()) < 0.5
     assert restarted.read() == {V4: 1, V6: 2} and restarted.adopt()
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(20)
+def test_a_map_read_while_another_writer_changes_it_is_read_again(tmp_path: Path) -> None:
+    """Unlocked, a read counts only if the map stayed the same during it."""
+    path = tmp_path / "dracd.db"
+    open_writer("btree", path, KeyStyle()).write({V4: 1})
+    reader = open_writer("btree", path, KeyStyle())
+    scan = reader._scan  # type: ignore[attr-defined]
+    scans = []
+
+    changes = 1
+
+    def scan_while_another_writes() -> object:
+        result = scan()
+        scans.append(result)
+        if len(scans) <= changes:  # another writer (postmap...) changes the map in place meanwhile
+            table = db.DB()
+            table.open(str(path), dbtype=db.DB_BTREE)
+            table.put(b"198.51.100.1", str(len(scans)).encode())
+            table.close()
+        return result
+
+    reader._scan = scan_while_another_writes  # type: ignore[attr-defined]
+    with flocked(path, fcntl.LOCK_EX):
+        entries = reader.read()
+        assert len(scans) == 2 and entries == {V4: 1, ipaddress.ip_address("198.51.100.1"): 1}
+        # A map that never stays the same: given up on after READ_PATIENCE, not waited for.
+        changes = 1000
+        started = time.monotonic()
+        with pytest.raises(MapError, match="kept changing"):
+            reader.read()
+        assert time.monotonic() - started < READ_PATIENCE + 1

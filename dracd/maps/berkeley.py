@@ -17,7 +17,9 @@ or anyone at all. dracd then renames anyway (readers still see only whole
 files) but leaves the locked inode alone (it is not kept as the spare,
 someone may be writing into it), and reads or copies the map unlocked,
 trusting what it read only if the map's identity (inode, size, mtime) did
-not change meanwhile.
+not change meanwhile (Linux 6.13+ gives a file that was just stat()ed a
+fine-grained mtime at its next write; before, only a change in a later
+clock tick shows).
 
 Where the new file comes from, cheapest first:
 - the spare: the map's previous inode, kept under a hidden name. Once no
@@ -49,6 +51,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +77,10 @@ CACHE_BYTES = 4 << 20
 Records = dict[bytes, bytes | None]
 #: What a read of the map found: entries, records skipped, whether all is as write() makes it.
 _Scan = tuple[dict[int, int], int, bool]
-#: Unlocked reads (someone holds LOCK_EX) until the map stays the same during one.
-READ_ATTEMPTS = 3
+#: How long a read of a map that changes under another process's LOCK_EX is tried again
+#: (start-up only; a holder that changes nothing costs no wait), and how often.
+READ_PATIENCE = 2.0
+READ_PAUSE = 0.05
 
 
 class BerkeleyMap:
@@ -270,7 +275,8 @@ class BerkeleyMap:
         self._as_written = None
         if not self.path.exists():
             return {}
-        for _ in range(READ_ATTEMPTS):
+        deadline = time.monotonic() + READ_PATIENCE
+        while True:
             with self._try_lock() as locked:
                 identity = _identity(self.path)
                 try:
@@ -279,10 +285,10 @@ class BerkeleyMap:
                     scan = exc
                 if locked or _identity(self.path) == identity:
                     break
-            # Read unlocked, and changed meanwhile by whoever holds LOCK_EX: read it again.
-            log.warning("%s changed while it was read (another process holds flock(LOCK_EX) on it)", self.path)
-        else:
-            raise MapError(f"cannot read {self.path}: it kept changing under another process's lock")
+            # Read unlocked, and changed meanwhile by whoever holds LOCK_EX: a writer at work.
+            if time.monotonic() >= deadline:
+                raise MapError(f"cannot read {self.path}: it kept changing under another process's lock")
+            time.sleep(READ_PAUSE)
         if isinstance(scan, BaseException):
             raise MapError(f"cannot read {self.path}: {_describe(scan)}") from scan
         entries, skipped, ours = scan
