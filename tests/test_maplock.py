@@ -410,3 +410,21 @@ def test_a_map_read_while_another_writer_changes_it_is_read_again(tmp_path: Path
         with pytest.raises(MapError, match="kept changing"):
             reader.read()
         assert time.monotonic() - started < READ_PATIENCE + 1
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(20)
+def test_a_spare_someone_else_wrote_into_is_not_reused(tmp_path: Path) -> None:
+    """A writer that waited for its lock on the map may get it on the inode that became the
+    spare meanwhile, and write there: that file no longer lacks only what dracd knows of."""
+    path = tmp_path / "dracd.db"
+    spare = path.with_name(".dracd.db.spare")
+    writer = open_writer("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    writer.update({V6: 2})
+    table = db.DB()
+    table.open(str(spare), dbtype=db.DB_BTREE)
+    table.put(b"198.51.100.1", b"9")
+    table.close()
+    writer.update({V4: 3})
+    assert records(path) == {b"192.0.2.7": b"3", b"2001:db8::7": b"2"}

@@ -97,6 +97,8 @@ class BerkeleyMap:
         #: Identity of the map read() found to be exactly in this writer's style.
         self._as_written: tuple[int, int, int, int] | None = None
         self._env: db.DBEnv | None = None
+        #: (device, inode, size, mtime) of the spare as this writer left it.
+        self._spare_identity: tuple[int, int, int, int] | None = None
         self._lock_log = RateLimitedLog(log)
 
     def write(self, entries: Mapping[Entry, int]) -> None:
@@ -149,8 +151,9 @@ class BerkeleyMap:
 
     def _can_update_in_place(self, changes: int) -> bool:
         lacks = self._spare_lacks
+        # Its identity as we left it: nobody (postmap on an inode it had locked) wrote into it since.
         return (lacks is not None and len(lacks) + changes <= SPARE_MAX_PENDING and self.can_update()
-                and _nobody_has_open(self._spare))
+                and _identity(self._spare) == self._spare_identity and _nobody_has_open(self._spare))
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
@@ -245,6 +248,7 @@ class BerkeleyMap:
                 try:
                     st = os.stat(self._spare)
                     os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                    self._spare_identity = _identity(self._spare)
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
         self._written = _identity(self.path)
