@@ -2,11 +2,13 @@
 
 The map must be world-readable (the MTAs read it), so any local user can
 flock(2) it, shared or exclusive, and keep the lock; so can a hung smtpd
-in the middle of a lookup. Each test runs the real dracd process, a real
-``flock`` holder as the unprivileged uid 65534 (``setpriv``), and ADDs over
-real UDP sockets, and requires every ADD to be answered ADD_SUCCESS within
-MAX_ANSWER seconds while the lock is held; the issue's own case runs a real
-Postfix that relays for the added addresses throughout.
+in the middle of a lookup. The first tests run the real dracd process, a
+real ``flock`` holder as the unprivileged uid 65534 (``setpriv``), and ADDs
+over real UDP sockets, and require every ADD to be answered ADD_SUCCESS
+within MAX_ANSWER seconds while the lock is held; the issue's own case runs
+a real Postfix that relays for the added addresses throughout. Before the
+fix, dracd waited for the lock and these ADDs went unanswered. The last
+tests hold the same locks in-process around the map writer itself.
 """
 
 from __future__ import annotations
