@@ -3,9 +3,23 @@
 The readers flock(2) the file and mmap it, so updating in place a file that
 a reader has open crashes it when the file grows (DESIGN.md §3). So a
 reader only ever sees a complete file that nobody changes any more: every
-write puts a finished, fsynced file in place with rename(2), under
-flock(LOCK_EX) on the old one; open MTA sessions keep their old inode and
-the next session opens the new one.
+write puts a finished, fsynced file in place with rename(2); open MTA
+sessions keep their old inode and the next session opens the new one.
+
+Locks: the map is world-readable, so anyone may flock(2) it and keep the
+lock, and a hung smtpd keeps its shared one; so dracd never waits for a
+lock. Readers need none from us (a rename cannot change a file they have
+open); the only use of the lock is to stay out of the way of writers that
+update in place under LOCK_EX (postmap, makemap). dracd asks for LOCK_SH,
+without waiting: it excludes those writers as LOCK_EX would, and readers'
+shared locks cannot refuse it. Refused, someone holds LOCK_EX: a writer
+or anyone at all. dracd then renames anyway (readers still see only whole
+files) but leaves the locked inode alone (it is not kept as the spare,
+someone may be writing into it), and reads or copies the map unlocked,
+trusting what it read only if the map's identity (inode, size, mtime) did
+not change meanwhile (Linux 6.13+ gives a file that was just stat()ed a
+fine-grained mtime at its next write; before, only a change in a later
+clock tick shows).
 
 Where the new file comes from, cheapest first:
 - the spare: the map's previous inode, kept under a hidden name. Once no
@@ -37,6 +51,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +60,7 @@ from berkeleydb import db
 
 from ..files import fdatasync, fsync_dir, unlink_quietly
 from ..keys import Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
+from ..ratelog import RateLimitedLog
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
@@ -59,6 +75,12 @@ SPARE_MAX_PENDING = 4096
 #: The private cache the spare is updated through: enough for the pages a commit touches.
 CACHE_BYTES = 4 << 20
 Records = dict[bytes, bytes | None]
+#: What a read of the map found: entries, records skipped, whether all is as write() makes it.
+_Scan = tuple[dict[int, int], int, bool]
+#: How long a read of a map that changes under another process's LOCK_EX is tried again
+#: (start-up only; a holder that changes nothing costs no wait), and how often.
+READ_PATIENCE = 2.0
+READ_PAUSE = 0.05
 
 
 class BerkeleyMap:
@@ -75,6 +97,9 @@ class BerkeleyMap:
         #: Identity of the map read() found to be exactly in this writer's style.
         self._as_written: tuple[int, int, int, int] | None = None
         self._env: db.DBEnv | None = None
+        #: (device, inode, size, mtime) of the spare as this writer left it.
+        self._spare_identity: tuple[int, int, int, int] | None = None
+        self._lock_log = RateLimitedLog(log)
 
     def write(self, entries: Mapping[Entry, int]) -> None:
         self.write_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
@@ -126,8 +151,9 @@ class BerkeleyMap:
 
     def _can_update_in_place(self, changes: int) -> bool:
         lacks = self._spare_lacks
+        # Its identity as we left it: nobody (postmap on an inode it had locked) wrote into it since.
         return (lacks is not None and len(lacks) + changes <= SPARE_MAX_PENDING and self.can_update()
-                and _nobody_has_open(self._spare))
+                and _identity(self._spare) == self._spare_identity and _nobody_has_open(self._spare))
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
@@ -202,13 +228,17 @@ class BerkeleyMap:
 
     def _install(self, new: Path, durable: bool = True) -> None:
         """Rename ``new`` over the map; the map's inode stays as the spare."""
-        with self._locked(fcntl.LOCK_EX):
+        with self._try_lock() as locked:
             unlink_quietly(self._prev)
-            try:
-                os.link(self.path, self._prev)
-                keep = True
-            except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
-                keep = False
+            keep = False
+            if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
+                try:
+                    os.link(self.path, self._prev)
+                    keep = True
+                except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
+                    pass
+            if not keep and new != self._spare:
+                unlink_quietly(self._spare)  # an older inode: it lacks more than this commit
             os.rename(new, self.path)
             if keep:
                 os.rename(self._prev, self._spare)
@@ -218,6 +248,7 @@ class BerkeleyMap:
                 try:
                     st = os.stat(self._spare)
                     os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                    self._spare_identity = _identity(self._spare)
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
         self._written = _identity(self.path)
@@ -225,8 +256,9 @@ class BerkeleyMap:
             fsync_dir(self.path.parent)
 
     def _copy_current(self, out_fd: int) -> None:
-        """Copy the map, under a shared lock so no other writer is half-way through it."""
-        with self._locked(fcntl.LOCK_SH):
+        """Copy the map: under a shared lock if we get one at once, so no other writer is
+        half-way through it; else trusted only if it is still the file we wrote."""
+        with self._try_lock():
             if not self.can_update():
                 raise StaleMap(f"{self.path} was changed by someone else")
             with open(self.path, "rb") as src:
@@ -237,6 +269,8 @@ class BerkeleyMap:
                     if sent == 0:
                         break
                     offset += sent
+            if not self.can_update():
+                raise StaleMap(f"{self.path} was changed by someone else while it was copied")
 
     def read(self) -> dict[Entry, int]:
         return {code_entry(code): expiry for code, expiry in self.read_codes().items()}
@@ -245,42 +279,59 @@ class BerkeleyMap:
         self._as_written = None
         if not self.path.exists():
             return {}
-        entries: dict[int, int] = {}
-        skipped = records = expected = 0
-        ours = True  # every record is what write() would put there for its entry
-        plain4 = not self.style.cidr  # then an IPv4 host's key is its text, as inet_pton reads it
-        try:
-            with self._locked(fcntl.LOCK_SH):
+        deadline = time.monotonic() + READ_PATIENCE
+        while True:
+            with self._try_lock() as locked:
                 identity = _identity(self.path)
-                for key, value in _records(self.path):
-                    records += 1
-                    try:
-                        code, expiry = parse_key_code(key), parse_value(value)
-                    except Exception:  # the parsers return None for junk; a bug must not stop a start
-                        log.debug("unreadable record %r: %r", key[:80], value[:80], exc_info=True)
-                        code = expiry = None
-                    if code is None or expiry is None:
-                        # A network's second Postfix key ("2001:db8:") comes back with its first.
-                        skipped += not key.rstrip(b"\0").endswith(b":")
-                        continue
-                    if ours:
-                        known = entries.get(code)
-                        if plain4 and code < 1 << 32:
-                            expected += known is None
-                            ours = key.endswith(b"\0") == self.style.nul and key.strip(b"0123456789.\0") == b""
-                        else:
-                            keys = self.style.keys(code_entry(code))
-                            expected += 0 if known is not None else len(keys)
-                            ours = key in keys
-                        ours = ours and value == self.style.value(expiry if known is None else known)
-                    entries[code] = max(expiry, entries.get(code, 0))
-        except (OSError, db.DBError) as exc:
-            raise MapError(f"cannot read {self.path}: {_describe(exc)}") from exc
+                try:
+                    scan: _Scan | BaseException = self._scan()
+                except (OSError, db.DBError) as exc:
+                    scan = exc
+                if locked or _identity(self.path) == identity:
+                    break
+            # Read unlocked, and changed meanwhile by whoever holds LOCK_EX: a writer at work.
+            if time.monotonic() >= deadline:
+                raise MapError(f"cannot read {self.path}: it kept changing under another process's lock")
+            time.sleep(READ_PAUSE)
+        if isinstance(scan, BaseException):
+            raise MapError(f"cannot read {self.path}: {_describe(scan)}") from scan
+        entries, skipped, ours = scan
         if skipped:
             log.warning("%s: ignored %d records that are not address keys with expiry values", self.path, skipped)
-        if ours and not skipped and records == expected and _db_type(self.path) == _DB_TYPES[self.kind]:
+        if ours and not skipped and _db_type(self.path) == _DB_TYPES[self.kind]:
             self._as_written = identity
         return entries
+
+    def _scan(self) -> _Scan:
+        """The map's entries, how many records were skipped, and whether every record is
+        what write() would put there for its entry."""
+        entries: dict[int, int] = {}
+        skipped = records = expected = 0
+        ours = True
+        plain4 = not self.style.cidr  # then an IPv4 host's key is its text, as inet_pton reads it
+        for key, value in _records(self.path):
+            records += 1
+            try:
+                code, expiry = parse_key_code(key), parse_value(value)
+            except Exception:  # the parsers return None for junk; a bug must not stop a start
+                log.debug("unreadable record %r: %r", key[:80], value[:80], exc_info=True)
+                code = expiry = None
+            if code is None or expiry is None:
+                # A network's second Postfix key ("2001:db8:") comes back with its first.
+                skipped += not key.rstrip(b"\0").endswith(b":")
+                continue
+            if ours:
+                known = entries.get(code)
+                if plain4 and code < 1 << 32:
+                    expected += known is None
+                    ours = key.endswith(b"\0") == self.style.nul and key.strip(b"0123456789.\0") == b""
+                else:
+                    keys = self.style.keys(code_entry(code))
+                    expected += 0 if known is not None else len(keys)
+                    ours = key in keys
+                ours = ours and value == self.style.value(expiry if known is None else known)
+            entries[code] = max(expiry, entries.get(code, 0))
+        return entries, skipped, ours and records == expected
 
     def adopt(self) -> bool:
         """Take the map last read as our own if it is exactly what write() would make of
@@ -293,15 +344,25 @@ class BerkeleyMap:
         return True
 
     @contextmanager
-    def _locked(self, operation: int) -> Iterator[None]:
+    def _try_lock(self) -> Iterator[bool]:
+        """flock(LOCK_SH) on the map, never waiting: True while held (or there is no map),
+        False if another process holds LOCK_EX on it. Shared, it keeps out writers that
+        take LOCK_EX (postmap, makemap) as well as LOCK_EX would, and no reader can refuse it."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            yield
+            yield True
             return
         try:
-            fcntl.flock(fd, operation)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                locked = False
+            if not locked:
+                self._lock_log.warning("locked", "%s: another process holds flock(LOCK_EX) on it; going "
+                                       "on without waiting (that inode is not reused)", self.path)
+            yield locked
         finally:
             os.close(fd)
 
