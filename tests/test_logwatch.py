@@ -524,6 +524,21 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_config_credential_checking_socket(tmp_path: Path) -> None:
+    from dracd.config import ConfigError
+
+    path = write(tmp_path, "sources: {syslog_socket: {path: run/log, executables: [/usr/lib/dovecot/log]}}\n"
+                           "presets: [dovecot]\n")
+    config = validate(load_config(path))
+    assert config.sources.syslog_socket == tmp_path / "run/log"
+    assert config.sources.syslog_socket_executables == ("/usr/lib/dovecot/log",)
+    for bad, key in (("{executables: [/usr/sbin/ipop3d]}", "sources.syslog_socket.path"),
+                     ("{path: log, executables: [ipop3d]}", "sources.syslog_socket.executables"),
+                     ("{path: log, mode: 666}", "sources.syslog_socket.mode")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(write(tmp_path, f"sources: {{syslog_socket: {bad}}}\n"))
+
+
 def test_config_full_example(tmp_path: Path) -> None:
     path = write(tmp_path, """
 sources:

@@ -22,11 +22,15 @@ dropped, host inserted; tests/vectors/logwatch/capture/convert.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,7 +42,11 @@ from dracd.keys import Entry
 from dracd.logwatch.config import LogwatchConfig, config_from_dict, validate
 from dracd.logwatch.daemon import Watcher
 from dracd.logwatch.target import Target
+from tests.fixtures.dovecot import DovecotInstance
+from tests.fixtures.journald import PrivateJournald
 
+#: The process of Dovecot 2.3 that sends its syslog lines (Debian's dovecot-core).
+DOVECOT_LOG = "/usr/lib/dovecot/log"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 HOST = "mail"
 WAIT = 10.0
@@ -210,3 +218,244 @@ def test_a_dovecot_log_file_others_may_write_warns(tmp_path: Path, caplog: pytes
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(dovecot) in warnings[0], warnings
 
+
+
+# -- the credential-checking syslog socket -------------------------------------------------------
+
+#: ``python -c SENDER SOCKET DATAGRAM``: one datagram, as syslog(3) sends it, then stay alive a
+#: moment (a daemon does; the receiver reads the sender's /proc/PID/exe).
+SENDER = r"""
+import socket, sys, time
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto(sys.argv[2].encode(), sys.argv[1])
+time.sleep(1)
+"""
+
+
+@pytest.fixture
+def daemon(short_dir: Path) -> Path:
+    """The "real" ipop3d: an interpreter installed under the daemon's name, runnable by nobody."""
+    path = short_dir / "sbin" / "ipop3d"
+    path.parent.mkdir()
+    path.parent.chmod(0o755)
+    shutil.copy2(os.path.realpath(sys.executable), path)
+    return path
+
+
+def send_as_nobody(program: Path, sock: Path, datagram: str) -> None:
+    result = run_as_nobody([str(program), "-c", SENDER, str(sock), datagram])
+    assert result.returncode == 0, result.stderr
+
+
+def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_dir: Path) -> None:
+    """Without executables the socket is 0600: a local user cannot even send to it."""
+    sock = short_dir / "log"
+    target = RecordingTarget()
+
+    async def scenario() -> None:
+        watcher = Watcher(config(tmp_path, sources={"syslog_socket": str(sock)}, presets=["uw"]), target=target)
+        await watcher.start()
+        try:
+            result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
+                                                             "--id=4242", "-t", "ipop3d",
+                                                             UW_LOGIN.format("203.0.113.12")])
+            assert result.returncode != 0 and "Permission denied" in result.stderr, result
+            await asyncio.sleep(0.2)
+        finally:
+            await watcher.stop()
+
+    asyncio.run(scenario())
+    assert target.added == []
+
+
+def test_credential_checking_socket_takes_only_listed_executables(
+        tmp_path: Path, short_dir: Path, daemon: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With executables the socket is open to every local process (like /dev/log), and the kernel's
+    credentials of each datagram's sender decide: nobody's ``logger`` (any tag, any --id) authorizes
+    nothing; a listed executable does, with the PID the kernel gives, not the one in its tag."""
+    sock = short_dir / "log"
+    target = RecordingTarget()
+    cfg = config(tmp_path, sources={"syslog_socket": {"path": str(sock), "executables": [str(daemon)]}},
+                 presets=["uw", "dovecot"])
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        watcher = Watcher(cfg, target=target)
+        feed = watcher.feed
+        watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+        await watcher.start()
+        try:
+            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
+            for args in (["--id=4242", "-t", "ipop3d", UW_LOGIN.format("203.0.113.13")],
+                         ["-t", "ipop3d", UW_LOGIN.format("203.0.113.14")],
+                         ["--rfc5424", "--id=4242", "-t", "ipop3d", UW_LOGIN.format("203.0.113.15")],
+                         ["-t", "dovecot", DOVECOT_LOGIN.format("203.0.113.16")]):
+                result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
+                                                                 *args])
+                assert result.returncode == 0, result.stderr  # delivered, and refused by the reader
+            # The listed executable, run by nobody too, with a tag PID that is not its own.
+            await asyncio.to_thread(send_as_nobody, daemon, sock,
+                                    f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.13')}")
+            await until(lambda: target.added == ["192.0.2.13"], "the listed executable's login sent")
+            await asyncio.sleep(0.2)
+        finally:
+            await watcher.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="dracd.logwatch"):
+        asyncio.run(scenario())
+    assert target.added == ["192.0.2.13"]
+    assert [(r.program, r.exe) for r in seen] == [("ipop3d", str(daemon))]
+    assert seen[0].pid not in (None, 1)
+    refused = [r.getMessage() for r in caplog.records if "not a listed executable" in r.getMessage()]
+    assert len(refused) == 4, refused
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # a forgery-proof source
+
+
+class _Socket:
+    """What DovecotInstance needs of its syslog receiver: the path its /dev/log links to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def snapshot(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class SysloggingDovecot(DovecotInstance):
+    """tests/fixtures/dovecot.py's Dovecot, logging to syslog (``log_path = syslog``, ident
+    ``dovecot``) through a /dev/log that is dracd-logwatch's socket."""
+
+    def __init__(self, socket_path: Path, **kwargs: Any) -> None:
+        super().__init__(syslog=False, **kwargs)
+        self.socket_path = socket_path
+
+    def write_config(self) -> None:
+        super().write_config()
+        text = self.conf_path.read_text()
+        for old, new in ((f"\ninfo_log_path = {self.base_dir}/dovecot.log\n", "\n"),
+                         (f"\nlog_path = {self.base_dir}/dovecot.log\n", "\nlog_path = syslog\n"),
+                         (f"instance_name = {self.token}\n", "instance_name = dovecot\n")):
+            assert old in text, old
+            text = text.replace(old, new)
+        self.conf_path.write_text(text)
+
+    def _launch(self) -> None:
+        self._syslog = _Socket(self.socket_path)  # type: ignore[assignment]
+        super()._launch()
+
+
+def test_a_real_dovecot_through_the_credential_checking_socket(tmp_path: Path, short_dir: Path) -> None:
+    """Dovecot 2.3 sends ``dovecot: pop3-login: Login: ...`` (no PID) from its log process,
+    /usr/lib/dovecot/log: with that executable listed, the login authorizes (with the kernel's PID,
+    so the dovecot preset's PID requirement holds), and nobody's ``logger -t dovecot`` does not."""
+    sock = short_dir / "log"
+    target = RecordingTarget()
+    cfg = config(tmp_path, sources={"syslog_socket": {"path": str(sock), "executables": [DOVECOT_LOG]}},
+                 presets=["dovecot"])
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        watcher = Watcher(cfg, target=target)
+        feed = watcher.feed
+        watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+        await watcher.start()
+        try:
+            result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
+                                                             "-t", "dovecot", DOVECOT_LOGIN.format("203.0.113.17")])
+            assert result.returncode == 0, result.stderr
+            dovecot = SysloggingDovecot(sock)
+            await asyncio.to_thread(dovecot.start)
+            try:
+                login = await asyncio.to_thread(dovecot.pop3_login, "127.0.0.5")
+                assert login.ok, login
+                assert not (await asyncio.to_thread(dovecot.pop3_login, "127.0.0.6", password="wrong")).ok
+                await until(lambda: target.added == ["127.0.0.5"], "the real Dovecot login sent")
+            finally:
+                await asyncio.to_thread(dovecot.stop)
+        finally:
+            await watcher.stop()
+
+    asyncio.run(scenario())
+    assert target.added == ["127.0.0.5"]
+    assert {record.exe for record in seen} == {DOVECOT_LOG}
+    assert all(record.program == "dovecot" and record.pid for record in seen)
+
+
+# -- journald --------------------------------------------------------------------------------------
+
+def test_nobodys_logger_through_real_journald_authorizes_nothing(
+        tmp_path: Path, short_dir: Path, daemon: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real systemd-journald (tests/fixtures/journald.py) read with ``executables``: ``_PID`` and
+    ``_EXE`` come from the kernel, so nobody's ``logger`` with the right tag and any ``--id``, to
+    the syslog socket or journald's own, authorizes nothing; the listed daemon does."""
+    target = RecordingTarget()
+    seen: list[Any] = []
+    marker = "dracd-logwatch forgery test marker"
+
+    with PrivateJournald(tmp_path / "journald.log") as journald:
+        cfg = config(tmp_path, presets=["uw"], sources={"journald": {
+            "executables": [str(daemon)], "command": ["journalctl", f"--directory={journald.journal_dir}"]}})
+
+        def logger(*args: str, entry: str | None = None) -> None:
+            result = subprocess.run(journald.command([*NOBODY, "logger", "--socket-errors=on", *args]),
+                                    input=entry, capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, result.stderr
+
+        async def scenario() -> None:
+            watcher = Watcher(cfg, target=target)
+            feed = watcher.feed
+            watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+            await watcher.start()
+            try:
+                for attempt in range(int(WAIT * 2)):  # journalctl starts at the end: until it follows
+                    await asyncio.to_thread(journald.write, daemon, "syslog", "ipop3d", f"{marker} {attempt}")
+                    if any(r.message.startswith(marker) for r in seen):
+                        break
+                else:
+                    raise AssertionError(f"journalctl never followed; journald said:\n{journald.output()}")
+                dev_log = "/run/systemd/journal/dev-log"
+                await asyncio.to_thread(logger, "-u", dev_log, "--id=4242", "-t", "ipop3d",
+                                        UW_LOGIN.format("203.0.113.20"))
+                await asyncio.to_thread(logger, "-u", dev_log, "--rfc5424", "--id=4242", "-t", "ipop3d",
+                                        UW_LOGIN.format("203.0.113.21"))
+                # journald's native protocol, with the sender's own SYSLOG_PID and _PID-like fields.
+                await asyncio.to_thread(logger, "--journald", entry=(
+                    f"MESSAGE={UW_LOGIN.format('203.0.113.22')}\nSYSLOG_IDENTIFIER=ipop3d\nSYSLOG_PID=4242\n"
+                    f"_PID=4242\n_EXE={daemon}\n_COMM=ipop3d\n"))
+                await asyncio.to_thread(journald.write, daemon, "syslog", "ipop3d", UW_LOGIN.format("192.0.2.20"))
+                await until(lambda: target.added == ["192.0.2.20"], "the listed daemon's login sent")
+                await asyncio.sleep(0.2)
+            finally:
+                await watcher.stop()
+
+        with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+            asyncio.run(scenario())
+        # The forgeries did reach the journal (journald parses no RFC 5424: that one's identifier
+        # is not ipop3d), but not with the _PID and _EXE they claimed.
+        out = subprocess.run(["journalctl", f"--directory={journald.journal_dir}", "--output=json"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        entries = [json.loads(line) for line in out.stdout.splitlines()]
+        forged = [e for e in entries if "user=eve host=[203.0.113." in e.get("MESSAGE", "")]
+        assert len(forged) == 3, entries
+        assert all(e["_PID"] != "4242" and e.get("_EXE") != str(daemon) and e["_UID"] == "65534"
+                   for e in forged), forged
+    assert target.added == ["192.0.2.20"]
+    assert {record.exe for record in seen} == {str(daemon)}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # a forgery-proof source
+
+
+def test_journald_without_executables_warns_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(tmp_path, presets=["uw"], sources={"journald": {"command": ["true"]}})
+
+    async def scenario() -> None:
+        watcher = Watcher(cfg, target=RecordingTarget())
+        await watcher.start()
+        await watcher.stop()
+
+    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "journald without executables" in warnings[0], warnings

@@ -169,7 +169,9 @@ def _check(config: LogwatchConfig) -> int:
         return EX_CONFIG
     sources: list[Any] = [f"{s.path} ({s.format})" for s in config.sources.files]
     if config.sources.syslog_socket:
-        sources.append(f"syslog socket {config.sources.syslog_socket}")
+        checked = config.sources.syslog_socket_executables
+        sources.append(f"syslog socket {config.sources.syslog_socket}"
+                       + (f" (senders running {', '.join(checked)})" if checked else ""))
     if config.sources.journald:
         sources.append("journald")
     rules = ", ".join(rule.name for rule in config.rules())

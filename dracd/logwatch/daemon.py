@@ -66,7 +66,7 @@ def forgeable_sources(config: LogwatchConfig) -> list[str]:
         with contextlib.suppress(OSError):
             if stat.S_IMODE(os.stat(source.path).st_mode) & 0o022:
                 why.append(f"{source.path} (Dovecot's own log file) may be written by others than its owner")
-    if config.sources.syslog_socket is not None:
+    if config.sources.syslog_socket is not None and not config.sources.syslog_socket_executables:
         why.append(f"the syslog socket {config.sources.syslog_socket} believes the tag and PID its writers "
                    "send, and a syslog daemon forwarding to it relays any local user's lines")
     journal = config.sources.journald
@@ -213,7 +213,7 @@ class Watcher:
     async def _start_socket(self) -> None:
         path = self.config.sources.syslog_socket
         if path is not None:
-            self._socket = SyslogSocket(path, self.feed)
+            self._socket = SyslogSocket(path, self.feed, self.config.sources.syslog_socket_executables)
             await self._socket.start()
 
     def _start_journal(self) -> None:
@@ -247,7 +247,8 @@ class Watcher:
                     feed(line)
             else:
                 self._follow(source, from_start=False)
-        if config.sources.syslog_socket != old.sources.syslog_socket:
+        if (config.sources.syslog_socket, config.sources.syslog_socket_executables) != \
+                (old.sources.syslog_socket, old.sources.syslog_socket_executables):
             self._close_socket()
             await self._start_socket()
         if config.sources.journald != old.sources.journald or _programs(config) != _programs(old):
