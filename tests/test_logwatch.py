@@ -346,7 +346,7 @@ JOURNAL_UW = {
 
 def test_journal_entries_use_journalds_pid() -> None:
     record = parse_journal_entry(JOURNAL_DOVECOT)
-    assert record == LogRecord("dovecot", 812, JOURNAL_DOVECOT["MESSAGE"], exe="/usr/lib/dovecot/log")
+    assert record == LogRecord("dovecot", 812, JOURNAL_DOVECOT["MESSAGE"], exe="/usr/lib/dovecot/log", uid=0)
     uw = parse_journal_entry(JOURNAL_UW)
     assert uw is not None and uw.pid == 4242  # _PID, not the sender's SYSLOG_PID
     assert Matcher(ALL).match(uw) == Login(ALL[1], "2001:db8::61")
@@ -532,7 +532,15 @@ def test_config_credential_checking_socket(tmp_path: Path) -> None:
     config = validate(load_config(path))
     assert config.sources.syslog_socket == tmp_path / "run/log"
     assert config.sources.syslog_socket_executables == ("/usr/lib/dovecot/log",)
-    for bad, key in (("{executables: [/usr/sbin/ipop3d]}", "sources.syslog_socket.path"),
+    assert config.sources.syslog_socket_users == ()
+    config = load_config(write(tmp_path, "sources:\n"
+                                         "  syslog_socket: {path: log, executables: [/x], users: [root, 65534, '7']}\n"
+                                         "  journald: {executables: [/x], users: root}\n"))
+    assert config.sources.syslog_socket_users == (0, 65534, 7)
+    assert config.sources.journald is not None and config.sources.journald.users == (0,)
+    for bad, key in (("{path: log, users: [root]}", "sources.syslog_socket.users"),
+                     ("{path: log, executables: [/x], users: [no-such-user-here]}", "sources.syslog_socket.users"),
+                     ("{executables: [/usr/sbin/ipop3d]}", "sources.syslog_socket.path"),
                      ("{path: log, executables: [ipop3d]}", "sources.syslog_socket.executables"),
                      ("{path: log, mode: 666}", "sources.syslog_socket.mode")):
         with pytest.raises(ConfigError, match=re.escape(key)):

@@ -43,7 +43,7 @@ from dracd.logwatch.config import LogwatchConfig, config_from_dict, validate
 from dracd.logwatch.daemon import Watcher
 from dracd.logwatch.target import Target
 from tests.fixtures.dovecot import DovecotInstance
-from tests.fixtures.journald import PrivateJournald
+from tests.fixtures.journald import WRITER, PrivateJournald
 
 #: The process of Dovecot 2.3 that sends its syslog lines (Debian's dovecot-core).
 DOVECOT_LOG = "/usr/lib/dovecot/log"
@@ -347,14 +347,40 @@ class SysloggingDovecot(DovecotInstance):
         super()._launch()
 
 
+def test_credential_checking_socket_users(tmp_path: Path, short_dir: Path, daemon: Path) -> None:
+    """``users``: a listed executable that any user may run (Dovecot's log process relays whatever
+    it is fed) counts only when the kernel says it runs as a listed user."""
+    sock = short_dir / "log"
+    target = RecordingTarget()
+    cfg = config(tmp_path, presets=["uw"],
+                 sources={"syslog_socket": {"path": str(sock), "executables": [str(daemon)], "users": ["root"]}})
+
+    async def scenario() -> None:
+        watcher = Watcher(cfg, target=target)
+        await watcher.start()
+        try:
+            await asyncio.to_thread(send_as_nobody, daemon, sock,
+                                    f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('203.0.113.18')}")
+            result = await asyncio.to_thread(subprocess.run, [str(daemon), "-c", SENDER, str(sock),
+                                             f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.18')}"],
+                                             capture_output=True, timeout=30, check=False)
+            assert result.returncode == 0, result.stderr
+            await until(lambda: target.added == ["192.0.2.18"], "root's login sent")
+        finally:
+            await watcher.stop()
+
+    asyncio.run(scenario())
+    assert target.added == ["192.0.2.18"]
+
+
 def test_a_real_dovecot_through_the_credential_checking_socket(tmp_path: Path, short_dir: Path) -> None:
     """Dovecot 2.3 sends ``dovecot: pop3-login: Login: ...`` (no PID) from its log process,
     /usr/lib/dovecot/log: with that executable listed, the login authorizes (with the kernel's PID,
     so the dovecot preset's PID requirement holds), and nobody's ``logger -t dovecot`` does not."""
     sock = short_dir / "log"
     target = RecordingTarget()
-    cfg = config(tmp_path, sources={"syslog_socket": {"path": str(sock), "executables": [DOVECOT_LOG]}},
-                 presets=["dovecot"])
+    cfg = config(tmp_path, presets=["dovecot"],
+                 sources={"syslog_socket": {"path": str(sock), "executables": [DOVECOT_LOG], "users": ["root"]}})
     seen: list[Any] = []
 
     async def scenario() -> None:
@@ -397,7 +423,8 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
 
     with PrivateJournald(tmp_path / "journald.log") as journald:
         cfg = config(tmp_path, presets=["uw"], sources={"journald": {
-            "executables": [str(daemon)], "command": ["journalctl", f"--directory={journald.journal_dir}"]}})
+            "executables": [str(daemon)], "users": ["root"],
+            "command": ["journalctl", f"--directory={journald.journal_dir}"]}})
 
         def logger(*args: str, entry: str | None = None) -> None:
             result = subprocess.run(journald.command([*NOBODY, "logger", "--socket-errors=on", *args]),
@@ -425,6 +452,10 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
                 await asyncio.to_thread(logger, "--journald", entry=(
                     f"MESSAGE={UW_LOGIN.format('203.0.113.22')}\nSYSLOG_IDENTIFIER=ipop3d\nSYSLOG_PID=4242\n"
                     f"_PID=4242\n_EXE={daemon}\n_COMM=ipop3d\n"))
+                # The listed daemon itself, run by nobody (users: [root]).
+                await asyncio.to_thread(subprocess.run, journald.command(
+                    [*NOBODY, daemon, "-c", WRITER, "syslog", "ipop3d", UW_LOGIN.format("203.0.113.23")]),
+                    capture_output=True, timeout=30, check=True)
                 await asyncio.to_thread(journald.write, daemon, "syslog", "ipop3d", UW_LOGIN.format("192.0.2.20"))
                 await until(lambda: target.added == ["192.0.2.20"], "the listed daemon's login sent")
                 await asyncio.sleep(0.2)
@@ -439,9 +470,9 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
                              capture_output=True, text=True, timeout=30, check=True)
         entries = [json.loads(line) for line in out.stdout.splitlines()]
         forged = [e for e in entries if "user=eve host=[203.0.113." in e.get("MESSAGE", "")]
-        assert len(forged) == 3, entries
-        assert all(e["_PID"] != "4242" and e.get("_EXE") != str(daemon) and e["_UID"] == "65534"
-                   for e in forged), forged
+        assert len(forged) == 4, entries
+        assert all(e["_PID"] != "4242" and e["_UID"] == "65534" for e in forged), forged
+        assert [e.get("_EXE") for e in forged].count(str(daemon)) == 1  # the nobody-run daemon's
     assert target.added == ["192.0.2.20"]
     assert {record.exe for record in seen} == {str(daemon)}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # a forgery-proof source

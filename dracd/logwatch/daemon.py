@@ -38,6 +38,11 @@ def make_target(config: TargetConfig) -> Target:
     return ServersTarget(config.servers, port=config.port, prog=config.program, timeout=config.timeout)
 
 
+def _socket_settings(config: LogwatchConfig) -> tuple[object, ...]:
+    sources = config.sources
+    return sources.syslog_socket, sources.syslog_socket_executables, sources.syslog_socket_users
+
+
 def _programs(config: LogwatchConfig) -> frozenset[str]:
     return frozenset(program for rule in config.rules() for program in rule.programs)
 
@@ -213,7 +218,8 @@ class Watcher:
     async def _start_socket(self) -> None:
         path = self.config.sources.syslog_socket
         if path is not None:
-            self._socket = SyslogSocket(path, self.feed, self.config.sources.syslog_socket_executables)
+            sources = self.config.sources
+            self._socket = SyslogSocket(path, self.feed, sources.syslog_socket_executables, sources.syslog_socket_users)
             await self._socket.start()
 
     def _start_journal(self) -> None:
@@ -221,7 +227,8 @@ class Watcher:
         if settings is None:
             return
         programs = [program for rule in self.matcher.rules for program in rule.programs]
-        journal = Journal(self.feed, programs=programs, executables=settings.executables, command=settings.command)
+        journal = Journal(self.feed, programs=programs, executables=settings.executables, users=settings.users,
+                          command=settings.command)
         self._journal = (journal, asyncio.create_task(journal.run(), name="logwatch-journal"))
 
     async def reload(self, config: LogwatchConfig) -> None:
@@ -247,8 +254,7 @@ class Watcher:
                     feed(line)
             else:
                 self._follow(source, from_start=False)
-        if (config.sources.syslog_socket, config.sources.syslog_socket_executables) != \
-                (old.sources.syslog_socket, old.sources.syslog_socket_executables):
+        if _socket_settings(config) != _socket_settings(old):
             self._close_socket()
             await self._start_socket()
         if config.sources.journald != old.sources.journald or _programs(config) != _programs(old):

@@ -86,10 +86,12 @@ def executable(pid: int) -> str | None:
 class _Receiver:
     """Reads the socket when it is readable; checks senders when given executables."""
 
-    def __init__(self, sock: socket.socket, emit: Emit, executables: frozenset[str]) -> None:
+    def __init__(self, sock: socket.socket, emit: Emit, executables: frozenset[str],
+                 users: frozenset[int] = frozenset()) -> None:
         self.sock = sock
         self.emit = emit
         self.executables = executables
+        self.users = users
 
     def readable(self) -> None:
         for _ in range(256):  # then let the loop breathe
@@ -118,7 +120,11 @@ class _Receiver:
                 log.debug("ignored a syslog datagram of %s from PID %d (uid %d, %s): not a listed executable",
                           record.program, pid, uid, exe or "executable unknown")
                 return
-            record = dataclasses.replace(record, pid=pid, exe=exe)
+            if self.users and uid not in self.users:
+                log.debug("ignored a syslog datagram of %s from PID %d (%s): uid %d not listed", record.program,
+                          pid, exe, uid)
+                return
+            record = dataclasses.replace(record, pid=pid, exe=exe, uid=uid)
         self.emit(record)
 
 
@@ -166,10 +172,11 @@ class SyslogSocket:
     """Receives syslog datagrams at ``path`` and hands each record to ``emit``; with
     ``executables``, only those whose sender runs a listed executable (see the module docstring)."""
 
-    def __init__(self, path: Path, emit: Emit, executables: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, emit: Emit, executables: Iterable[str] = (), users: Iterable[int] = ()) -> None:
         self.path = path
         self.emit = emit
         self.executables = frozenset(executables)
+        self.users = frozenset(users)
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._identity: tuple[int, int] | None = None
@@ -183,7 +190,7 @@ class SyslogSocket:
             info = os.stat(self.path)
             self._identity = (info.st_dev, info.st_ino)
             self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(sock.fileno(), _Receiver(sock, self.emit, self.executables).readable)
+            self._loop.add_reader(sock.fileno(), _Receiver(sock, self.emit, self.executables, self.users).readable)
         except BaseException:
             sock.close()
             raise
@@ -213,12 +220,14 @@ class Journal:
         *,
         programs: Iterable[str] = (),
         executables: Iterable[str] = (),
+        users: Iterable[int] = (),
         command: Iterable[str] = ("journalctl",),
         restart_delay: float = 5.0,
     ) -> None:
         self.emit = emit
         self.programs = tuple(sorted(set(programs)))
         self.executables = frozenset(executables)
+        self.users = frozenset(users)
         self.command = tuple(command)
         self.restart_delay = restart_delay
 
@@ -242,6 +251,10 @@ class Journal:
             return
         if self.executables and record.exe not in self.executables:
             log.debug("ignored a journal entry of %s from %s: executable not listed", record.program, record.exe)
+            return
+        if self.users and record.uid not in self.users:
+            log.debug("ignored a journal entry of %s from %s: uid %s not listed", record.program, record.exe,
+                      record.uid)
             return
         self.emit(record)
 
