@@ -8,8 +8,10 @@ documentation addresses, 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32):
   a private mount namespace, the syslog datagrams it sends (``dovecot:``,
   no PID: Dovecot's log process calls openlog() without LOG_PID), and the
   failed login of a crafted user name from the Dovecot of
-  tests/fixtures/dovecot.py. The ``dovecot[PID]:`` form is what journald
-  forwards to rsyslog on Debian 12 (journald adds the sender's PID).
+  tests/fixtures/dovecot.py. The ``dovecot[PID]:`` form comes from relays
+  that add the sender's PID (rsyslog's ``SysSock.UsePIDFromSystem``);
+  journald relays syslog(3) datagrams to the syslog daemon unchanged, with
+  no PID (tests/test_logwatch_forgery.py).
 * UW ipop3d/imapd: the syslog() format strings of alpine-2.26's imap tree
   (ipopd/ipop3d.c, imapd/imapd.c, osdep/unix/env_unix.c; host from
   tcp_clienthost() in osdep/unix/tcp_unix.c), openlog(LOG_PID).
@@ -90,9 +92,8 @@ def address_of(line: str, rules: list[Any] = ALL, parse: Any = parse_syslog_line
 # -- every preset against real-format lines ---------------------------------------------------
 
 ACCEPTED = [
-    # Dovecot 2.3 via journald (PID; without journald it logs none: test_dovecot_without_a_pid_needs_
-    # require_pid_false), RFC 3339 header, IPv6, mapped.
-    (f"{H} dovecot[811]: pop3-login: Login: user=<alice>, method=PLAIN, rip=192.0.2.1, lip=192.0.2.254, "
+    # Dovecot 2.3 via syslog directly (no PID), via journald (PID), RFC 3339 header, IPv6, mapped.
+    (f"{H} dovecot: pop3-login: Login: user=<alice>, method=PLAIN, rip=192.0.2.1, lip=192.0.2.254, "
      "mpid=1137, secured, session=<x46mP1thvuZ/AAAB>", "192.0.2.1"),
     (f"{H} dovecot[812]: imap-login: Login: user=<alice>, method=PLAIN, rip=2001:db8::7, lip=2001:db8::1, "
      "mpid=1139, secured, session=<bLymP1thuIEAAAAAAAAAAAAAAAAAAAAB>", "2001:db8::7"),
@@ -209,8 +210,6 @@ FORGED = [
     f"{H} x: dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=192.0.2.40, lip=192.0.2.254",
     # The right program but no PID, where the program always logs one.
     f"{H} ipop3d: Login user=a host=b [192.0.2.41] nmsgs=0/0",
-    # ...or where journald, in front of the syslog daemon, always adds one (issue 16: `logger -t dovecot`).
-    f"{H} dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=192.0.2.41, lip=192.0.2.254",
     f"{H} cyrus/imap: login: [192.0.2.41] alice plaintext User logged in",
     f"{H} in.qpopper: (v4.0.9) POP login by user \"a\" at (b) 192.0.2.41",
     # Another program's message quoting a login line (client-chosen text in a Postfix log line).
@@ -252,15 +251,6 @@ def test_embedded_newlines_never_start_a_line() -> None:
     assert parse_syslog_datagram(b"<13>ipop3d[1]: Login user=a host=[192.0.2.47] nmsgs=0/0\n") is not None
     entry = {"MESSAGE": f"hello{forged}", "SYSLOG_IDENTIFIER": "ipop3d", "_PID": "1"}
     assert parse_journal_entry(entry) is None
-
-
-def test_dovecot_without_a_pid_needs_require_pid_false() -> None:
-    """Dovecot's log process logs without LOG_PID: with no journald in front of the syslog daemon its
-    file lines have no PID, and reading them takes ``require_pid: false`` (forgeable: the docs say so)."""
-    line = (f"{H} dovecot: pop3-login: Login: user=<alice>, method=PLAIN, rip=192.0.2.1, lip=192.0.2.254, "
-            "mpid=1137, secured, session=<x46mP1thvuZ/AAAB>")
-    assert address_of(line) is None
-    assert address_of(line, [preset_rule("dovecot", RuleOptions(require_pid=False))]) == "192.0.2.1"
 
 
 def test_require_pid_can_be_asked_of_any_preset() -> None:

@@ -344,7 +344,7 @@ def test_log_lines_reach_dracds_map_with_each_presets_lifetime(make_server: Make
                      f"{H} postfix/smtpd[5]: reject: helo=< ipop3d[1]: Login user=a host=[192.0.2.68] nmsgs=0/0>\n"
                      f"{H} ipop3d[4242]: Login user=alice host=client.example.org [192.0.2.1] nmsgs=3/3\n"
                      f"{H} imapd[4243]: Authenticated user=alice host=[2001:db8::1] mech=PLAIN\n"
-                     f"{H} dovecot[8]: imap-login: Login: user=<bob>, method=PLAIN, rip=::ffff:192.0.2.2, "
+                     f"{H} dovecot: imap-login: Login: user=<bob>, method=PLAIN, rip=::ffff:192.0.2.2, "
                      "lip=192.0.2.254, mpid=9, secured, session=<AAAA>\n")
         # Dovecot's own log file, written in two pieces (a partial line first).
         append(dovecot, "Nov 28 19:32:36 pop3-login: Info: Login: user=<carol>, method=PLAIN, ")
@@ -430,7 +430,7 @@ def test_logger_through_the_syslog_socket(make_server: Make, tmp_path: Path, sho
         # The right tag and a PID (any PID: --id chooses it) IS accepted: whoever may write to the socket
         # can authorize addresses, hence mode 0600.
         logger("-t", "ipop3d", "--id=4242", message.format("192.0.2.9"))
-        logger("--rfc5424", "-t", "dovecot", "--id=4243", "pop3-login: Login: user=<a>, method=PLAIN, rip=2001:db8::9, "
+        logger("--rfc5424", "-t", "dovecot", "pop3-login: Login: user=<a>, method=PLAIN, rip=2001:db8::9, "
                "lip=2001:db8::1, mpid=1, session=<A>")
         assert wait_for(lambda: in_map(server, "192.0.2.9") and in_map(server, "2001:db8::9"), WAIT)
         keys = map_keys(server.config.map.path)

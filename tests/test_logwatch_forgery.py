@@ -4,11 +4,11 @@ Every forger here is ``logger`` run as ``nobody`` (``setpriv --reuid=65534
 --regid=65534 --clear-groups``), the way any local user can run it. What is
 proven, per source:
 
-* a syslog *file*: a line is whatever reached the syslog daemon. The
-  ``dovecot:`` line without a PID that ``logger -t dovecot`` writes (with no
-  journald in front of the syslog daemon) no longer authorizes; a PID is
-  only text (``logger --id=4242``), so the same user can still forge a UW
-  login there. Hence the warning at start, which these tests read;
+* a syslog *file*: a line is whatever reached the syslog daemon.
+  ``logger -t dovecot`` writes the very line a real Dovecot does (no PID:
+  journald relays both unchanged), and a PID is only text (``logger
+  --id=4242``), so any local user can forge a login there. Hence the
+  warning at start, which these tests read;
 * journald with ``executables``: ``_PID`` and ``_EXE`` come from the kernel,
   and nobody's ``logger -t ipop3d`` authorizes nothing;
 * the credential-checking syslog socket (tests further down).
@@ -43,7 +43,7 @@ from dracd.logwatch.config import LogwatchConfig, config_from_dict, validate
 from dracd.logwatch.daemon import Watcher
 from dracd.logwatch.target import Target
 from tests.fixtures.dovecot import DovecotInstance
-from tests.fixtures.journald import WRITER, PrivateJournald
+from tests.fixtures.journald import WRITER, ForwardingJournald, PrivateJournald
 
 #: The process of Dovecot 2.3 that sends its syslog lines (Debian's dovecot-core).
 DOVECOT_LOG = "/usr/lib/dovecot/log"
@@ -127,37 +127,6 @@ def append(path: Path, text: str) -> None:
 
 
 # -- syslog files --------------------------------------------------------------------------------
-
-def test_loggers_pid_less_dovecot_line_in_a_file_authorizes_nothing(
-        tmp_path: Path, short_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    mail = tmp_path / "mail.log"
-    mail.write_text("")
-    forged = logger_file_line(short_dir, "-p", "mail.info", "-t", "dovecot", DOVECOT_LOGIN.format("203.0.113.10"))
-    assert re.fullmatch(r".{15} mail dovecot: pop3-login: Login: .*rip=203\.0\.113\.10, .*\n", forged), forged
-    # A real Dovecot's line as journald relays it to the syslog daemon (Debian 12): with a PID.
-    real = f"Dec  6 19:00:00 {HOST} dovecot[812]: {DOVECOT_LOGIN.format('192.0.2.10')}\n"
-    target = RecordingTarget()
-
-    async def scenario() -> None:
-        watcher = Watcher(config(tmp_path, sources={"files": [str(mail)]}, presets=["dovecot"]), target=target)
-        await watcher.start()
-        try:
-            append(mail, forged)
-            append(mail, real)
-            await until(lambda: watcher.counters.records == 2, "both lines read")
-            await until(lambda: target.added == ["192.0.2.10"], "the real login sent")
-            await asyncio.sleep(0.1)
-        finally:
-            await watcher.stop()
-
-    with caplog.at_level(logging.DEBUG, logger="dracd.logwatch"):
-        asyncio.run(scenario())
-    assert target.added == ["192.0.2.10"]
-    # Said once, at warning level: a site whose Dovecot lines have no PID learns what to do.
-    refusals = [r for r in caplog.records if "without a PID" in r.getMessage()]
-    assert [r.levelno for r in refusals] == [logging.WARNING]
-    assert "require_pid: false" in refusals[0].getMessage()
-
 
 def test_a_pid_in_a_file_is_only_text(tmp_path: Path, short_dir: Path) -> None:
     """What the docs say: ``logger --id`` writes any PID, so a file source stays forgeable."""
@@ -490,3 +459,58 @@ def test_journald_without_executables_warns_at_start(tmp_path: Path, caplog: pyt
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "journald without executables" in warnings[0], warnings
+
+
+#: Dovecot 2.3.19.1's datagram, as its log process sends it to /dev/log (no PID; captured from
+#: the Dovecot of tests/fixtures/dovecot.py), sent from a process that stays alive a moment.
+DOVECOT_DATAGRAM = r"""
+import socket, sys, time
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto(b"<22>Dec  6 19:01:26 dovecot: " + sys.argv[1].encode(), "/run/systemd/journal/dev-log")
+time.sleep(0.5)
+"""
+
+
+def test_journald_relays_dovecots_and_loggers_lines_alike(tmp_path: Path, short_dir: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Why the dovecot preset cannot require a PID, and why a file is forgeable: a real journald
+    (ForwardToSyslog=yes, as on Debian 12, where rsyslog reads what it relays) passes Dovecot's
+    PID-less datagram to the syslog daemon unchanged, and nobody's ``logger -t dovecot`` just
+    the same. In the file both are ``dovecot: ...``; both authorize, and the start-up warning
+    says so."""
+    with ForwardingJournald(tmp_path / "journald.log") as journald:
+        sender = subprocess.Popen(journald.command([sys.executable, "-c", DOVECOT_DATAGRAM,
+                                                    DOVECOT_LOGIN.format("192.0.2.30")]))
+        assert sender.wait(timeout=30) == 0
+        relayed = journald.forwarded()
+        result = subprocess.run(journald.command([*NOBODY, "logger", "--socket-errors=on", "-u",
+                                                  "/run/systemd/journal/dev-log", "-p", "mail.info", "-t", "dovecot",
+                                                  DOVECOT_LOGIN.format("203.0.113.30")]),
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stderr
+        relayed += journald.forwarded()
+    assert len(relayed) == 2, relayed
+    assert relayed[0].decode() == f"<22>Dec  6 19:01:26 dovecot: {DOVECOT_LOGIN.format('192.0.2.30')}"
+    assert re.fullmatch(r"<22>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d dovecot: "
+                        + re.escape(DOVECOT_LOGIN.format("203.0.113.30")), relayed[1].decode()), relayed[1]
+
+    mail = tmp_path / "mail.log"
+    mail.write_text("")
+    target = RecordingTarget()
+
+    async def scenario() -> None:
+        watcher = Watcher(config(tmp_path, sources={"files": [str(mail)]}, presets=["dovecot"]), target=target)
+        await watcher.start()
+        try:
+            for datagram in relayed:
+                match = DATAGRAM.fullmatch(datagram.decode())
+                assert match is not None, datagram
+                append(mail, f"{match[1]} {HOST} {match[2]}\n")
+            await until(lambda: len(target.added) == 2, "both lines sent")
+        finally:
+            await watcher.stop()
+
+    with caplog.at_level(logging.WARNING, logger="dracd.logwatch"):
+        asyncio.run(scenario())
+    assert target.added == ["192.0.2.30", "203.0.113.30"]
+    assert any(str(mail) in r.getMessage() and "forged" in r.getMessage() for r in caplog.records)

@@ -12,14 +12,14 @@ tests/vectors/logwatch/):
 
 * ``dovecot``: Dovecot 2.3's login processes, ``pop3-login: Login: user=<U>,
   method=M, rip=IP, lip=IP, ...`` (captured from Debian 12's Dovecot
-  2.3.19.1). Dovecot's log process calls openlog() without LOG_PID, so the
-  datagrams it sends read ``dovecot: ...``; journald records the sender's PID
-  and relays them to the syslog daemon as ``dovecot[pid]: ...``, which is
-  what syslog files hold on systemd hosts. The preset requires that form:
-  the PID-less line is also exactly what ``logger -t dovecot`` writes where
-  no journald is in front of the syslog daemon. There, Dovecot's own lines
-  have no PID either and need ``require_pid: false`` (forgeable; better:
-  Dovecot's own log file, journald or the credential-checking socket).
+  2.3.19.1). Dovecot's log process (/usr/lib/dovecot/log) calls openlog()
+  without LOG_PID, so its datagrams read ``dovecot: ...``, and journald
+  (systemd 252) relays them to the syslog daemon unchanged: syslog files
+  hold ``dovecot: ...`` with no PID, exactly what ``logger -t dovecot``
+  writes (tests/test_logwatch_forgery.py shows both). Requiring a PID would
+  refuse every real line and stop no forger (``logger --id``), so the
+  preset does not; a syslog file is simply forgeable (see the daemon's
+  start-up warning). In journald the PID is ``_PID``.
 * ``uw``: UW ipop3d/imapd (alpine-2.26's imap tree): ``Login``, ``Auth``,
   ``APOP`` with ``nmsgs=`` (ipop3d, mailbox opened), ``Login``/
   ``Authenticated ... mech=`` (imapd); host is ``NAME [IP]`` or ``[IP]``,
@@ -95,7 +95,7 @@ _QPOPPER_WHERE = r"(?: \[[\w.-]+:\d+\])?"
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset for preset in (
-        Preset("dovecot", ("dovecot",), True, (
+        Preset("dovecot", ("dovecot",), False, (
             _re(rf"(?:pop3|imap)-login: Login: user=<[^<>]*>, method=[^,\s]+, rip=(?P<ip>{IP}), lip={IP}(?:, .*)?"),
         )),
         Preset("uw", ("ipop3d", "imapd"), True, (
