@@ -216,8 +216,10 @@ def send_as_nobody(program: Path, sock: Path, datagram: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_dir: Path) -> None:
-    """Without executables the socket is 0600: a local user cannot even send to it."""
+def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_dir: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Without executables the socket is 0600: a local user cannot even send to it. What a syslog
+    daemon forwards to it is another matter: a warning at start says so."""
     sock = short_dir / "log"
     target = RecordingTarget()
 
@@ -233,8 +235,11 @@ def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_d
         finally:
             await watcher.stop()
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+        asyncio.run(scenario())
     assert target.added == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"the syslog socket {sock}" in warnings[0] and "forged" in warnings[0], warnings
 
 
 def test_credential_checking_socket_takes_only_listed_executables(

@@ -70,7 +70,7 @@ def forgeable_sources(config: LogwatchConfig) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             if stat.S_IMODE(os.stat(source.path).st_mode) & 0o022:
-                why.append(f"{source.path} (Dovecot's own log file) may be written by others than its owner")
+                why.append(f"{source.path} (Dovecot's own log file) may be written by group or others")
     if config.sources.syslog_socket is not None and not config.sources.syslog_socket_executables:
         why.append(f"the syslog socket {config.sources.syslog_socket} believes the tag and PID its writers "
                    "send, and a syslog daemon forwarding to it relays any local user's lines")
