@@ -646,9 +646,13 @@ def test_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "sources: {files: [mail.log]}\npresets: [dovecot, uw]\ntrusted: [10.0.0.0/8]\n")
     assert cli.main(["-c", str(path), "--check-config"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert f"{path}: OK" in out and str(tmp_path / "mail.log") in out
     assert "rules dovecot, uw" in out and "1 trusted networks" in out and "/run/dracd/dracd.sock" in out
+    # A syslog file is forgeable by any local user: said, without failing the check (issue 16).
+    assert captured.err.startswith(f"dracd-logwatch: warning: {tmp_path / 'mail.log'} is a syslog file: any local "
+                                   "user can write lines into it"), captured.err
     # The command line adds files and presets and replaces the target.
     assert cli.main(["-c", str(path), "--check-config", "--file", "other.log", "--preset", "courier",
                      "--server", "127.0.0.1", "--port", "1234"]) == 0

@@ -30,6 +30,7 @@ from .daemon import Watcher, make_target, trusted_networks
 from .policy import MynetworksError
 from .presets import PRESETS, RuleOptions
 from .sources import SocketInUse
+from .trust import forgery_warnings
 from .values import servers
 
 PROG = "dracd-logwatch"
@@ -178,4 +179,6 @@ def _check(config: LogwatchConfig) -> int:
     target = make_target(config.target).describe()
     print(f"{config.source}: OK (reading {', '.join(sources)}; rules {rules}; {len(trusted)} trusted networks; "
           f"sending to {target})")
+    for warning in forgery_warnings(config):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return EX_OK

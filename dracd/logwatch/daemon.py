@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from .presets import Matcher
 from .record import LogRecord, parse_dovecot_line, parse_syslog_line
 from .sources import Journal, SyslogSocket
 from .target import AdminTarget, ServersTarget, Target
+from .trust import forgery_warnings
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +52,6 @@ def trusted_networks(config: LogwatchConfig) -> list[IPNetwork]:
     if config.postfix_mynetworks:
         networks += postfix_mynetworks(config.postfix_config)
     return networks
-
-
-#: Where the start-up warnings point: the sources a local user cannot forge.
-FORGERY_PROOF = ("sources.journald with executables, or sources.syslog_socket with executables "
-                 "(see SECURITY in dracd-logwatch(8))")
-
-
-def forgeable_sources(config: LogwatchConfig) -> list[str]:
-    """Why each configured source lets a local user forge a login line (one sentence each)."""
-    why = []
-    for source in config.sources.files:
-        if source.format == "syslog":
-            why.append(f"{source.path} is a syslog file: any local user can write lines into it "
-                       "(logger -t PROGRAM --id=PID), PID included")
-            continue
-        with contextlib.suppress(OSError):
-            if stat.S_IMODE(os.stat(source.path).st_mode) & 0o022:
-                why.append(f"{source.path} (Dovecot's own log file) may be written by group or others")
-    if config.sources.syslog_socket is not None and not config.sources.syslog_socket_executables:
-        why.append(f"the syslog socket {config.sources.syslog_socket} believes the tag and PID its writers "
-                   "send, and a syslog daemon forwarding to it relays any local user's lines")
-    journal = config.sources.journald
-    if journal is not None and not journal.executables:
-        why.append("journald without executables takes the program from SYSLOG_IDENTIFIER, which any local "
-                   "user picks (logger -t PROGRAM)")
-    return why
 
 
 @dataclass
@@ -194,9 +167,8 @@ class Watcher:
         self._warn_forgeable()
 
     def _warn_forgeable(self) -> None:
-        for why in forgeable_sources(self.config):
-            log.warning("%s, so logins read from it can be forged: safe only on a host without untrusted "
-                        "local users; elsewhere use %s", why, FORGERY_PROOF)
+        for warning in forgery_warnings(self.config):
+            log.warning("%s", warning)
 
     def _describe_sources(self) -> str:
         parts = [f"{path} ({item.format})" for path, item in self._files.items()]
