@@ -323,7 +323,7 @@ class SysloggingDovecot(DovecotInstance):
 
 def test_credential_checking_socket_users(tmp_path: Path, short_dir: Path, daemon: Path) -> None:
     """``users``: a listed executable that any user may run (Dovecot's log process relays whatever
-    it is fed) counts only when the kernel says it runs as a listed user."""
+    its callers send) counts only when the kernel says it runs as a listed user."""
     sock = short_dir / "log"
     target = RecordingTarget()
     cfg = config(tmp_path, presets=["uw"],
