@@ -8,8 +8,10 @@ documentation addresses, 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32):
   a private mount namespace, the syslog datagrams it sends (``dovecot:``,
   no PID: Dovecot's log process calls openlog() without LOG_PID), and the
   failed login of a crafted user name from the Dovecot of
-  tests/fixtures/dovecot.py. The ``dovecot[PID]:`` form is what journald
-  forwards to rsyslog on Debian 12 (journald adds the sender's PID).
+  tests/fixtures/dovecot.py. The ``dovecot[PID]:`` form comes from relays
+  that add the sender's PID (rsyslog's ``SysSock.UsePIDFromSystem``);
+  journald relays syslog(3) datagrams to the syslog daemon unchanged, with
+  no PID (tests/test_logwatch_forgery.py).
 * UW ipop3d/imapd: the syslog() format strings of alpine-2.26's imap tree
   (ipopd/ipop3d.c, imapd/imapd.c, osdep/unix/env_unix.c; host from
   tcp_clienthost() in osdep/unix/tcp_unix.c), openlog(LOG_PID).
@@ -334,7 +336,7 @@ JOURNAL_UW = {
 
 def test_journal_entries_use_journalds_pid() -> None:
     record = parse_journal_entry(JOURNAL_DOVECOT)
-    assert record == LogRecord("dovecot", 812, JOURNAL_DOVECOT["MESSAGE"], exe="/usr/lib/dovecot/log")
+    assert record == LogRecord("dovecot", 812, JOURNAL_DOVECOT["MESSAGE"], exe="/usr/lib/dovecot/log", uid=0)
     uw = parse_journal_entry(JOURNAL_UW)
     assert uw is not None and uw.pid == 4242  # _PID, not the sender's SYSLOG_PID
     assert Matcher(ALL).match(uw) == Login(ALL[1], "2001:db8::61")
@@ -512,6 +514,29 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_config_credential_checking_socket(tmp_path: Path) -> None:
+    from dracd.config import ConfigError
+
+    path = write(tmp_path, "sources: {syslog_socket: {path: run/log, executables: [/usr/lib/dovecot/log]}}\n"
+                           "presets: [dovecot]\n")
+    config = validate(load_config(path))
+    assert config.sources.syslog_socket == tmp_path / "run/log"
+    assert config.sources.syslog_socket_executables == ("/usr/lib/dovecot/log",)
+    assert config.sources.syslog_socket_users == ()
+    config = load_config(write(tmp_path, "sources:\n"
+                                         "  syslog_socket: {path: log, executables: [/x], users: [root, 65534, '7']}\n"
+                                         "  journald: {executables: [/x], users: root}\n"))
+    assert config.sources.syslog_socket_users == (0, 65534, 7)
+    assert config.sources.journald is not None and config.sources.journald.users == (0,)
+    for bad, key in (("{path: log, users: [root]}", "sources.syslog_socket.users"),
+                     ("{path: log, executables: [/x], users: [no-such-user-here]}", "sources.syslog_socket.users"),
+                     ("{executables: [/usr/sbin/ipop3d]}", "sources.syslog_socket.path"),
+                     ("{path: log, executables: [ipop3d]}", "sources.syslog_socket.executables"),
+                     ("{path: log, mode: 666}", "sources.syslog_socket.mode")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(write(tmp_path, f"sources: {{syslog_socket: {bad}}}\n"))
+
+
 def test_config_full_example(tmp_path: Path) -> None:
     path = write(tmp_path, """
 sources:
@@ -621,9 +646,13 @@ def test_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "sources: {files: [mail.log]}\npresets: [dovecot, uw]\ntrusted: [10.0.0.0/8]\n")
     assert cli.main(["-c", str(path), "--check-config"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert f"{path}: OK" in out and str(tmp_path / "mail.log") in out
     assert "rules dovecot, uw" in out and "1 trusted networks" in out and "/run/dracd/dracd.sock" in out
+    # A syslog file is forgeable by any local user: said, without failing the check (issue 16).
+    assert captured.err.startswith(f"dracd-logwatch: warning: {tmp_path / 'mail.log'} is a syslog file: any local "
+                                   "user can write lines into it"), captured.err
     # The command line adds files and presets and replaces the target.
     assert cli.main(["-c", str(path), "--check-config", "--file", "other.log", "--preset", "courier",
                      "--server", "127.0.0.1", "--port", "1234"]) == 0

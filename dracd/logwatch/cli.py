@@ -30,6 +30,7 @@ from .daemon import Watcher, make_target, trusted_networks
 from .policy import MynetworksError
 from .presets import PRESETS, RuleOptions
 from .sources import SocketInUse
+from .trust import forgery_warnings
 from .values import servers
 
 PROG = "dracd-logwatch"
@@ -169,11 +170,15 @@ def _check(config: LogwatchConfig) -> int:
         return EX_CONFIG
     sources: list[Any] = [f"{s.path} ({s.format})" for s in config.sources.files]
     if config.sources.syslog_socket:
-        sources.append(f"syslog socket {config.sources.syslog_socket}")
+        checked = config.sources.syslog_socket_executables
+        sources.append(f"syslog socket {config.sources.syslog_socket}"
+                       + (f" (senders running {', '.join(checked)})" if checked else ""))
     if config.sources.journald:
         sources.append("journald")
     rules = ", ".join(rule.name for rule in config.rules())
     target = make_target(config.target).describe()
     print(f"{config.source}: OK (reading {', '.join(sources)}; rules {rules}; {len(trusted)} trusted networks; "
           f"sending to {target})")
+    for warning in forgery_warnings(config):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return EX_OK

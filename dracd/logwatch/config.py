@@ -32,7 +32,7 @@ from ..config import (
 )
 from .policy import MIN_PREFIX4, MIN_PREFIX6, IPNetwork, prefix_problem
 from .presets import PRESETS, Rule, RuleOptions, custom_rule, preset_rule
-from .values import WHY4, WHY6, dedup, duration, interval, prefix, programs, seconds, servers, strings
+from .values import WHY4, WHY6, dedup, duration, interval, prefix, programs, seconds, servers, strings, users
 
 FILE_FORMATS = ("syslog", "dovecot")
 
@@ -47,6 +47,8 @@ class FileSource:
 @dataclass(frozen=True)
 class JournalSource:
     executables: tuple[str, ...] = ()
+    #: uids; empty: any sender.
+    users: tuple[int, ...] = ()
     command: tuple[str, ...] = ("journalctl",)
 
 
@@ -54,6 +56,10 @@ class JournalSource:
 class Sources:
     files: tuple[FileSource, ...] = ()
     syslog_socket: Path | None = None
+    #: Credential checking: only datagrams whose sender (the kernel says) runs one of these...
+    syslog_socket_executables: tuple[str, ...] = ()
+    #: ...as one of these uids (empty: any).
+    syslog_socket_users: tuple[int, ...] = ()
     journald: JournalSource | None = None
     from_start: bool = False
     poll_interval: float = 0.25
@@ -111,7 +117,8 @@ _SOURCE_KEYS: dict[str, Any] = {
     "from_start": _bool, "poll_interval": interval,
 }
 _FILE_KEYS: dict[str, Any] = {"path": _str, "format": _choice(FILE_FORMATS)}
-_JOURNAL_KEYS: dict[str, Any] = {"executables": strings, "command": strings}
+_JOURNAL_KEYS: dict[str, Any] = {"executables": strings, "users": users, "command": strings}
+_SOCKET_KEYS: dict[str, Any] = {"path": _str, "executables": strings, "users": users}
 _TARGET_KEYS: dict[str, Any] = {
     "admin_socket": lambda v: None if v in (None, "") else _str(v),
     "servers": servers,
@@ -198,9 +205,24 @@ def _sources(data: dict[str, Any], base: Path, source: str) -> Sources:
         parsed.append(FileSource(_resolve(base, file_values["path"]), file_values.get("format", "syslog")))
     values["files"] = tuple(parsed)
     sock = values.pop("syslog_socket", None)
+    if isinstance(sock, dict):
+        settings = _convert(sock, _SOCKET_KEYS, "sources.syslog_socket.", source)
+        if "path" not in settings:
+            raise ConfigError(f"{source}: key 'sources.syslog_socket.path': required")
+        sock = settings["path"]
+        values["syslog_socket_executables"] = tuple(settings.get("executables", ()))
+        values["syslog_socket_users"] = tuple(settings.get("users", ()))
+        if values["syslog_socket_users"] and not values["syslog_socket_executables"]:
+            raise ConfigError(f"{source}: key 'sources.syslog_socket.users': needs executables (only then are "
+                              "senders checked)")
+        for exe in values["syslog_socket_executables"]:
+            if not exe.startswith("/"):
+                raise ConfigError(f"{source}: key 'sources.syslog_socket.executables': {exe!r}: expected an "
+                                  "absolute path (as /proc/PID/exe shows it)")
     if sock is not None:
         if not isinstance(sock, str) or not sock:
-            raise ConfigError(f"{source}: key 'sources.syslog_socket': expected a socket path")
+            raise ConfigError(f"{source}: key 'sources.syslog_socket': expected a socket path or a mapping "
+                              "with path and executables")
         values["syslog_socket"] = _resolve(base, sock)
     journal = values.pop("journald", False)
     if journal is True:

@@ -23,6 +23,7 @@ from .presets import Matcher
 from .record import LogRecord, parse_dovecot_line, parse_syslog_line
 from .sources import Journal, SyslogSocket
 from .target import AdminTarget, ServersTarget, Target
+from .trust import forgery_warnings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ def make_target(config: TargetConfig) -> Target:
     if config.admin_socket is not None:
         return AdminTarget(config.admin_socket, prog=config.program, timeout=config.timeout)
     return ServersTarget(config.servers, port=config.port, prog=config.program, timeout=config.timeout)
+
+
+def _socket_settings(config: LogwatchConfig) -> tuple[object, ...]:
+    sources = config.sources
+    return sources.syslog_socket, sources.syslog_socket_executables, sources.syslog_socket_users
 
 
 def _programs(config: LogwatchConfig) -> frozenset[str]:
@@ -158,6 +164,11 @@ class Watcher:
             raise
         log.info("watching %s; rules %s; sending to %s", self._describe_sources(),
                  ", ".join(rule.name for rule in self.matcher.rules), self.target.describe())
+        self._warn_forgeable()
+
+    def _warn_forgeable(self) -> None:
+        for warning in forgery_warnings(self.config):
+            log.warning("%s", warning)
 
     def _describe_sources(self) -> str:
         parts = [f"{path} ({item.format})" for path, item in self._files.items()]
@@ -179,7 +190,8 @@ class Watcher:
     async def _start_socket(self) -> None:
         path = self.config.sources.syslog_socket
         if path is not None:
-            self._socket = SyslogSocket(path, self.feed)
+            sources = self.config.sources
+            self._socket = SyslogSocket(path, self.feed, sources.syslog_socket_executables, sources.syslog_socket_users)
             await self._socket.start()
 
     def _start_journal(self) -> None:
@@ -187,7 +199,8 @@ class Watcher:
         if settings is None:
             return
         programs = [program for rule in self.matcher.rules for program in rule.programs]
-        journal = Journal(self.feed, programs=programs, executables=settings.executables, command=settings.command)
+        journal = Journal(self.feed, programs=programs, executables=settings.executables, users=settings.users,
+                          command=settings.command)
         self._journal = (journal, asyncio.create_task(journal.run(), name="logwatch-journal"))
 
     async def reload(self, config: LogwatchConfig) -> None:
@@ -213,13 +226,14 @@ class Watcher:
                     feed(line)
             else:
                 self._follow(source, from_start=False)
-        if config.sources.syslog_socket != old.sources.syslog_socket:
+        if _socket_settings(config) != _socket_settings(old):
             self._close_socket()
             await self._start_socket()
         if config.sources.journald != old.sources.journald or _programs(config) != _programs(old):
             await self._stop_journal()
             self._start_journal()
         log.info("reloaded %s: watching %s", config.source, self._describe_sources())
+        self._warn_forgeable()
 
     async def _unfollow(self, path: Path) -> None:
         followed = self._files.pop(path)

@@ -12,8 +12,14 @@ tests/vectors/logwatch/):
 
 * ``dovecot``: Dovecot 2.3's login processes, ``pop3-login: Login: user=<U>,
   method=M, rip=IP, lip=IP, ...`` (captured from Debian 12's Dovecot
-  2.3.19.1). Dovecot's log process calls openlog() without LOG_PID, so its
-  own syslog lines read ``dovecot: ...``; journald adds ``[pid]``.
+  2.3.19.1). Dovecot's log process (/usr/lib/dovecot/log) calls openlog()
+  without LOG_PID, so its datagrams read ``dovecot: ...``, and journald
+  (systemd 252) relays them to the syslog daemon unchanged: syslog files
+  hold ``dovecot: ...`` with no PID, exactly what ``logger -t dovecot``
+  writes (tests/test_logwatch_forgery.py shows both). Requiring a PID would
+  refuse every real line and stop no forger (``logger --id``), so the
+  preset does not; a syslog file is simply forgeable (see the daemon's
+  start-up warning). In journald the PID is ``_PID``.
 * ``uw``: UW ipop3d/imapd (alpine-2.26's imap tree): ``Login``, ``Auth``,
   ``APOP`` with ``nmsgs=`` (ipop3d, mailbox opened), ``Login``/
   ``Authenticated ... mech=`` (imapd); host is ``NAME [IP]`` or ``[IP]``,
@@ -188,19 +194,31 @@ class Matcher:
                 self._by_program.setdefault(program, []).append(rule)
         #: (rule name, program, pid) -> (address text, when seen)
         self._sessions: OrderedDict[tuple[str, str, int], tuple[str, float]] = OrderedDict()
+        #: Rules whose refusal of a PID-less login line was already logged as a warning.
+        self._warned_pid: set[str] = set()
 
     def match(self, record: LogRecord) -> Login | None:
         for rule in self._by_program.get(record.program, ()):
             if rule.require_pid and record.pid is None and not record.sole_writer:
                 if any(self._login(rule, record.message)):
-                    log.debug("refused a %s login line without a PID: %s: %s", rule.name, record.program,
-                              record.message)
+                    self._refused_without_pid(rule, record)
                 continue
             for ip in self._login(rule, record.message):
                 return Login(rule, ip)
             if (remembered := self._session(rule, record)) is not None:
                 return Login(rule, remembered)
         return None
+
+    def _refused_without_pid(self, rule: Rule, record: LogRecord) -> None:
+        """Once per rule a warning (a site whose MRA logs without a PID must hear of it), then debug."""
+        if rule.name in self._warned_pid:
+            log.debug("refused a %s login line without a PID: %s: %s", rule.name, record.program, record.message)
+            return
+        self._warned_pid.add(rule.name)
+        log.warning("refused a %s login line without a PID (%s: %s); said once. `logger -t %s` writes "
+                    "such lines; if %s's own lines have no PID here (no journald in front of the syslog "
+                    "daemon), set require_pid: false for %s, and any local user can then forge its logins",
+                    rule.name, record.program, record.message, record.program, record.program, rule.name)
 
     @staticmethod
     def _login(rule: Rule, message: str) -> Iterable[str]:

@@ -44,6 +44,8 @@ class LogRecord:
     sole_writer: bool = False
     #: journald's ``_EXE``: the sender's executable as the kernel reports it.
     exe: str | None = None
+    #: journald's ``_UID`` (or the socket's SCM_CREDENTIALS): the sender's uid as the kernel reports it.
+    uid: int | None = None
 
 
 _TS3164 = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
@@ -179,4 +181,6 @@ def parse_journal_entry(entry: Mapping[str, Any]) -> LogRecord | None:
     if _CONTROL.search(message) or _CONTROL.search(program) or " " in program:
         return None
     exe = entry.get("_EXE")
-    return LogRecord(program, int(pid), message, exe=exe if isinstance(exe, str) else None)
+    uid = entry.get("_UID")
+    return LogRecord(program, int(pid), message, exe=exe if isinstance(exe, str) else None,
+                     uid=int(uid) if isinstance(uid, str) and uid.isdigit() else None)

@@ -3,6 +3,7 @@ ValueError saying what was expected (config.py adds the file and key)."""
 
 from __future__ import annotations
 
+import pwd
 import re
 from typing import Any
 
@@ -71,3 +72,21 @@ def prefix(low: int, high: int, why: str) -> Any:
 
 WHY4 = "a wider prefix than a /16 is a whole provider's customers, not one user's network"
 WHY6 = "a wider prefix than a /48 (one site's allocation) is a whole provider's customers"
+
+
+def users(value: Any) -> tuple[int, ...]:
+    """User names or numeric uids, as uids (a name must exist now)."""
+    items: Any = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+    _expect("a user name or uid, or a list of them", isinstance(items, list) and bool(items), value)
+    uids = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**32:
+            uids.append(item)
+            continue
+        _expect("a user name or uid", isinstance(item, str) and bool(item), item)
+        name = str(item)
+        try:
+            uids.append(int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            raise ValueError(f"expected a user name or uid, got {item!r}: no such user") from None
+    return tuple(uids)
