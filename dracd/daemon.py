@@ -67,8 +67,7 @@ def lock_map(path: Path) -> int:
     map (say a mistaken ``dracd -i``) must fail before it touches the map."""
     lock = path.with_name(path.name + ".lock")
     try:
-        # Held read-only, so the lock never stops the file system from going read-only.
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = _open_private(lock)
     except OSError as exc:
         raise MapError(f"cannot write {lock}: {exc.strerror}") from None
     try:
@@ -83,6 +82,21 @@ def lock_map(path: Path) -> int:
     except OSError as exc:
         os.close(fd)
         raise MapError(f"cannot write {lock}: {exc.strerror}") from None
+    return fd
+
+
+def _open_private(lock: Path) -> int:
+    """``lock`` opened read-only (the lock never stops the file system from going read-only)
+    and private: anyone who could open it could hold its flock while dracd is down and keep
+    every start out. One that others may open (as older dracd versions left it) is replaced;
+    whoever holds its flock keeps only the old inode."""
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(lock, flags, 0o600)
+    info = os.fstat(fd)
+    if info.st_mode & 0o077 or info.st_uid != os.geteuid():
+        os.close(fd)
+        os.unlink(lock)
+        fd = os.open(lock, flags | os.O_EXCL, 0o600)
     return fd
 
 

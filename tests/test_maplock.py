@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -291,6 +292,25 @@ def test_a_map_locked_before_the_start_neither_stalls_the_start_nor_an_add(
     restarted = dracd()
     restarted.add_many(addresses(7))
     assert set(addresses(6, 3)) <= set(read_map(restarted.map_path)), "the restart lost the previous entries"
+
+
+def test_nobody_can_keep_dracd_from_starting_through_its_lock_file(
+    dracd: Callable[[], Dracd], holders: list[LockHolder]
+) -> None:
+    """``<map>.lock`` (which keeps a second dracd off the map) was mode 0644, so uid 65534
+    could hold its flock while dracd was down and every start then failed ("in use by
+    another dracd", exit 69). It is private now, and one that others may open, as an older
+    dracd left it, is replaced at start."""
+    server = dracd()
+    server.add_many(addresses(8, 2))
+    assert server.process.stop() == 0
+    lock = server.map_path.with_name(server.map_path.name + ".lock")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    lock.chmod(0o644)
+    holders.append(LockHolder.flock("-x", lock))
+    restarted = dracd()
+    restarted.add_many(addresses(9, 2))
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
 
 
 # The writer itself, in-process: the same locks held from another open file description.
