@@ -26,6 +26,7 @@ replies of one loop iteration go out in one write.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import resource
@@ -167,6 +168,8 @@ class StreamConnection(asyncio.Protocol):
         self._eof = False
         self.closed = False
         self.last_activity = self.loop.time()
+        #: Ties of last_activity go to the older connection (uvloop's clock moves once per iteration).
+        self.serial = next(server.serials)
         #: When the message now pending must be complete (loop time), None if none is.
         self._record_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -356,6 +359,7 @@ class StreamServer:
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.active: set[StreamConnection] = set()
+        self.serials = itertools.count()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> StreamServer:
@@ -376,7 +380,7 @@ class StreamServer:
                                 "refusing a %s: %d busy connections open", connection, len(self.active))
                 connection.abort()
                 return False
-            oldest = min(quiet, key=lambda c: c.last_activity)
+            oldest = min(quiet, key=lambda c: (c.last_activity, c.serial))
             limited.warning(f"evict-{self.framing.name}", "%d %s connections open: closing the quietest, %s",
                             len(self.active), self.framing.name, oldest)
             oldest.abort()  # leaves self.active now, so the next accept picks another
