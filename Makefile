@@ -24,7 +24,8 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 # berkeleydb's C extension builds against Debian's libdb5.3-dev.
 export BERKELEYDB_DIR := /usr
-SYNC := $(UV) sync --locked
+# --all-packages: dracd, dracclient and dracd-logwatch (the workspace members).
+SYNC := $(UV) sync --locked --all-packages
 TEST_SYNC := $(SYNC) --all-extras --group test --group lint
 
 .PHONY: install install-man apt-run apt-test venv-run venv-test run test lint lock test-lowest \
@@ -87,7 +88,7 @@ test: venv-test check-rpcbind lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv-test
-	$(BIN)/ruff check dracd client tests bench fuzz setup.py
+	$(BIN)/ruff check dracd client logwatch tests bench fuzz setup.py
 	$(BIN)/mypy
 
 # The declared floors are true: the lowest versions pyproject.toml allows for every
@@ -97,7 +98,7 @@ test-lowest: $(UV) apt-test check-rpcbind
 	rm -rf $(LOWEST)
 	$(UV) venv -q $(LOWEST)
 	$(UV) pip install -q --python $(LOWEST)/bin/python --resolution lowest-direct \
-		-e ./client -e '.[metrics,redis,uvloop]' --group pyproject.toml:test
+		-e ./client -e ./logwatch -e '.[metrics,redis,uvloop]' --group pyproject.toml:test
 	$(UV) pip list --python $(LOWEST)/bin/python
 	$(LOWEST)/bin/python -m pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)
 	$(LOWEST)/bin/python -m pytest -p no:cacheprovider tests/test_redis.py $(PYTEST_ARGS)

@@ -19,8 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dracclient import notify as sd
+
 from . import __version__
-from . import notify as sd
 from .config import Config, ConfigError, add_options, apply_options, load_config
 from .daemon import Daemon, MapInUse
 from .maps import MapError

@@ -14,8 +14,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dracclient.checks import LOG_LEVELS as LOG_LEVELS
+from dracclient.checks import ConfigError as ConfigError
+from dracclient.checks import (
+    SubkeyError,
+    boolean,
+    choice,
+    convert,
+    expect,
+    int_range,
+    networks,
+    read_yaml,
+    resolve,
+    string,
+)
 from dracclient.drac import DRACPROG
 from dracclient.durations import parse_duration
 
@@ -24,15 +36,10 @@ from .keys import Ipv6Keys
 DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
-LOG_LEVELS = ("debug", "info", "warning", "error")
 #: auto: uvloop when it is installed (the uvloop extra), else asyncio's own loop.
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: Berkeley DB access methods a map may use.
 MAP_TYPES = ("btree", "hash")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the file and key or line."""
 
 
 def parse_listen(text: str) -> str:
@@ -176,40 +183,10 @@ class Config:
         return self.allow_file if self.allow_file is not None else self.map.path.parent / "dracd.allow"
 
 
-def _expect(kind: str, check: bool, value: Any) -> None:
-    if not check:
-        raise ValueError(f"expected {kind}, got {value!r}")
-
-
-def _bool(value: Any) -> bool:
-    _expect("true or false", isinstance(value, bool), value)
-    return bool(value)
-
-
-def _int_range(low: int, high: int) -> Any:
-    def convert(value: Any) -> int:
-        _expect(f"an integer {low}..{high}", isinstance(value, int) and not isinstance(value, bool)
-                and low <= value <= high, value)
-        return int(value)
-    return convert
-
-
-def _choice(choices: tuple[str, ...]) -> Any:
-    def convert(value: Any) -> str:
-        _expect("one of " + ", ".join(choices), value in choices, value)
-        return str(value)
-    return convert
-
-
-def _str(value: Any) -> str:
-    _expect("a string", isinstance(value, str) and value != "", value)
-    return str(value)
-
-
 def _listen(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("an address or a list of addresses", isinstance(items, list) and bool(items), value)
-    return tuple(parse_listen(_str(item)) for item in items)
+    expect("an address or a list of addresses", isinstance(items, list) and bool(items), value)
+    return tuple(parse_listen(string(item)) for item in items)
 
 
 def _groups(value: Any) -> tuple[int, ...]:
@@ -219,17 +196,12 @@ def _groups(value: Any) -> tuple[int, ...]:
         if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
             gids.append(item)
             continue
-        _expect("a group name or number", isinstance(item, str) and item != "", item)
+        expect("a group name or number", isinstance(item, str) and item != "", item)
         try:
             gids.append(grp.getgrnam(item).gr_gid)
         except KeyError:
             raise ValueError(f"no such group {item!r}") from None
     return tuple(gids)
-
-
-def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    _expect("a list of networks like 192.0.2.0/24", isinstance(value, list), value)
-    return tuple(ipaddress.ip_network(_str(item), strict=False) for item in value)
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -242,52 +214,52 @@ def _udp_from(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     if value == "loopback":
         return LOOPBACK
     if isinstance(value, list):
-        return _networks(value)
+        return networks(value)
     raise ValueError(f"expected any, loopback or a list of networks, got {value!r}")
 
 
 def _optional_path(value: Any) -> str | None:
-    return None if value in (None, "") else _str(value)
+    return None if value in (None, "") else string(value)
 
 
 def _metrics_listen(value: Any) -> str | None:
     if value in (None, ""):
         return None
-    return parse_metrics_listen(_str(value))
+    return parse_metrics_listen(string(value))
 
 
 def _socketmap(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("a list of inet:ADDR:PORT or unix:PATH", isinstance(items, list), value)
-    return tuple(str(parse_spec(_str(item))) for item in items)
+    expect("a list of inet:ADDR:PORT or unix:PATH", isinstance(items, list), value)
+    return tuple(str(parse_spec(string(item))) for item in items)
 
 
 def _addresses(value: Any) -> tuple[tuple[str, int], ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("a list of HOST:PORT", isinstance(items, list) and bool(items), value)
-    return tuple(parse_host_port(_str(item)) for item in items)
+    expect("a list of HOST:PORT", isinstance(items, list) and bool(items), value)
+    return tuple(parse_host_port(string(item)) for item in items)
 
 
 def _timeout(value: Any) -> float:
-    _expect("seconds between 0.05 and 60", isinstance(value, int | float) and not isinstance(value, bool)
+    expect("seconds between 0.05 and 60", isinstance(value, int | float) and not isinstance(value, bool)
             and 0.05 <= value <= 60, value)
     return float(value)
 
 
 def _prefix(text: str) -> str:
     # The prefix is matched as a glob (SCAN MATCH, PSUBSCRIBE): no glob characters in it.
-    _expect("a string without * ? [ ] or \\", not any(c in text for c in "*?[]\\"), text)
+    expect("a string without * ? [ ] or \\", not any(c in text for c in "*?[]\\"), text)
     return text
 
 
 _REDIS_KEYS: dict[str, Any] = {
-    "url": lambda v: parse_redis_url(_str(v)),
+    "url": lambda v: parse_redis_url(string(v)),
     "sentinels": _addresses,
-    "service": _str,
+    "service": string,
     "cluster": _addresses,
-    "db": _int_range(0, 1_000_000),
-    "password": _str,
-    "prefix": lambda v: _prefix(_str(v)),
+    "db": int_range(0, 1_000_000),
+    "password": string,
+    "prefix": lambda v: _prefix(string(v)),
     "timeout": _timeout,
 }
 
@@ -296,35 +268,27 @@ def _redis(value: Any) -> RedisConfig | None:
     """The ``redis`` section (None: off). Its own errors name ``redis.KEY`` (see config_from_dict)."""
     if value is None:
         return None
-    _expect("a mapping (url:, sentinels: with service:, or cluster:) or null", isinstance(value, dict), value)
+    expect("a mapping (url:, sentinels: with service:, or cluster:) or null", isinstance(value, dict), value)
     out: dict[str, Any] = {}
     for key, item in value.items():
         if key not in _REDIS_KEYS:
-            raise _SubkeyError(f"redis.{key}", f"unknown key (known: {', '.join('redis.' + k for k in _REDIS_KEYS)})")
+            raise SubkeyError(f"redis.{key}", f"unknown key (known: {', '.join('redis.' + k for k in _REDIS_KEYS)})")
         try:
             out[key] = _REDIS_KEYS[key](item)
         except ValueError as exc:
-            raise _SubkeyError(f"redis.{key}", str(exc)) from None
+            raise SubkeyError(f"redis.{key}", str(exc)) from None
     given = [key for key in ("url", "sentinels", "cluster") if key in out]
     if len(given) != 1:
         raise ValueError("give exactly one of redis.url, redis.sentinels (with redis.service) or redis.cluster")
     if ("sentinels" in out) != ("service" in out):
         raise ValueError("redis.sentinels and redis.service go together")
     if "cluster" in out and out.get("db", 0) != 0:
-        raise _SubkeyError("redis.db", "a Redis Cluster has only database 0")
+        raise SubkeyError("redis.db", "a Redis Cluster has only database 0")
     return RedisConfig(**out)
 
 
-class _SubkeyError(ValueError):
-    """A bad key inside a section that is itself a top-level key: names the inner key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
 def _duration(value: Any) -> int:
-    return parse_duration(str(value) if isinstance(value, int) and not isinstance(value, bool) else _str(value))
+    return parse_duration(str(value) if isinstance(value, int) and not isinstance(value, bool) else string(value))
 
 
 def _cli_int(check: Callable[[Any], int]) -> Callable[[str], int]:
@@ -339,11 +303,11 @@ def _cli_int(check: Callable[[Any], int]) -> Callable[[str], int]:
 
 
 def _relative(value: Any, base: Path) -> Any:
-    return None if value is None else _resolve(base, str(value))
+    return None if value is None else resolve(base, str(value))
 
 
 def _relative_specs(specs: tuple[str, ...], base: Path) -> tuple[str, ...]:
-    return tuple(f"unix:{_resolve(base, spec[5:])}" if spec.startswith("unix:") else spec for spec in specs)
+    return tuple(f"unix:{resolve(base, spec[5:])}" if spec.startswith("unix:") else spec for spec in specs)
 
 
 @dataclass(frozen=True)
@@ -370,7 +334,7 @@ class Key:
 
     #: As written in YAML; "map.path" inside the map section, "redis" for the whole section.
     name: str
-    #: A YAML value -> the typed value; ValueError (or _SubkeyError) says what was expected.
+    #: A YAML value -> the typed value; ValueError (or SubkeyError) says what was expected.
     parse: Callable[[Any], Any]
     #: The Config (or MapConfig) attribute, when it is not the name.
     attribute: str = ""
@@ -399,41 +363,41 @@ def _redis_url_option(config: Config, url: str) -> Config:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("map.path", _str, resolve=_relative),
-    Key("map.type", _choice(MAP_TYPES), option=Option("--map-type", "Berkeley DB map type", choices=MAP_TYPES)),
-    Key("map.nul_terminated", _bool),
-    Key("map.cidr_keys", _bool),
-    Key("map.ipv6_keys", lambda v: Ipv6Keys(_choice(tuple(Ipv6Keys))(v))),
-    Key("map.allow_unsafe_directory", _bool),
+    Key("map.path", string, resolve=_relative),
+    Key("map.type", choice(MAP_TYPES), option=Option("--map-type", "Berkeley DB map type", choices=MAP_TYPES)),
+    Key("map.nul_terminated", boolean),
+    Key("map.cidr_keys", boolean),
+    Key("map.ipv6_keys", lambda v: Ipv6Keys(choice(tuple(Ipv6Keys))(v))),
+    Key("map.allow_unsafe_directory", boolean),
     Key("lifetime", _duration, reloadable=True,
         option=Option("--lifetime", "entry lifetime, e.g. 90s, 30m", metavar="DURATION")),
-    Key("allow_file", _str, reloadable=True, resolve=_relative,
+    Key("allow_file", string, reloadable=True, resolve=_relative,
         option=Option("--allow", "allow file", metavar="FILE")),
-    Key("initialize", _bool),
+    Key("initialize", boolean),
     Key("listen", _listen, option=Option(
         "--listen", "address to listen on (repeatable; default all IPv4 and IPv6)", kind="append",
         parse=parse_listen, metavar="ADDR")),
-    Key("port", _int_range(0, 65535), option=Option(
-        "--port", "port for UDP and TCP (0 = any free port)", parse=_cli_int(_int_range(0, 65535)), metavar="N")),
-    Key("rpcbind", _bool, option=Option("--no-rpcbind", "do not register with rpcbind", kind="off")),
-    Key("program", _int_range(1, 0xFFFFFFFF), option=Option(
-        "--program", "", parse=_cli_int(_int_range(1, 0xFFFFFFFF)), hidden=True)),
-    Key("log_level", _choice(LOG_LEVELS), reloadable=True,
+    Key("port", int_range(0, 65535), option=Option(
+        "--port", "port for UDP and TCP (0 = any free port)", parse=_cli_int(int_range(0, 65535)), metavar="N")),
+    Key("rpcbind", boolean, option=Option("--no-rpcbind", "do not register with rpcbind", kind="off")),
+    Key("program", int_range(1, 0xFFFFFFFF), option=Option(
+        "--program", "", parse=_cli_int(int_range(1, 0xFFFFFFFF)), hidden=True)),
+    Key("log_level", choice(LOG_LEVELS), reloadable=True,
         option=Option("--log-level", "log verbosity (default info)", choices=LOG_LEVELS)),
-    Key("syslog", _bool, option=Option(
+    Key("syslog", boolean, option=Option(
         "--syslog", "log to syslog, facility mail (default: rpc.dracd yes, dracd stderr)", kind="on")),
     Key("admin_socket", _optional_path, resolve=_relative, option=Option(
         "--admin-socket", "UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)",
         parse=str, metavar="PATH")),
     Key("admin_group", _groups, attribute="admin_groups", reloadable=True),
-    Key("admin_allow", _networks, reloadable=True),
+    Key("admin_allow", networks, reloadable=True),
     Key("udp_from", _udp_from, reloadable=True),
-    Key("max_entries", _int_range(1, 100_000_000), reloadable=True),
-    Key("rate_per_caller", _int_range(0, 1_000_000), reloadable=True),
-    Key("user", _str, option=Option("--user", "run as USER once bound and registered (needs root)", metavar="USER")),
-    Key("group", _str, option=Option("--group", "with --user: run with this group", metavar="GROUP")),
-    Key("max_connections", _int_range(1, 65_536)),
-    Key("max_record", _int_range(1024, 16 * 1024 * 1024)),
+    Key("max_entries", int_range(1, 100_000_000), reloadable=True),
+    Key("rate_per_caller", int_range(0, 1_000_000), reloadable=True),
+    Key("user", string, option=Option("--user", "run as USER once bound and registered (needs root)", metavar="USER")),
+    Key("group", string, option=Option("--group", "with --user: run with this group", metavar="GROUP")),
+    Key("max_connections", int_range(1, 65_536)),
+    Key("max_record", int_range(1024, 16 * 1024 * 1024)),
     Key("idle_timeout", _duration),
     Key("record_timeout", _duration),
     Key("metrics_listen", _metrics_listen, option=Option(
@@ -446,7 +410,7 @@ KEYS: tuple[Key, ...] = (
         "--redis", "share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
         "(needs the redis extra; overrides redis: in the config)", parse=parse_redis_url, metavar="URL",
         apply=_redis_url_option)),
-    Key("event_loop", _choice(EVENT_LOOPS), option=Option(
+    Key("event_loop", choice(EVENT_LOOPS), option=Option(
         "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
         choices=EVENT_LOOPS)),
 )
@@ -458,26 +422,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
 REDIS_KEYS = tuple(_REDIS_KEYS)
 
 
-def _convert(section: dict[str, Any], table: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
-    """A section by a table of converters (dracd-logwatch's config); ConfigError names the key."""
-    out = {}
-    for key, value in section.items():
-        name = f"{prefix}{key}"
-        if key not in table:
-            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(prefix + k for k in table)})")
-        try:
-            out[key] = table[key](value)
-        except _SubkeyError as exc:
-            raise ConfigError(f"{source}: key {exc.key!r}: {exc}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{source}: key {name!r}: {exc}") from None
-    return out
-
-
 def _section(section: dict[str, Any], prefix: str, source: str, base: Path) -> dict[str, Any]:
     """The typed values of one section of dracd's config, by attribute, paths resolved."""
     keys = SECTIONS[prefix.rstrip(".")]
-    values = _convert(section, {name: key.parse for name, key in keys.items()}, prefix, source)
+    values = convert(section, {name: key.parse for name, key in keys.items()}, prefix, source)
     out = {}
     for name, value in values.items():
         key = keys[name]
@@ -485,31 +433,11 @@ def _section(section: dict[str, Any], prefix: str, source: str, base: Path) -> d
     return out
 
 
-def _resolve(base: Path, text: str) -> Path:
-    path = Path(text)
-    return path if path.is_absolute() else (base / path).resolve()
-
-
 def load_config(path: Path | None) -> Config:
     """The configuration in ``path`` (defaults when None); raises ConfigError."""
     if path is None:
         return Config()
     return config_from_dict(read_yaml(path), path)
-
-
-def read_yaml(path: Path) -> Any:
-    """The YAML document in ``path`` ({} if empty); ConfigError names the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return data or {}
 
 
 def config_from_dict(data: Any, path: Path) -> Config:

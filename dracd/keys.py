@@ -21,35 +21,19 @@ import re
 import socket
 from dataclasses import dataclass
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: What the table holds: a host address, or a network (never a /32 or /128: those are hosts).
-Entry = IPAddress | IPNetwork
+# The address types and rules are the protocol's (dracclient, shared with dracd-logwatch);
+# the rest of dracd takes them from here, with the key rules.
+from dracclient.drac import Entry as Entry
+from dracclient.drac import IPAddress as IPAddress
+from dracclient.drac import IPNetwork as IPNetwork
+from dracclient.drac import canonical as canonical
+from dracclient.drac import relayable as relayable
 
 
 class Ipv6Keys(enum.StrEnum):
     POSTFIX = "postfix"
     SENDMAIL = "sendmail"
     BOTH = "both"
-
-
-def canonical(address: IPAddress) -> IPAddress:
-    """Fold IPv4-mapped IPv6 addresses to IPv4, as the MTAs see such clients."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
-def relayable(address: IPAddress) -> bool:
-    """Whether an address may become a key: a unicast host, not a wildcard."""
-    return not (
-        address.is_unspecified
-        or address.is_multicast
-        or address == _BROADCAST
-    )
-
-
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def entry_network(network: IPNetwork) -> Entry | None:

@@ -22,9 +22,9 @@ import yaml
 from dracclient import cli as dracctl_cli
 from dracd import cli as dracd_cli
 from dracd import config as dracd_config
-from dracd.logwatch import cli as logwatch_cli
-from dracd.logwatch import config as logwatch_config
-from dracd.logwatch.presets import PRESETS
+from dracd_logwatch import cli as logwatch_cli
+from dracd_logwatch import config as logwatch_config
+from dracd_logwatch.presets import PRESETS
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = REPO / "docs" / "man"

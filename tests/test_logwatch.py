@@ -52,9 +52,9 @@ from typing import Any
 
 import pytest
 
-from dracd.logwatch import cli
-from dracd.logwatch.config import LogwatchConfig, config_from_dict, load_config, validate
-from dracd.logwatch.policy import (
+from dracd_logwatch import cli
+from dracd_logwatch.config import LogwatchConfig, config_from_dict, load_config, validate
+from dracd_logwatch.policy import (
     Policy,
     expand,
     parse_address,
@@ -62,15 +62,15 @@ from dracd.logwatch.policy import (
     postfix_mynetworks,
     prefix_problem,
 )
-from dracd.logwatch.presets import PRESETS, SESSION_TTL, Login, Matcher, RuleOptions, preset_rule
-from dracd.logwatch.record import (
+from dracd_logwatch.presets import PRESETS, SESSION_TTL, Login, Matcher, RuleOptions, preset_rule
+from dracd_logwatch.record import (
     LogRecord,
     parse_dovecot_line,
     parse_journal_entry,
     parse_syslog_datagram,
     parse_syslog_line,
 )
-from dracd.logwatch.sources import Journal
+from dracd_logwatch.sources import Journal
 
 ALL = [preset_rule(name, RuleOptions()) for name in PRESETS]
 H = "Nov 28 19:33:18 mail"  # a traditional rsyslog file header (timestamp, host)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dracd.logwatch.policy import parse_address
-from dracd.logwatch.presets import PRESETS, Matcher, RuleOptions, preset_rule
-from dracd.logwatch.record import LogRecord, parse_syslog_datagram, parse_syslog_line
+from dracd_logwatch.policy import parse_address
+from dracd_logwatch.presets import PRESETS, Matcher, RuleOptions, preset_rule
+from dracd_logwatch.record import LogRecord, parse_syslog_datagram, parse_syslog_line
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from dracd.logwatch.config import LogwatchConfig, config_from_dict, validate
-from dracd.logwatch.daemon import Watcher
-from dracd.logwatch.follow import MAX_LINE, FileFollower
-from dracd.logwatch.record import LogRecord
-from dracd.logwatch.sources import SocketInUse, SyslogSocket, bind_syslog_socket
+from dracd_logwatch.config import LogwatchConfig, config_from_dict, validate
+from dracd_logwatch.daemon import Watcher
+from dracd_logwatch.follow import MAX_LINE, FileFollower
+from dracd_logwatch.record import LogRecord
+from dracd_logwatch.sources import SocketInUse, SyslogSocket, bind_syslog_socket
 from tests.fixtures.dovecot import DovecotInstance
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.process import BIN, DracdProcess

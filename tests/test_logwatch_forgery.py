@@ -39,9 +39,9 @@ from typing import Any
 import pytest
 
 from dracd.keys import Entry
-from dracd.logwatch.config import LogwatchConfig, config_from_dict, validate
-from dracd.logwatch.daemon import Watcher
-from dracd.logwatch.target import Target
+from dracd_logwatch.config import LogwatchConfig, config_from_dict, validate
+from dracd_logwatch.daemon import Watcher
+from dracd_logwatch.target import Target
 from tests.fixtures.dovecot import DovecotInstance
 from tests.fixtures.journald import WRITER, ForwardingJournald, PrivateJournald
 
@@ -162,7 +162,7 @@ def test_following_a_syslog_file_warns_at_start(tmp_path: Path, caplog: pytest.L
         await watcher.start()
         await watcher.stop()
 
-    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
@@ -182,7 +182,7 @@ def test_a_dovecot_log_file_others_may_write_warns(tmp_path: Path, caplog: pytes
         await watcher.start()
         await watcher.stop()
 
-    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(dovecot) in warnings[0], warnings
@@ -235,7 +235,7 @@ def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_d
         finally:
             await watcher.stop()
 
-    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
         asyncio.run(scenario())
     assert target.added == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -275,7 +275,7 @@ def test_credential_checking_socket_takes_only_listed_executables(
         finally:
             await watcher.stop()
 
-    with caplog.at_level(logging.DEBUG, logger="dracd.logwatch"):
+    with caplog.at_level(logging.DEBUG, logger="dracd_logwatch"):
         asyncio.run(scenario())
     assert target.added == ["192.0.2.13"]
     assert [(r.program, r.exe) for r in seen] == [("ipop3d", str(daemon))]
@@ -436,7 +436,7 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
             finally:
                 await watcher.stop()
 
-        with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+        with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
             asyncio.run(scenario())
         # The forgeries did reach the journal (journald parses no RFC 5424: that one's identifier
         # is not ipop3d), but not with the _PID and _EXE they claimed.
@@ -460,7 +460,7 @@ def test_journald_without_executables_warns_at_start(tmp_path: Path, caplog: pyt
         await watcher.start()
         await watcher.stop()
 
-    with caplog.at_level(logging.INFO, logger="dracd.logwatch"):
+    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
         asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "journald without executables" in warnings[0], warnings
@@ -515,7 +515,7 @@ def test_journald_relays_dovecots_and_loggers_lines_alike(tmp_path: Path, short_
         finally:
             await watcher.stop()
 
-    with caplog.at_level(logging.WARNING, logger="dracd.logwatch"):
+    with caplog.at_level(logging.WARNING, logger="dracd_logwatch"):
         asyncio.run(scenario())
     assert target.added == ["192.0.2.30", "203.0.113.30"]
     assert any(str(mail) in r.getMessage() and "forged" in r.getMessage() for r in caplog.records)

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from dracd.logwatch.presets import Matcher, RuleOptions, preset_rule
-from dracd.logwatch.record import LogRecord
-from dracd.logwatch.sources import Journal
+from dracd_logwatch.presets import Matcher, RuleOptions, preset_rule
+from dracd_logwatch.record import LogRecord
+from dracd_logwatch.sources import Journal
 from tests.fixtures.journald import PrivateJournald
 
 UW = preset_rule("uw", RuleOptions())

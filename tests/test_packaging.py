@@ -3,6 +3,7 @@ an install that is safe on a production mail host (the reproducible set-up issue
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def console_scripts(distribution: str) -> list[str]:
                   if ep.group == "console_scripts")
 
 
-@pytest.mark.parametrize("command", console_scripts("dracd") + console_scripts("dracclient"))
+DISTRIBUTIONS = ("dracd", "dracclient", "dracd-logwatch")
+
+
+@pytest.mark.parametrize("command", [name for dist in DISTRIBUTIONS for name in console_scripts(dist)])
 def test_every_command_answers_version(command: str) -> None:
     result = subprocess.run([str(Path(sys.executable).parent / command), "--version"], capture_output=True,
                             text=True, timeout=30, check=False)
@@ -42,8 +46,9 @@ def test_dracd_requires_the_dracclient_of_its_own_version() -> None:
     import dracd
 
     assert dracd.__version__ == VERSION
-    assert metadata.version("dracd") == metadata.version("dracclient") == VERSION
+    assert metadata.version("dracd") == metadata.version("dracclient") == metadata.version("dracd-logwatch") == VERSION
     assert f"dracclient=={VERSION}" in (metadata.requires("dracd") or [])
+    assert sorted(metadata.requires("dracd-logwatch") or []) == [f"dracclient=={VERSION}", "pyyaml>=6"]
 
 
 def test_the_version_is_written_in_one_place() -> None:
@@ -56,7 +61,7 @@ def test_the_version_is_written_in_one_place() -> None:
     assert set(result.stdout.split()) - {"uv.lock", "CHANGELOG.md"} == {"client/dracclient/__init__.py"}
 
 
-@pytest.mark.parametrize("distribution", ["dracd", "dracclient"])
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_metadata_license_and_pythons(distribution: str) -> None:
     """The classifiers name exactly the Pythons that `make test-pythons` runs."""
     meta = metadata.metadata(distribution)
@@ -94,3 +99,24 @@ def test_every_python_install_is_locked() -> None:
                 or ("pip install" in line and "--require-hashes -r tools/uv.txt" in line)), line
     pins = (REPO / "tools" / "uv.txt").read_text()
     assert re.search(r"^uv==\S+ \\$", pins, re.MULTILINE) and "--hash=sha256:" in pins
+
+
+def test_the_log_watcher_installs_without_the_server(tmp_path: Path) -> None:
+    """An MRA host that only tails its logs gets dracclient and PyYAML, not Berkeley DB,
+    psutil or the daemon (uv from the lock's cache; nothing else is installed)."""
+    uv = REPO / ".cache" / "uv-tool" / "bin" / "uv"
+    venv = tmp_path / "venv"
+    env = {**os.environ, "BERKELEYDB_DIR": "/usr"}
+    env.pop("VIRTUAL_ENV", None)
+    subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120, env=env)
+    pyyaml = metadata.version("pyyaml")
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    str(REPO / "client"), str(REPO / "logwatch"), f"pyyaml=={pyyaml}"],
+                   check=True, timeout=300, env=env)
+    helped = subprocess.run([str(venv / "bin" / "dracd-logwatch"), "--help"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert helped.returncode == 0 and "usage: dracd-logwatch" in helped.stdout, helped.stderr
+    for module in ("berkeleydb", "psutil", "dracd"):
+        probe = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True,
+                               timeout=60, check=False, cwd=tmp_path)  # not the checkout: its dracd/ is there
+        assert probe.returncode != 0, f"{module} is importable beside dracd-logwatch"

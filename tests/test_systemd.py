@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dracd import notify as sd
+from dracclient import notify as sd
 from dracd.config import DEFAULT_ADMIN_SOCKET, DEFAULT_MAP
 from tests.fixtures.process import (
     DRACD,
@@ -179,7 +179,7 @@ def test_ready_after_user_switch_reaches_a_socket_the_user_cannot(start: Start, 
         shutil.rmtree(work, ignore_errors=True)
 
 
-# 2. dracd.notify itself
+# 2. dracclient.notify itself
 
 
 @pytest.fixture

@@ -466,8 +466,8 @@ def test_logwatch_uw_preset_reads_the_real_servers_lines(uw: UWImapServers, drac
     """The lines ipop3d and imapd really write are what dracd-logwatch's uw preset
     recognizes (for MRAs that are not patched): a login yields its client, a
     failed login and everything else nothing."""
-    from dracd.logwatch.presets import Matcher, RuleOptions, preset_rule
-    from dracd.logwatch.record import parse_syslog_datagram
+    from dracd_logwatch.presets import Matcher, RuleOptions, preset_rule
+    from dracd_logwatch.record import parse_syslog_datagram
 
     pop3_login(uw, "127.0.0.21", account)
     with uw.imap("::1") as imap:

@@ -10,10 +10,9 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from .drac import IPAddress
+from .drac import IPAddress, IPNetwork
 from .xdr import Packer, Unpacker, XdrError
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: What an admin procedure names: a host address, or a network (an authorized prefix).
 Target = IPAddress | IPNetwork
 

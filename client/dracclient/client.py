@@ -23,6 +23,7 @@ from .drac import (
     DRACPROG,
     AddStat,
     IPAddress,
+    canonical,
     decode_addstat,
     encode_add_args,
     version_for,
@@ -73,10 +74,7 @@ def server_host(server: str) -> str:
 
 def add_address(address: str | IPAddress) -> IPAddress:
     """The address to authorize; IPv4-mapped IPv6 becomes IPv4. Raises ValueError."""
-    addr = ipaddress.ip_address(address)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
+    return canonical(ipaddress.ip_address(address))
 
 
 def check_options(

@@ -19,6 +19,22 @@ DRACPROC_NULL = 0
 DRACPROC_ADD = 1
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: What a relay table holds: a host address, or a network (never a /32 or /128: those are hosts).
+Entry = IPAddress | IPNetwork
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def canonical(address: IPAddress) -> IPAddress:
+    """Fold IPv4-mapped IPv6 addresses to IPv4, as the MTAs see such clients."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def relayable(address: IPAddress) -> bool:
+    """Whether an address may become a key: a unicast host, not a wildcard."""
+    return not (address.is_unspecified or address.is_multicast or address == _BROADCAST)
 
 
 class AddStat(enum.IntEnum):

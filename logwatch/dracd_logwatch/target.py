@@ -22,10 +22,8 @@ from pathlib import Path
 
 from dracclient import aio
 from dracclient.admin import AdminClient
-from dracclient.drac import DRACPROG
+from dracclient.drac import DRACPROG, Entry, IPAddress
 from dracclient.errors import DracError
-
-from ..keys import Entry, IPAddress
 
 log = logging.getLogger(__name__)
 

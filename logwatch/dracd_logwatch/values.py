@@ -7,16 +7,15 @@ import pwd
 import re
 from typing import Any
 
+from dracclient.checks import expect, string
 from dracclient.client import server_host
 from dracclient.durations import parse_duration
-
-from ..config import _expect, _str
 
 _PROGRAM = re.compile(r"[^\s\[\]:]+")
 
 
 def duration(value: Any) -> int:
-    _expect("a duration like 90s, 30m or 2h", isinstance(value, str), value)
+    expect("a duration like 90s, 30m or 2h", isinstance(value, str), value)
     return parse_duration(value)
 
 
@@ -27,30 +26,30 @@ def dedup(value: Any) -> int:
 def seconds(value: Any) -> float:
     if isinstance(value, str):
         return float(parse_duration(value))
-    _expect("a number of seconds", isinstance(value, int | float) and not isinstance(value, bool)
+    expect("a number of seconds", isinstance(value, int | float) and not isinstance(value, bool)
             and 0 < value <= 300, value)
     return float(value)
 
 
 def interval(value: Any) -> float:
-    _expect("a number of seconds (0.01..60)", isinstance(value, int | float) and not isinstance(value, bool)
+    expect("a number of seconds (0.01..60)", isinstance(value, int | float) and not isinstance(value, bool)
             and 0.01 <= value <= 60, value)
     return float(value)
 
 
 def programs(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("a program name (syslog tag) or a list of them", isinstance(items, list) and bool(items), value)
+    expect("a program name (syslog tag) or a list of them", isinstance(items, list) and bool(items), value)
     for item in items:
-        _expect("a program name without spaces, brackets or colons",
+        expect("a program name without spaces, brackets or colons",
                 isinstance(item, str) and _PROGRAM.fullmatch(item) is not None, item)
     return tuple(items)
 
 
 def strings(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    _expect("a string or a list of strings", isinstance(items, list) and bool(items), value)
-    return tuple(_str(item) for item in items)
+    expect("a string or a list of strings", isinstance(items, list) and bool(items), value)
+    return tuple(string(item) for item in items)
 
 
 def servers(value: Any) -> tuple[str, ...]:
@@ -62,10 +61,10 @@ def servers(value: Any) -> tuple[str, ...]:
 
 def prefix(low: int, high: int, why: str) -> Any:
     def convert(value: Any) -> int:
-        _expect(f"a prefix length {low}..{high}", isinstance(value, int) and not isinstance(value, bool), value)
+        expect(f"a prefix length {low}..{high}", isinstance(value, int) and not isinstance(value, bool), value)
         if value < low:
             raise ValueError(f"/{value} is shorter than /{low}: {why}")
-        _expect(f"a prefix length {low}..{high}", value <= high, value)
+        expect(f"a prefix length {low}..{high}", value <= high, value)
         return int(value)
     return convert
 
@@ -77,13 +76,13 @@ WHY6 = "a wider prefix than a /48 (one site's allocation) is a whole provider's 
 def users(value: Any) -> tuple[int, ...]:
     """User names or numeric uids, as uids (a name must exist now)."""
     items: Any = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
-    _expect("a user name or uid, or a list of them", isinstance(items, list) and bool(items), value)
+    expect("a user name or uid, or a list of them", isinstance(items, list) and bool(items), value)
     uids = []
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**32:
             uids.append(item)
             continue
-        _expect("a user name or uid", isinstance(item, str) and bool(item), item)
+        expect("a user name or uid", isinstance(item, str) and bool(item), item)
         name = str(item)
         try:
             uids.append(int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid)

@@ -18,13 +18,14 @@ import logging
 import signal
 import sys
 from dataclasses import replace
+from os import EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE, EX_USAGE  # sysexits.h
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..cli import EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE, EX_USAGE
-from ..config import LOG_LEVELS, ConfigError
-from ..notify import notify
+from dracclient import __version__
+from dracclient.checks import LOG_LEVELS, ConfigError
+from dracclient.notify import notify
+
 from .config import FileSource, LogwatchConfig, load_config, validate
 from .daemon import Watcher, make_target, trusted_networks
 from .policy import MynetworksError
@@ -34,7 +35,7 @@ from .trust import forgery_warnings
 from .values import servers
 
 PROG = "dracd-logwatch"
-log = logging.getLogger("dracd.logwatch")
+log = logging.getLogger("dracd_logwatch")
 
 
 def build_parser() -> argparse.ArgumentParser:

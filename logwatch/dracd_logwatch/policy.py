@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..keys import Entry, IPAddress, canonical, relayable
+from dracclient.drac import Entry, IPAddress, canonical, relayable
+
 from .presets import Login
 
 log = logging.getLogger(__name__)

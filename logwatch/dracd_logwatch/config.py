@@ -15,21 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dracclient.drac import DRACPROG
-
-from ..config import (
-    DEFAULT_ADMIN_SOCKET,
+from dracclient.admin import DEFAULT_SOCKET
+from dracclient.checks import (
     LOG_LEVELS,
     ConfigError,
-    _bool,
-    _choice,
-    _convert,
-    _int_range,
-    _networks,
-    _resolve,
-    _str,
+    boolean,
+    choice,
+    convert,
+    int_range,
+    networks,
     read_yaml,
+    resolve,
+    string,
 )
+from dracclient.drac import DRACPROG
+
 from .policy import MIN_PREFIX4, MIN_PREFIX6, IPNetwork, prefix_problem
 from .presets import PRESETS, Rule, RuleOptions, custom_rule, preset_rule
 from .values import WHY4, WHY6, dedup, duration, interval, prefix, programs, seconds, servers, strings, users
@@ -75,7 +75,7 @@ class CustomPattern:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    admin_socket: Path | None = DEFAULT_ADMIN_SOCKET
+    admin_socket: Path | None = Path(DEFAULT_SOCKET)
     servers: tuple[str, ...] = ()
     port: int | None = None
     program: int = DRACPROG
@@ -108,30 +108,30 @@ _RULE_KEYS: dict[str, Any] = {
     "lifetime": duration,
     "prefix4": prefix(MIN_PREFIX4, 32, WHY4),
     "prefix6": prefix(MIN_PREFIX6, 128, WHY6),
-    "require_pid": _bool,
+    "require_pid": boolean,
     "programs": programs,
 }
-_PATTERN_KEYS: dict[str, Any] = {**_RULE_KEYS, "name": _str, "program": programs, "regex": _str}
+_PATTERN_KEYS: dict[str, Any] = {**_RULE_KEYS, "name": string, "program": programs, "regex": string}
 _SOURCE_KEYS: dict[str, Any] = {
     "files": lambda v: v, "syslog_socket": lambda v: v, "journald": lambda v: v,
-    "from_start": _bool, "poll_interval": interval,
+    "from_start": boolean, "poll_interval": interval,
 }
-_FILE_KEYS: dict[str, Any] = {"path": _str, "format": _choice(FILE_FORMATS)}
+_FILE_KEYS: dict[str, Any] = {"path": string, "format": choice(FILE_FORMATS)}
 _JOURNAL_KEYS: dict[str, Any] = {"executables": strings, "users": users, "command": strings}
-_SOCKET_KEYS: dict[str, Any] = {"path": _str, "executables": strings, "users": users}
+_SOCKET_KEYS: dict[str, Any] = {"path": string, "executables": strings, "users": users}
 _TARGET_KEYS: dict[str, Any] = {
-    "admin_socket": lambda v: None if v in (None, "") else _str(v),
+    "admin_socket": lambda v: None if v in (None, "") else string(v),
     "servers": servers,
-    "port": _int_range(1, 65535),
-    "program": _int_range(1, 0xFFFFFFFF),
+    "port": int_range(1, 65535),
+    "program": int_range(1, 0xFFFFFFFF),
     "timeout": seconds,
 }
 _TOP_KEYS: dict[str, Any] = {
     "sources": lambda v: v, "presets": lambda v: v, "patterns": lambda v: v, "target": lambda v: v,
-    "trusted": _networks,
-    "postfix_mynetworks": lambda v: v if isinstance(v, bool) else _str(v),
+    "trusted": networks,
+    "postfix_mynetworks": lambda v: v if isinstance(v, bool) else string(v),
     "dedup": dedup,
-    "log_level": _choice(LOG_LEVELS),
+    "log_level": choice(LOG_LEVELS),
 }
 
 
@@ -144,7 +144,7 @@ def _section(data: Any, key: str, source: str) -> dict[str, Any]:
 
 
 def _rule_options(data: dict[str, Any], prefix: str, source: str) -> RuleOptions:
-    return RuleOptions(**_convert(data, _RULE_KEYS, prefix, source))
+    return RuleOptions(**convert(data, _RULE_KEYS, prefix, source))
 
 
 def _presets(data: Any, source: str) -> tuple[tuple[str, RuleOptions], ...]:
@@ -170,7 +170,7 @@ def _patterns(data: Any, source: str) -> tuple[CustomPattern, ...]:
     out: list[CustomPattern] = []
     for index, item in enumerate(data):
         key = f"patterns[{index}]"
-        values = _convert(_section(item, key, source), _PATTERN_KEYS, f"{key}.", source)
+        values = convert(_section(item, key, source), _PATTERN_KEYS, f"{key}.", source)
         for required in ("name", "regex"):
             if required not in values:
                 raise ConfigError(f"{source}: key '{key}.{required}': required")
@@ -192,21 +192,21 @@ def _patterns(data: Any, source: str) -> tuple[CustomPattern, ...]:
 
 
 def _sources(data: dict[str, Any], base: Path, source: str) -> Sources:
-    values = _convert(data, _SOURCE_KEYS, "sources.", source)
+    values = convert(data, _SOURCE_KEYS, "sources.", source)
     files = values.pop("files", None) or []
     if not isinstance(files, list):
         raise ConfigError(f"{source}: key 'sources.files': expected a list of paths")
     parsed = []
     for index, item in enumerate(files):
         item = {"path": item} if isinstance(item, str) else _section(item, f"sources.files[{index}]", source)
-        file_values = _convert(item, _FILE_KEYS, f"sources.files[{index}].", source)
+        file_values = convert(item, _FILE_KEYS, f"sources.files[{index}].", source)
         if "path" not in file_values:
             raise ConfigError(f"{source}: key 'sources.files[{index}].path': required")
-        parsed.append(FileSource(_resolve(base, file_values["path"]), file_values.get("format", "syslog")))
+        parsed.append(FileSource(resolve(base, file_values["path"]), file_values.get("format", "syslog")))
     values["files"] = tuple(parsed)
     sock = values.pop("syslog_socket", None)
     if isinstance(sock, dict):
-        settings = _convert(sock, _SOCKET_KEYS, "sources.syslog_socket.", source)
+        settings = convert(sock, _SOCKET_KEYS, "sources.syslog_socket.", source)
         if "path" not in settings:
             raise ConfigError(f"{source}: key 'sources.syslog_socket.path': required")
         sock = settings["path"]
@@ -223,25 +223,25 @@ def _sources(data: dict[str, Any], base: Path, source: str) -> Sources:
         if not isinstance(sock, str) or not sock:
             raise ConfigError(f"{source}: key 'sources.syslog_socket': expected a socket path or a mapping "
                               "with path and executables")
-        values["syslog_socket"] = _resolve(base, sock)
+        values["syslog_socket"] = resolve(base, sock)
     journal = values.pop("journald", False)
     if journal is True:
         values["journald"] = JournalSource()
     elif isinstance(journal, dict):
-        values["journald"] = JournalSource(**_convert(journal, _JOURNAL_KEYS, "sources.journald.", source))
+        values["journald"] = JournalSource(**convert(journal, _JOURNAL_KEYS, "sources.journald.", source))
     elif journal not in (False, None):
         raise ConfigError(f"{source}: key 'sources.journald': expected true, false or a mapping")
     return Sources(**values)
 
 
 def _target(data: dict[str, Any], base: Path, source: str) -> TargetConfig:
-    values = _convert(data, _TARGET_KEYS, "target.", source)
+    values = convert(data, _TARGET_KEYS, "target.", source)
     if values.get("admin_socket") and values.get("servers"):
         raise ConfigError(f"{source}: key 'target': give admin_socket or servers, not both")
     if "servers" in values:
         values.setdefault("admin_socket", None)
     if values.get("admin_socket"):
-        values["admin_socket"] = _resolve(base, values["admin_socket"])
+        values["admin_socket"] = resolve(base, values["admin_socket"])
     return TargetConfig(**values)
 
 
@@ -256,10 +256,10 @@ def config_from_dict(data: Any, path: Path) -> LogwatchConfig:
     source, base = str(path), path.parent
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
-    top = _convert(data, _TOP_KEYS, "", source)
+    top = convert(data, _TOP_KEYS, "", source)
     mynetworks = top.pop("postfix_mynetworks", False)
     if isinstance(mynetworks, str):
-        top["postfix_config"] = _resolve(base, mynetworks)
+        top["postfix_config"] = resolve(base, mynetworks)
     top["postfix_mynetworks"] = bool(mynetworks)
     top["sources"] = _sources(_section(top.pop("sources", None), "sources", source), base, source)
     top["presets"] = _presets(top.pop("presets", None), source)
