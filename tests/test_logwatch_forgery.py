@@ -128,6 +128,18 @@ def append(path: Path, text: str) -> None:
 
 # -- syslog files --------------------------------------------------------------------------------
 
+def start_warnings(cfg: LogwatchConfig, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings dracd-logwatch logs when it starts (and stops) on ``cfg``."""
+    async def scenario() -> None:
+        watcher = Watcher(cfg, target=RecordingTarget())
+        await watcher.start()
+        await watcher.stop()
+
+    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
+        asyncio.run(scenario())
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_a_pid_in_a_file_is_only_text(tmp_path: Path, short_dir: Path) -> None:
     """What the docs say: ``logger --id`` writes any PID, so a file source stays forgeable."""
     mail = tmp_path / "mail.log"
@@ -156,15 +168,7 @@ def test_following_a_syslog_file_warns_at_start(tmp_path: Path, caplog: pytest.L
     dovecot.chmod(0o600)
     cfg = config(tmp_path, presets=["dovecot"],
                  sources={"files": [str(mail), {"path": str(dovecot), "format": "dovecot"}]})
-
-    async def scenario() -> None:
-        watcher = Watcher(cfg, target=RecordingTarget())
-        await watcher.start()
-        await watcher.stop()
-
-    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
-        asyncio.run(scenario())
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = start_warnings(cfg, caplog)
     assert len(warnings) == 1, warnings
     assert str(mail) in warnings[0] and "any local user" in warnings[0] and "logger" in warnings[0]
     # Dovecot's own log file, written by Dovecot alone (mode 0600 here), is not such a source.
@@ -176,15 +180,7 @@ def test_a_dovecot_log_file_others_may_write_warns(tmp_path: Path, caplog: pytes
     dovecot.write_text("")
     dovecot.chmod(0o666)
     cfg = config(tmp_path, presets=["dovecot"], sources={"files": [{"path": str(dovecot), "format": "dovecot"}]})
-
-    async def scenario() -> None:
-        watcher = Watcher(cfg, target=RecordingTarget())
-        await watcher.start()
-        await watcher.stop()
-
-    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
-        asyncio.run(scenario())
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = start_warnings(cfg, caplog)
     assert len(warnings) == 1 and str(dovecot) in warnings[0], warnings
 
 
@@ -454,15 +450,7 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
 
 def test_journald_without_executables_warns_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = config(tmp_path, presets=["uw"], sources={"journald": {"command": ["true"]}})
-
-    async def scenario() -> None:
-        watcher = Watcher(cfg, target=RecordingTarget())
-        await watcher.start()
-        await watcher.stop()
-
-    with caplog.at_level(logging.INFO, logger="dracd_logwatch"):
-        asyncio.run(scenario())
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = start_warnings(cfg, caplog)
     assert len(warnings) == 1 and "journald without executables" in warnings[0], warnings
 
 
