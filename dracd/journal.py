@@ -14,7 +14,12 @@ Files beside the map (dracd.db):
 - ``.dracd.db.journal.0`` and ``.1``: a header naming the file's epoch, then
   batches of changes (code, expiry or deleted), each with its epoch and a
   CRC, so a batch torn by a crash and stale batches from the file's previous
-  use both end the replay there.
+  use both end the replay there. After the header, a note of the map file
+  dracd last put in place (a digest of its inode, size and mtime), rewritten
+  unflushed after every map write: a start after a crash replays the journal
+  alone only over that very file (or a missing or torn map); a map someone
+  else changed since (legacy rpc.dracd after a rollback) is merged instead,
+  so neither writer's ADDs are lost (daemon.Daemon.load_table).
 
 Compaction keeps the journal short: appends move to the other file under a
 new epoch, and the table as it was at that moment becomes the new state;
