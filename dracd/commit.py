@@ -5,7 +5,9 @@ change. Only one commit runs at a time; every change that arrives while it
 runs is served by the next one. A commit carries the changes since the
 previous one: they are appended to the journal (dracd.journal) and flushed
 while the map thread brings the map up to date, unflushed; the ADDs are
-answered once both are done. The whole table is written instead (the map
+answered once both are done, and the journal notes which map file is now
+dracd's (unflushed), so a start after a crash can tell a map someone else
+changed since from one the crash set back. The whole table is written instead (the map
 in the map thread, and a new journal generation) for the first write,
 after a failure, when someone else replaced the map, or when the changes
 outnumber the entries. A failed commit fails the waiters it was meant to
@@ -116,8 +118,10 @@ class Committer:
                 self.writer.write_codes(cast(dict[int, int], payload))
             elif kind == "full" or payload:
                 self._write(kind, payload)
-            if not final and not self.journal.active:
-                self.journal.start(self.table.codes())
+            if not final:
+                if not self.journal.active:
+                    self.journal.start(self.table.codes())
+                self.journal.note_map(self.writer.identity())
         except Exception:
             self._failed(since)
             raise
@@ -141,12 +145,13 @@ class Committer:
         """Write outside the journal: durable by itself (start-up, full writes)."""
         if kind == "incremental":
             self.writer.update_codes(payload)
-            return
-        entries = cast(dict[int, int], payload)
-        # A new generation first: its state covers every journal there was.
-        self.journal.start(entries)
-        self._full_needed = False
-        self.writer.write_codes(entries)
+        else:
+            entries = cast(dict[int, int], payload)
+            # A new generation first: its state covers every journal there was.
+            self.journal.start(entries)
+            self._full_needed = False
+            self.writer.write_codes(entries)
+        self.journal.note_map(self.writer.identity())
 
     def adopted(self) -> None:
         """The map already holds the table as it is now (it was just loaded from it)."""
@@ -252,6 +257,8 @@ class Committer:
             finally:
                 await asyncio.wait([synced])
             synced.result()
+        # Which map is dracd's (not flushed: see Journal.note_map).
+        journal.note_map(self.writer.identity())
         if self._compaction is None and journal.wants_compaction():
             self._compact()
 

@@ -14,7 +14,12 @@ Files beside the map (dracd.db):
 - ``.dracd.db.journal.0`` and ``.1``: a header naming the file's epoch, then
   batches of changes (code, expiry or deleted), each with its epoch and a
   CRC, so a batch torn by a crash and stale batches from the file's previous
-  use both end the replay there.
+  use both end the replay there. After the header, a note of the map file
+  dracd last put in place (a digest of its inode, size and mtime), rewritten
+  unflushed after every map write: a start after a crash replays the journal
+  alone only over that very file (or a missing or torn map); a map someone
+  else changed since (legacy rpc.dracd after a rollback) is merged instead,
+  so neither writer's ADDs are lost (daemon.Daemon.load_table).
 
 Compaction keeps the journal short: appends move to the other file under a
 new epoch, and the table as it was at that moment becomes the new state;
@@ -31,6 +36,7 @@ write_state() from one thread.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -50,6 +56,10 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("<8sQI")  # magic, epoch, crc32 of the first two
 JOURNAL_MAGIC = b"DRACDJ01"
 HEADER_SIZE = 32
+#: After the header: which map dracd last put in place (a digest of its inode, size and
+#: mtime) and a crc32 of the digest; all zeros: none recorded.
+MAP_SLOT = struct.Struct("<8sI")
+NO_MAP = bytes(MAP_SLOT.size)
 BATCH = struct.Struct("<IIII")  # magic, epoch (low 32 bits), record count, crc32 of the rest and the records
 BATCH_MAGIC = 0x4A424154
 RECORD = struct.Struct("<18sq")  # entry code (big-endian), expiry; -1: deleted
@@ -74,6 +84,7 @@ class JournalError(MapError):
 
 class Journal:
     def __init__(self, map_path: Path) -> None:
+        self.map_path = map_path
         self.state_path = map_path.with_name(f".{map_path.name}.state")
         self.paths = (map_path.with_name(f".{map_path.name}.journal.0"),
                       map_path.with_name(f".{map_path.name}.journal.1"))
@@ -84,6 +95,10 @@ class Journal:
         self._offset = 0
         self._allocated = 0
         self._state_bytes = 0
+        #: The map slot as the current file holds it (or will, once start() wrote it).
+        self._map_slot = NO_MAP
+        #: The digest recover() found: the map dracd last put in place before it stopped.
+        self._recorded_map: bytes | None = None
 
     @property
     def active(self) -> bool:
@@ -97,8 +112,11 @@ class Journal:
         covered, entries = -1, dict[int, int]()
         if self.state_path.exists():
             covered, entries = self._read_state()
-        journals = sorted((epoch, index) for index, path in enumerate(self.paths)
-                          if path.exists() and (epoch := _file_epoch(path)) is not None)
+        headers = [(head[0], index, head[1]) for index, path in enumerate(self.paths)
+                   if path.exists() and (head := _file_header(path)) is not None]
+        journals = sorted((epoch, index) for epoch, index, _ in headers)
+        # The newest file names the map last put in place (switch() carries it over).
+        self._recorded_map = max(headers, key=lambda head: head[:2])[2] if headers else None
         for epoch, index in journals:
             self.epoch = max(self.epoch, epoch)
             if epoch <= covered:
@@ -118,6 +136,37 @@ class Journal:
                 del entries[code]
         return entries
 
+    def holds_last_written_map(self) -> bool:
+        """After recover(): whether the map in place is the very file dracd last put
+        there (same inode, size and mtime as recorded). False if it changed since,
+        or if no journal recorded one (then nobody can tell whose it is)."""
+        try:
+            st = os.stat(self.map_path)
+        except OSError:
+            return False
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return self._recorded_map is not None and self._recorded_map == _map_digest(identity)
+
+    def note_map(self, identity: tuple[int, int, int, int] | None) -> None:
+        """Record which map dracd just put in place, (device, inode, size, mtime), so that
+        a start after a crash can tell it from a map someone else wrote since. Not flushed:
+        a crash that loses it (a power cut) makes the map look someone else's, and that
+        map is merged with the journal, which loses nothing."""
+        slot = NO_MAP if identity is None else _map_slot(_map_digest(identity))
+        if slot == self._map_slot:
+            return
+        self._map_slot = slot
+        if not self._open:
+            return  # start() writes it
+        try:
+            fd = os.open(self.paths[self._current], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, slot, HEADER.size)
+            finally:
+                os.close(fd)
+        except OSError:
+            self._map_slot = NO_MAP  # the next commit fails on this file anyway
+
     def start(self, entries: Mapping[int, int]) -> None:
         """A new generation from ``entries`` (the whole table): a state covering every
         journal there is, then both journal files afresh (owned by whoever we run as now)."""
@@ -129,7 +178,7 @@ class Journal:
                 unlink_quietly(path)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 try:
-                    os.pwrite(fd, _header(epoch if index == 0 else 0), 0)
+                    os.pwrite(fd, _header(epoch if index == 0 else 0, self._map_slot), 0)
                     if index == 0:
                         os.pwrite(fd, bytes(CHUNK), HEADER_SIZE)
                     os.fdatasync(fd)
@@ -179,7 +228,7 @@ class Journal:
         try:
             fd = os.open(self.paths[other], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                os.pwrite(fd, _header(self.epoch + 1), 0)
+                os.pwrite(fd, _header(self.epoch + 1, self._map_slot), 0)
                 os.fdatasync(fd)
                 size = os.fstat(fd).st_size
             finally:
@@ -278,21 +327,37 @@ def _slices(typecode: str, values: Iterator[int]) -> Iterator[array[int]]:
         yield chunk
 
 
-def _header(epoch: int) -> bytes:
+def _header(epoch: int, map_slot: bytes = NO_MAP) -> bytes:
     head = HEADER.pack(JOURNAL_MAGIC, epoch, 0)
-    return HEADER.pack(JOURNAL_MAGIC, epoch, zlib.crc32(head[:16])).ljust(HEADER_SIZE, b"\0")
+    return (HEADER.pack(JOURNAL_MAGIC, epoch, zlib.crc32(head[:16])) + map_slot).ljust(HEADER_SIZE, b"\0")
 
 
-def _file_epoch(path: Path) -> int | None:
+def _map_digest(identity: tuple[int, int, int, int]) -> bytes:
+    """A map file's (device, inode, size, mtime) as 8 bytes; the device is left out,
+    as its number may change at a reboot."""
+    _, inode, size, mtime = identity
+    return hashlib.blake2b(struct.pack("<QQq", inode, size, mtime), digest_size=8).digest()
+
+
+def _map_slot(digest: bytes) -> bytes:
+    return MAP_SLOT.pack(digest, zlib.crc32(digest))
+
+
+def _file_header(path: Path) -> tuple[int, bytes | None] | None:
+    """A journal file's epoch and the map digest it records (None: none), or None if
+    the file has no valid header."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(HEADER.size)
+            head = handle.read(HEADER.size + MAP_SLOT.size)
     except OSError:
         return None
-    if len(head) < HEADER.size:
+    if len(head) < HEADER.size + MAP_SLOT.size:
         return None
-    magic, epoch, crc = HEADER.unpack(head)
-    return epoch if magic == JOURNAL_MAGIC and crc == zlib.crc32(head[:16]) else None
+    magic, epoch, crc = HEADER.unpack_from(head)
+    if magic != JOURNAL_MAGIC or crc != zlib.crc32(head[:16]):
+        return None
+    digest, digest_crc = MAP_SLOT.unpack_from(head, HEADER.size)
+    return epoch, (digest if head[HEADER.size:] != NO_MAP and digest_crc == zlib.crc32(digest) else None)
 
 
 def _batches(path: Path, epoch: int) -> Iterator[tuple[int, int]]:

@@ -241,3 +241,34 @@ def test_a_journal_that_cannot_be_written_fails_the_add_then_starts_afresh(tmp_p
         server.abandon()
     recovered = Journal(map_path).recover()
     assert {code("192.0.2.1"), code("192.0.2.2"), code("192.0.2.3")} <= set(recovered)
+
+
+def test_the_journal_names_the_map_dracd_last_put_in_place(tmp_path: Path) -> None:
+    """recover() tells the map dracd last wrote (its inode, size, mtime noted in the
+    journal) from a map changed since; a switch carries the note to the new file."""
+    map_path = tmp_path / "dracd.db"
+    map_path.write_bytes(b"first")
+
+    def identity() -> tuple[int, int, int, int]:
+        st = map_path.stat()
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    journal = Journal(map_path)
+    journal.start({})
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert not recovered.holds_last_written_map()  # none noted yet: nobody can tell
+    journal.note_map(identity())
+    journal.commit({code("192.0.2.1"): 1000})
+    journal.write_state({code("192.0.2.1"): 1000}, journal.switch())
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert recovered.holds_last_written_map()
+    os.utime(map_path, ns=(0, map_path.stat().st_mtime_ns + 1))  # written in place since
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert not recovered.holds_last_written_map()
+    journal.note_map(identity())
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert recovered.holds_last_written_map()

@@ -47,12 +47,16 @@ class MapWriter(Protocol):
     def read(self) -> dict[Entry, int]:
         """The entries in the current map (empty if there is none)."""
 
-    def read_codes(self) -> dict[int, int]:
-        """read() as entry codes (keys.entry_code): no address objects for a big map."""
+    def read_codes(self, verify: bool = False) -> dict[int, int]:
+        """read() as entry codes (keys.entry_code): no address objects for a big map.
+        ``verify``: raise :class:`MapError` if the file's structure is damaged (torn)."""
 
     def adopt(self) -> bool:
         """Treat the map just read as written here, if it is exactly what a full write
         would produce; False if it needs one."""
+
+    def identity(self) -> tuple[int, int, int, int] | None:
+        """(device, inode, size, mtime) of the map this writer last put in place, or None."""
 
 
 

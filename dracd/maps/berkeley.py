@@ -194,6 +194,9 @@ class BerkeleyMap:
     def can_update(self) -> bool:
         return self._written is not None and self._written == _identity(self.path)
 
+    def identity(self) -> tuple[int, int, int, int] | None:
+        return self._written
+
     def _replace(self, fill: Callable[[db.DB], None], copy: bool) -> None:
         """Build the new map in a temporary file beside the map, then rename it in place."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -275,7 +278,7 @@ class BerkeleyMap:
     def read(self) -> dict[Entry, int]:
         return {code_entry(code): expiry for code, expiry in self.read_codes().items()}
 
-    def read_codes(self) -> dict[int, int]:
+    def read_codes(self, verify: bool = False) -> dict[int, int]:
         self._as_written = None
         if not self.path.exists():
             return {}
@@ -284,6 +287,8 @@ class BerkeleyMap:
             with self._try_lock() as locked:
                 identity = _identity(self.path)
                 try:
+                    if verify:
+                        _verify(self.path)
                     scan: _Scan | BaseException = self._scan()
                 except (OSError, db.DBError) as exc:
                     scan = exc
@@ -404,6 +409,12 @@ def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
         cursor.close()
     finally:
         table.close()
+
+
+def _verify(path: Path) -> None:
+    """DBVerifyBadError if the file's pages do not make a whole database (a torn file
+    can read as a shorter map without any error)."""
+    db.DB().verify(str(path))
 
 
 def _db_type(path: Path) -> int | None:
