@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from dataclasses import dataclass, field
 
 from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
@@ -44,6 +44,20 @@ FULL_WRITE_CHANGES = 1024
 INLINE_CHANGES = 256
 #: How long the loop blocks for a small map update before it awaits it instead (see _journaled).
 MAP_WAIT = 0.002
+
+
+@dataclass(frozen=True)
+class Job:
+    """One map write: the whole table (``entries``), or the changes since the last write
+    (``changes``: entry code -> expiry, None where the entry is gone)."""
+
+    entries: dict[int, int] | None = None
+    changes: dict[int, int | None] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """For metrics and logs: "full" or "incremental"."""
+        return "full" if self.entries is not None else "incremental"
 
 
 class Committer:
@@ -112,12 +126,12 @@ class Committer:
         removed, as the map holds everything (a clean stop)."""
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
-        kind, payload = self._job(full)
+        job = self._job(full)
         try:
-            if kind == "full" and final:
-                self.writer.write_codes(cast(dict[int, int], payload))
-            elif kind == "full" or payload:
-                self._write(kind, payload)
+            if job.entries is not None and final:
+                self.writer.write_codes(job.entries)
+            elif job.entries is not None or job.changes:
+                self._write(job)
             if not final:
                 if not self.journal.active:
                     self.journal.start(self.table.codes())
@@ -127,9 +141,9 @@ class Committer:
             raise
         if final:
             self.journal.close(clean=True)
-        self._done(version, started, kind, since)
+        self._done(version, started, job.kind, since)
 
-    def _job(self, full: bool) -> tuple[str, dict[int, int | None]]:
+    def _job(self, full: bool) -> Job:
         """What to write now: the whole table (asked for, nothing written yet, a map
         someone else replaced, or a change log as big as the table, such as a flush),
         else the changes since the last write. Taken on the loop thread (the table is
@@ -138,19 +152,18 @@ class Committer:
         pending = self.table.pending_changes()
         if (full or self._full_needed or self.written_version < 0 or not self.writer.can_update()
                 or pending > max(FULL_WRITE_CHANGES, len(self.table))):
-            return "full", cast(dict[int, int | None], self.table.snapshot_codes())
-        return "incremental", self.table.take_change_codes()
+            return Job(entries=self.table.snapshot())
+        return Job(changes=self.table.take_changes())
 
-    def _write(self, kind: str, payload: dict[int, int | None]) -> None:
+    def _write(self, job: Job) -> None:
         """Write outside the journal: durable by itself (start-up, full writes)."""
-        if kind == "incremental":
-            self.writer.update_codes(payload)
+        if job.entries is None:
+            self.writer.update_codes(job.changes)
         else:
-            entries = cast(dict[int, int], payload)
             # A new generation first: its state covers every journal there was.
-            self.journal.start(entries)
+            self.journal.start(job.entries)
             self._full_needed = False
-            self.writer.write_codes(entries)
+            self.writer.write_codes(job.entries)
         self.journal.note_map(self.writer.identity())
 
     def adopted(self) -> None:
@@ -204,13 +217,13 @@ class Committer:
                 self._settle(version, None)
                 continue
             started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            kind, payload = self._job(full)
+            job = self._job(full)
             try:
-                if kind == "full":
+                if job.entries is not None:
                     await self._compacted()  # a new generation must not race the state being written
-                    await loop.run_in_executor(self._executor, self._write, kind, payload)
+                    await loop.run_in_executor(self._executor, self._write, job)
                 else:
-                    await self._journaled(payload)
+                    await self._journaled(job.changes)
             except StaleMap as exc:
                 log.warning("%s; writing the whole map", exc)
                 self._still_pending(since)
@@ -224,7 +237,7 @@ class Committer:
                 self._schedule_retry(exc)
                 continue
             full = False
-            self._done(version, started, kind, since)
+            self._done(version, started, job.kind, since)
             if self._failing:
                 log.warning("map %s is writable again", self.writer.path)
                 self._failing, self._retry_delay = False, RETRY_FIRST

@@ -148,11 +148,11 @@ class Daemon:
             else:
                 log.warning("dracd did not stop cleanly: %d entries recovered from its journal; "
                             "rewriting %s", len(entries), self.config.map.path)
-                self.table.load_codes(self._with_other_writers(entries))
+                self.table.load(self._with_other_writers(entries))
                 expired = self.table.expire()
                 log.info("%d entries after recovery (%d already expired)", len(self.table), len(expired))
                 return
-        self.table.load_codes(self.writer.read_codes())
+        self.table.load(self.writer.read_codes())
         if self.writer.adopt():
             self.committer.adopted()
         expired = self.table.expire()

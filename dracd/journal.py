@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .files import fsync_dir, unlink_quietly
-from .keys import valid_code
+from .keys import HOSTS4, valid_code
 from .maps import MapError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ CHUNK = 64 << 10
 #: A journal file this long, or COMPACT_RATIO times the last state if bigger, is compacted.
 COMPACT_MIN = 16 << 20
 COMPACT_RATIO = 4
-_HOSTS4 = 1 << 32
 #: Entries written to the state at a time.
 SLICE = 1 << 16
 
@@ -243,8 +242,8 @@ class Journal:
     def write_state(self, entries: Mapping[int, int], covered: int) -> None:
         """Write the table as the state covering journal epochs up to ``covered``.
         Safe to call from another thread while commits go on, on a copy of the table."""
-        hosts = sum(1 for code in entries if code < _HOSTS4)
-        others = _pack_records((code, expiry) for code, expiry in entries.items() if code >= _HOSTS4)
+        hosts = sum(1 for code in entries if code < HOSTS4)
+        others = _pack_records((code, expiry) for code, expiry in entries.items() if code >= HOSTS4)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         crc = size = 0
         try:
@@ -254,8 +253,8 @@ class Journal:
                 # In slices, so a million entries never cost more than a slice of memory.
                 parts: Iterator[bytes | array[int]] = itertools.chain(
                     [STATE.pack(STATE_MAGIC, covered, hosts, len(entries) - hosts)],
-                    _slices("I", (code for code in entries if code < _HOSTS4)),
-                    _slices("q", (expiry for code, expiry in entries.items() if code < _HOSTS4)),
+                    _slices("I", (code for code in entries if code < HOSTS4)),
+                    _slices("q", (expiry for code, expiry in entries.items() if code < HOSTS4)),
                     [others])
                 for part in parts:
                     view = memoryview(part).cast("B")

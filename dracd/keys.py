@@ -110,6 +110,8 @@ def key_siblings(network: IPNetwork) -> list[IPNetwork]:
 # length plus one (0 for a host).
 _V6 = 1 << 128
 _NET_SHIFT = 129
+#: Codes below this are IPv4 hosts (their 32-bit value): the common case, handled without objects.
+HOSTS4 = 1 << 32
 
 
 def entry_code(entry: Entry) -> int:
@@ -131,7 +133,7 @@ def code_entry(code: int) -> Entry:
 def valid_code(code: int) -> bool:
     """Whether ``code`` is what entry_code() makes of an entry that may become a key: for
     codes read back from disk (journal replay), which must not bring in what no ADD could."""
-    if 0 < code < 1 << 32:  # an IPv4 host, the common case, without objects
+    if 0 < code < HOSTS4:
         return code >> 28 != _MULTICAST4 and code != 0xFFFFFFFF
     if code < 0 or code >> _NET_SHIFT > 129:
         return False

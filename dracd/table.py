@@ -61,10 +61,7 @@ class RelayTable:
                 best = expiry
         return best
 
-    def load(self, entries: Mapping[Entry, int]) -> None:
-        self.load_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
-
-    def load_codes(self, entries: dict[int, int]) -> None:
+    def load(self, entries: dict[int, int]) -> None:
         """Start from ``entries`` (the map, read at start), with no change log, as the map
         already holds them. The dict becomes the table's own: a million entries are not copied."""
         if self._expiry:
@@ -140,13 +137,9 @@ class RelayTable:
             self.version += 1
         return [code_entry(code) for code in gone]
 
-    def snapshot(self) -> dict[Entry, int]:
-        """The whole table; also resets the change log, as a full write covers it."""
-        self._changes = {}
-        return {code_entry(code): expiry for code, expiry in self._expiry.items()}
-
-    def snapshot_codes(self) -> dict[int, int]:
-        """snapshot() as entry codes: no address objects for a big table."""
+    def snapshot(self) -> dict[int, int]:
+        """The whole table (by entry code, see keys.entry_code); also resets the change
+        log, as a full write covers it."""
         self._changes = {}
         return self.copy_codes()
 
@@ -159,12 +152,9 @@ class RelayTable:
         """The whole table as entry codes, leaving the change log alone."""
         return dict(self._expiry)
 
-    def take_changes(self) -> dict[Entry, int | None]:
-        """What changed since the last snapshot or take_changes()."""
-        return {code_entry(code): expiry for code, expiry in self.take_change_codes().items()}
-
-    def take_change_codes(self) -> dict[int, int | None]:
-        """take_changes() as entry codes: cheap to take on the loop, however many."""
+    def take_changes(self) -> dict[int, int | None]:
+        """What changed since the last snapshot() or take_changes(), by entry code: cheap
+        to take on the loop, however many."""
         changes, self._changes = self._changes, {}
         return changes
 

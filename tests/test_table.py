@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dracd.keys import Entry, code_entry, entry_code
 from dracd.table import RelayTable
+
+
+def entries(by_code: dict[int, Any]) -> dict[Entry, Any]:
+    """The table speaks entry codes; these tests speak addresses."""
+    return {code_entry(code): value for code, value in by_code.items()}
+
+
+def codes(by_entry: dict[Entry, int]) -> dict[int, int]:
+    return {entry_code(entry): value for entry, value in by_entry.items()}
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -95,7 +106,7 @@ def test_wheel_stays_bounded_under_refreshes() -> None:
 def test_snapshot_is_a_copy() -> None:
     table = RelayTable(Clock(0))
     table.set(A, 5)
-    snap = table.snapshot()
+    snap = entries(table.snapshot())
     table.set(C, 6)
     assert snap == {A: 5}
 
@@ -105,16 +116,16 @@ def test_change_log_records_adds_refreshes_removals_and_expiry() -> None:
     table = RelayTable(clock)
     table.add(A, 10)
     table.add(B, 10)
-    assert table.take_changes() == {A: 1010, B: 1010}
-    assert table.take_changes() == {}
+    assert entries(table.take_changes()) == {A: 1010, B: 1010}
+    assert entries(table.take_changes()) == {}
     table.add(A, 20)
     table.remove(B)
     table.set(C, 1005)
     table.expire(1005)
-    assert table.take_changes() == {A: 1020, B: None, C: None}
+    assert entries(table.take_changes()) == {A: 1020, B: None, C: None}
     table.add(B, 1)
-    table.snapshot()
-    assert table.take_changes() == {}
+    entries(table.snapshot())
+    assert entries(table.take_changes()) == {}
 
 
 def test_expire_with_a_limit_spreads_the_work() -> None:
@@ -131,8 +142,8 @@ def test_load_starts_from_the_map_without_a_change_log() -> None:
     now = [100.0]
     table = RelayTable(clock=lambda: now[0])
     net = ipaddress.ip_network("192.0.2.0/24")
-    table.load({ipaddress.ip_address("198.51.100.1"): 150, ipaddress.ip_address("198.51.100.2"): 90, net: 120})
-    assert table.take_changes() == {}
+    table.load(codes({ipaddress.ip_address("198.51.100.1"): 150, ipaddress.ip_address("198.51.100.2"): 90, net: 120}))
+    assert entries(table.take_changes()) == {}
     assert table.lookup(ipaddress.ip_address("192.0.2.9")) == 120
     assert table.expire() == [ipaddress.ip_address("198.51.100.2")]
     now[0] = 130.0

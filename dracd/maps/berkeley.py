@@ -59,7 +59,7 @@ from pathlib import Path
 from berkeleydb import db
 
 from ..files import fdatasync, fsync_dir, unlink_quietly
-from ..keys import Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
+from ..keys import HOSTS4, Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
 from ..ratelog import RateLimitedLog
 from . import MapError, StaleMap
 
@@ -69,7 +69,6 @@ _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
 _U32 = struct.Struct(">I")
 #: Entry codes below this are IPv4 hosts (keys.entry_code).
-_HOSTS4 = 1 << 32
 #: Most changes the spare may lag behind; beyond that a copy is cheaper.
 SPARE_MAX_PENDING = 4096
 #: The private cache the spare is updated through: enough for the pages a commit touches.
@@ -114,9 +113,9 @@ class BerkeleyMap:
             # IPv4 hosts, most of any big table, in one pass at C speed; the rest by the rules.
             end, ntoa, pack = ("\0" if self.style.nul else ""), socket.inet_ntoa, _U32.pack
             records = [((ntoa(pack(code)) + end).encode(), value[expiry])
-                       for code, expiry in entries.items() if code < _HOSTS4]
+                       for code, expiry in entries.items() if code < HOSTS4]
             if len(records) < len(entries):
-                records += [(key, value[expiry]) for code, expiry in entries.items() if code >= _HOSTS4
+                records += [(key, value[expiry]) for code, expiry in entries.items() if code >= HOSTS4
                             for key in self.style.code_keys(code)]
         # Sorted keys fill a btree page after page instead of splitting pages.
         records.sort()
@@ -327,7 +326,7 @@ class BerkeleyMap:
                 continue
             if ours:
                 known = entries.get(code)
-                if plain4 and code < 1 << 32:
+                if plain4 and code < HOSTS4:
                     expected += known is None
                     ours = key.endswith(b"\0") == self.style.nul and key.strip(b"0123456789.\0") == b""
                 else:
