@@ -29,10 +29,10 @@ from dracd.daemon import Daemon
 from dracd.dispatch import CallContext, Dispatcher, check_auth
 from dracd.journal import Journal
 from dracd.keys import KeyStyle
-from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
+from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import LOOPS, ServerThread, test_config
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -173,7 +173,7 @@ def run_dispatcher(tmp_path: Path, messages: list[bytes], *, caller: str = "127.
                    setup: Callable[[Dispatcher], None] | None = None,
                    map_path: Path | None = None) -> list[bytes | None]:
     """Hand each message to a Dispatcher serving DRAC (program 900101) from ``caller``."""
-    writer = BerkeleyMap(map_path or tmp_path / "dracd.db", "btree", KeyStyle())
+    writer = EntryMap(map_path or tmp_path / "dracd.db", "btree", KeyStyle())
 
     async def main() -> list[bytes | None]:
         table = RelayTable()
@@ -421,7 +421,7 @@ def test_server_still_adds_after_all_the_abuse(live: ServerThread) -> None:
     args = encode_add_args(ipaddress.IPv4Address("198.51.100.77"))
     message = encode_call(XID + 3, live.config.program, 1, 1, args)
     assert udp_exchange(live, message) == success(words(0), xid=XID + 3)
-    assert ipaddress.IPv4Address("198.51.100.77") in live.call(daemon_of(live).writer.read)
+    assert ipaddress.IPv4Address("198.51.100.77") in live.call(lambda: read_entries(daemon_of(live).writer))
 
 
 def test_live_server_serves_legacy_and_admin_versions(live: ServerThread) -> None:

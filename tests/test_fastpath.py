@@ -34,12 +34,12 @@ from dracd.daemon import Daemon
 from dracd.dispatch import PENDING, AuthRefused, CallContext, Dispatcher, Handler, Pending
 from dracd.journal import Journal
 from dracd.keys import KeyStyle
-from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
 from dracd.ratelog import RateLimitedLog
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
 from dracd.transport import CallerCache, UdpServer, send_datagram
+from tests.fixtures.maps import EntryMap
 from tests.fixtures.server import LOOPS, ServerThread, map_keys
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -239,7 +239,7 @@ ALLOW = AllowList((NetRule(ipaddress.ip_network("127.0.0.1/32")),), "test")
 
 
 @contextlib.asynccontextmanager
-async def drac_service(writer: BerkeleyMap, settings: Settings, clock: Callable[[], float] = time.time
+async def drac_service(writer: EntryMap, settings: Settings, clock: Callable[[], float] = time.time
                        ) -> AsyncIterator[tuple[RelayTable, Dispatcher, DracService]]:
     """The DRAC program on a dispatcher, over a running committer, with no sockets."""
     table = RelayTable(clock=clock)
@@ -257,7 +257,7 @@ async def drac_service(writer: BerkeleyMap, settings: Settings, clock: Callable[
 def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = BerkeleyMap(tmp_path / "missing" / "dracd.db", "btree", KeyStyle())
+    writer = EntryMap(tmp_path / "missing" / "dracd.db", "btree", KeyStyle())
     replies: list[bytes] = []
 
     async def main() -> None:
@@ -279,7 +279,7 @@ def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
 
 def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) -> None:
     """A refresh of an entry already written: on_written calls back before dispatch returns."""
-    writer = BerkeleyMap(tmp_path / "dracd.db", "btree", KeyStyle())
+    writer = EntryMap(tmp_path / "dracd.db", "btree", KeyStyle())
     replies: list[bytes] = []
 
     async def main() -> None:
@@ -474,7 +474,7 @@ def test_missing_uvloop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys:
 def test_refusals_are_remembered_per_caller_until_the_allow_list_or_udp_from_changes(tmp_path: Path) -> None:
     """refusal() is cached per (caller, transport): a new allow list or udp_from (SIGHUP
     replaces them) is obeyed from the next call on."""
-    writer = BerkeleyMap(tmp_path / "dracd.db", "btree", KeyStyle())
+    writer = EntryMap(tmp_path / "dracd.db", "btree", KeyStyle())
     replies: list[bytes] = []
 
     async def main() -> None:

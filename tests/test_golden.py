@@ -33,10 +33,10 @@ from dracd.commit import Committer
 from dracd.dispatch import Dispatcher
 from dracd.journal import Journal
 from dracd.keys import IPAddress, KeyStyle
-from dracd.maps.berkeley import BerkeleyMap
 from dracd.policy import AllowList, NetRule
 from dracd.service import DracService, Settings
 from dracd.table import RelayTable
+from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import ServerThread
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -205,7 +205,7 @@ def serve_in_process(
 ) -> tuple[list[bytes | None], dict[IPAddress, int]]:
     """Run the real Dispatcher + DracService (map in ``tmp_path``) on ``(message, caller, transport)``;
     return the replies and what the map holds afterwards."""
-    writer = BerkeleyMap(tmp_path / "dracd.db", "btree", KeyStyle())
+    writer = EntryMap(tmp_path / "dracd.db", "btree", KeyStyle())
 
     async def main() -> list[bytes | None]:
         table = RelayTable(lambda: NOW)
@@ -265,7 +265,7 @@ def map_entries(server: ServerThread) -> dict[IPAddress, int]:
     """What the running server's map holds (read on the server's loop)."""
     daemon = server.daemon
     assert daemon is not None
-    entries: dict[IPAddress, int] = server.call(daemon.writer.read)
+    entries: dict[IPAddress, int] = server.call(lambda: read_entries(daemon.writer))
     return entries
 
 

@@ -34,8 +34,9 @@ from berkeleydb import db
 from dracclient.drac import AddStat
 from dracclient.errors import RpcTimeout
 from dracd.keys import KeyStyle
-from dracd.maps import MapError, StaleMap, open_writer
+from dracd.maps import MapError, StaleMap
 from dracd.maps.berkeley import READ_PATIENCE
+from tests.fixtures.maps import open_map
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.process import DracdProcess, add_status, read_map, wait_until
 from tests.fixtures.server import map_keys as records
@@ -338,7 +339,7 @@ def timed(action: Callable[[], object]) -> float:
 @pytest.mark.timeout(20)  # before the fix these waited for the lock forever
 def test_a_shared_lock_delays_no_update_and_the_reader_keeps_its_file(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     with flocked(path, fcntl.LOCK_SH) as fd:
         assert timed(lambda: writer.update({V6: 2})) < 0.5
@@ -354,7 +355,7 @@ def test_a_shared_lock_delays_no_update_and_the_reader_keeps_its_file(tmp_path: 
 def test_updates_under_an_exclusive_lock_go_on_and_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     spare = path.with_name(".dracd.db.spare")
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     writer.update({V6: 2})  # the first map is the spare now, lacking V6
     with flocked(path, fcntl.LOCK_EX) as fd:
@@ -376,7 +377,7 @@ def test_updates_under_an_exclusive_lock_go_on_and_lose_nothing(tmp_path: Path) 
 def test_a_map_changed_under_an_exclusive_lock_is_never_copied(tmp_path: Path) -> None:
     """Unlocked, a copy is trusted only if the map is still the file written here."""
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     with flocked(path, fcntl.LOCK_EX):
         table = db.DB()
@@ -393,8 +394,8 @@ def test_a_map_changed_under_an_exclusive_lock_is_never_copied(tmp_path: Path) -
 @pytest.mark.timeout(20)  # before the fix these waited for the lock forever
 def test_a_map_read_under_an_exclusive_lock(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    open_writer("btree", path, KeyStyle()).write({V4: 1, V6: 2})
-    restarted = open_writer("btree", path, KeyStyle())
+    open_map("btree", path, KeyStyle()).write({V4: 1, V6: 2})
+    restarted = open_map("btree", path, KeyStyle())
     with flocked(path, fcntl.LOCK_EX):
         assert timed(lambda: restarted.read()) < 0.5
     assert restarted.read() == {V4: 1, V6: 2} and restarted.adopt()
@@ -405,8 +406,8 @@ def test_a_map_read_under_an_exclusive_lock(tmp_path: Path) -> None:
 def test_a_map_read_while_another_writer_changes_it_is_read_again(tmp_path: Path) -> None:
     """Unlocked, a read counts only if the map stayed the same during it."""
     path = tmp_path / "dracd.db"
-    open_writer("btree", path, KeyStyle()).write({V4: 1})
-    reader = open_writer("btree", path, KeyStyle())
+    open_map("btree", path, KeyStyle()).write({V4: 1})
+    reader = open_map("btree", path, KeyStyle())
     scan = reader._scan  # type: ignore[attr-defined]
     scans = []
 
@@ -441,7 +442,7 @@ def test_a_spare_someone_else_wrote_into_is_not_reused(tmp_path: Path) -> None:
     spare meanwhile, and write there: that file no longer lacks only what dracd knows of."""
     path = tmp_path / "dracd.db"
     spare = path.with_name(".dracd.db.spare")
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     writer.update({V6: 2})
     table = db.DB()

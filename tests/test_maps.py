@@ -14,7 +14,8 @@ import pytest
 from berkeleydb import db
 
 from dracd.keys import Ipv6Keys, KeyStyle
-from dracd.maps import MapError, StaleMap, open_writer
+from dracd.maps import MapError, StaleMap
+from tests.fixtures.maps import open_map
 from tests.fixtures.mounts import set_readonly, tmpfs
 from tests.fixtures.server import map_keys as records
 
@@ -38,7 +39,7 @@ def db_type(path: Path) -> int:
 def test_reads_the_legacy_map(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     shutil.copy(VECTORS / "legacy-dracd.db", path)
-    entries = open_writer("btree", path, KeyStyle()).read()
+    entries = open_map("btree", path, KeyStyle()).read()
     assert entries == {
         ipaddress.ip_address(a): 1795892048
         for a in ("192.0.2.10", "2001:db8::b8:10", "2001:db8:ff00::1", "203.0.113.200")
@@ -48,7 +49,7 @@ def test_reads_the_legacy_map(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kind", "dbtype"), [("btree", db.DB_BTREE), ("hash", db.DB_HASH)])
 def test_writes_legacy_keys_and_values(tmp_path: Path, kind: str, dbtype: int) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer(kind, path, KeyStyle())
+    writer = open_map(kind, path, KeyStyle())
     writer.write({V4: 1795892048, V6: 1795892049})
     assert records(path) == {b"192.0.2.7": b"1795892048", b"2001:db8::7": b"1795892049"}
     assert db_type(path) == dbtype
@@ -59,7 +60,7 @@ def test_writes_legacy_keys_and_values(tmp_path: Path, kind: str, dbtype: int) -
 
 def test_key_options_reach_the_file(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle(nul=True, cidr=True, ipv6=Ipv6Keys.BOTH))
+    writer = open_map("btree", path, KeyStyle(nul=True, cidr=True, ipv6=Ipv6Keys.BOTH))
     writer.write({V4: 5, V6: 6})
     assert records(path) == {
         b"192.0.2.7/32\0": b"5\0",
@@ -71,7 +72,7 @@ def test_key_options_reach_the_file(tmp_path: Path) -> None:
 
 def test_replacement_is_atomic_new_inode_mode_0644_no_leftovers(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     before = path.stat().st_ino
     old = db.DB()
@@ -89,7 +90,7 @@ def test_an_exclusive_flock_holder_delays_no_write_and_its_inode_is_not_reused(t
     """Anyone who can read the map can hold flock(LOCK_EX) on it (issue 16): the write goes
     on at once, and the locked inode, perhaps a writer's such as postmap's, is let go."""
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -111,7 +112,7 @@ def test_foreign_records_are_never_loaded(tmp_path: Path) -> None:
                        (b"198.51.100", b"7"), (b"2001:db8:", b"7")]:
         table.put(key, value)
     table.close()
-    assert open_writer("btree", path, KeyStyle()).read() == {
+    assert open_map("btree", path, KeyStyle()).read() == {
         ipaddress.ip_address("192.0.2.8"): 9, ipaddress.ip_network("198.51.100.0/24"): 7}
 
 
@@ -119,7 +120,7 @@ def test_network_entries_round_trip_through_the_map(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     entries = {ipaddress.ip_network("198.51.100.0/24"): 5, ipaddress.ip_network("2001:db8::/64"): 6,
                ipaddress.ip_network("2001:db8:1:2::/64"): 7, ipaddress.ip_address("192.0.2.8"): 9}
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write(entries)
     assert records(path) == {b"198.51.100": b"5", b"2001:db8:0:0": b"6", b"2001:db8:": b"6",
                              b"2001:db8:1:2": b"7", b"192.0.2.8": b"9"}
@@ -131,7 +132,7 @@ def test_network_entries_round_trip_through_the_map(tmp_path: Path) -> None:
 def test_read_only_directory_fails_cleanly_and_keeps_the_old_map(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro") as directory:
         path = directory / "dracd.db"
-        writer = open_writer("btree", path, KeyStyle())
+        writer = open_map("btree", path, KeyStyle())
         writer.write({V4: 1})
         set_readonly(directory, True)
         try:
@@ -147,7 +148,7 @@ def test_read_only_directory_fails_cleanly_and_keeps_the_old_map(tmp_path: Path)
 def test_full_disk_fails_cleanly(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", size="64k") as directory:
         path = directory / "dracd.db"
-        writer = open_writer("btree", path, KeyStyle())
+        writer = open_map("btree", path, KeyStyle())
         writer.write({V4: 1})
         big = {ipaddress.IPv4Address(0x0A000000 + n): 1795892048 for n in range(5_000)}
         with pytest.raises(MapError):
@@ -157,7 +158,7 @@ def test_full_disk_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_rewrite_of_100k_entries_is_reasonable(tmp_path: Path) -> None:
-    writer = open_writer("btree", tmp_path / "dracd.db", KeyStyle())
+    writer = open_map("btree", tmp_path / "dracd.db", KeyStyle())
     entries = {ipaddress.IPv4Address(0x0A000000 + n): 1795892048 for n in range(100_000)}
     started = time.monotonic()
     writer.write(entries)
@@ -168,7 +169,7 @@ def test_rewrite_of_100k_entries_is_reasonable(tmp_path: Path) -> None:
 
 def test_update_applies_changes_to_a_copy(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle(ipv6=Ipv6Keys.BOTH))
+    writer = open_map("btree", path, KeyStyle(ipv6=Ipv6Keys.BOTH))
     writer.write({V4: 1, V6: 2})
     inode = path.stat().st_ino
     assert writer.can_update()
@@ -180,7 +181,7 @@ def test_update_applies_changes_to_a_copy(tmp_path: Path) -> None:
 
 def test_update_refuses_a_map_someone_else_replaced(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     other = db.DB()
     other.open(str(tmp_path / "other.db"), dbtype=db.DB_BTREE, flags=db.DB_CREATE)
@@ -215,7 +216,7 @@ def test_unsafe_map_directories_are_found(tmp_path: Path) -> None:
 def test_updates_reuse_the_previous_inode_once_nobody_has_it_open(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     spare = tmp_path / ".dracd.db.spare"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     first = path.stat().st_ino
     writer.update({V4: 2})  # a copy: the first inode becomes the spare, lacking V4: 2
@@ -231,7 +232,7 @@ def test_updates_reuse_the_previous_inode_once_nobody_has_it_open(tmp_path: Path
 
 def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     writer.update({V4: 2})
     # An MTA session that opened the map before the last write still reads the old inode.
@@ -256,7 +257,7 @@ def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
 
 def test_a_full_write_drops_the_spare(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     writer.write({V4: 1})
     writer.update({V4: 2})
     writer.write({V6: 5})
@@ -269,9 +270,9 @@ def test_a_full_write_drops_the_spare(tmp_path: Path) -> None:
 def test_a_restart_adopts_a_map_exactly_as_it_would_write_it(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     entries = {V4: 1, V6: 2, ipaddress.ip_network("2001:db8::/64"): 3}
-    open_writer("btree", path, KeyStyle()).write(entries)
+    open_map("btree", path, KeyStyle()).write(entries)
     inode = path.stat().st_ino
-    again = open_writer("btree", path, KeyStyle())
+    again = open_map("btree", path, KeyStyle())
     assert again.read() == entries and again.adopt()
     again.update({V4: None})  # incremental from the adopted map: a copy, the old inode kept
     assert records(path) == {b"2001:db8::7": b"2", b"2001:db8:0:0": b"3", b"2001:db8:": b"3"}
@@ -291,23 +292,23 @@ def test_a_restart_adopts_a_map_exactly_as_it_would_write_it(tmp_path: Path) -> 
 def test_a_map_in_another_style_is_not_adopted(tmp_path: Path, kind: str, style: KeyStyle,
                                                extra: tuple[bytes, bytes] | None) -> None:
     path = tmp_path / "dracd.db"
-    open_writer("btree", path, KeyStyle()).write({V4: 1, V6: 2})
+    open_map("btree", path, KeyStyle()).write({V4: 1, V6: 2})
     if extra is not None:
         table = db.DB()
         table.open(str(path), dbtype=db.DB_BTREE)
         table.put(*extra)
         table.close()
-    writer = open_writer(kind, path, style)
+    writer = open_map(kind, path, style)
     writer.read()
     assert not writer.adopt() and not writer.can_update()
 
 
 def test_a_map_changed_after_reading_is_not_adopted(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
-    open_writer("btree", path, KeyStyle()).write({V4: 1})
-    writer = open_writer("btree", path, KeyStyle())
+    open_map("btree", path, KeyStyle()).write({V4: 1})
+    writer = open_map("btree", path, KeyStyle())
     writer.read()
-    open_writer("btree", path, KeyStyle()).write({V4: 2})
+    open_map("btree", path, KeyStyle()).write({V4: 2})
     assert not writer.adopt()
 
 
@@ -317,7 +318,7 @@ def test_the_fast_full_write_writes_what_the_key_rules_say(tmp_path: Path, style
     entries = {V4: 5, V6: 6, ipaddress.ip_address("10.255.0.1"): 5, ipaddress.ip_network("198.51.100.0/24"): 7,
                ipaddress.ip_network("2001:db8::/64"): 8, ipaddress.ip_address("255.255.255.254"): 9}
     path = tmp_path / "dracd.db"
-    open_writer("btree", path, style).write(entries)
+    open_map("btree", path, style).write(entries)
     expected = {key: style.value(expiry) for entry, expiry in entries.items() for key in style.keys(entry)}
     assert records(path) == expected
     assert list(records(path)) == sorted(expected)  # a btree dumps in key order
@@ -333,7 +334,7 @@ def test_in_place_and_copied_updates_always_read_back_exactly(tmp_path: Path, du
 
     rng = random.Random(7)
     path = tmp_path / "dracd.db"
-    writer = open_writer("btree", path, KeyStyle())
+    writer = open_map("btree", path, KeyStyle())
     model = {f"10.0.{i // 256}.{i % 256}": 1000 for i in range(3000)}
     writer.write({ipaddress.ip_address(key): value for key, value in model.items()})
     inodes = set()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import MAP_TYPES
-from ..keys import Entry, KeyStyle
+from ..keys import KeyStyle
 
 
 class MapError(Exception):
@@ -27,28 +27,21 @@ class StaleMap(MapError):
 class MapWriter(Protocol):
     path: Path
 
-    def write(self, entries: Mapping[Entry, int]) -> None:
-        """Replace the whole map with ``entries``; raise :class:`MapError` on failure."""
-
     def write_codes(self, entries: Mapping[int, int]) -> None:
-        """write() of entry codes (keys.entry_code), as the table holds them."""
-
-    def update(self, changes: Mapping[Entry, int | None]) -> None:
-        """Replace the map with a copy carrying ``changes`` (None: remove the address).
-        Raise :class:`StaleMap` if the map is not the one last written here."""
+        """Replace the whole map with ``entries`` (entry code -> expiry, see keys.entry_code);
+        raise :class:`MapError` on failure."""
 
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
-        """update() of entry codes, as the table holds them. ``durable=False``: readers
-        must see the result, but it need not survive a crash (a journal makes it durable)."""
+        """Apply ``changes`` (None: remove the entry) without touching a file a reader has
+        open. Raise :class:`StaleMap` if the map is not the one last written here.
+        ``durable=False``: readers must see the result, but it need not survive a crash
+        (a journal makes it durable)."""
 
     def can_update(self) -> bool:
         """Whether :meth:`update` may be used (this writer wrote the current map)."""
 
-    def read(self) -> dict[Entry, int]:
-        """The entries in the current map (empty if there is none)."""
-
     def read_codes(self, verify: bool = False) -> dict[int, int]:
-        """read() as entry codes (keys.entry_code): no address objects for a big map.
+        """The entries in the current map by entry code (empty if there is none).
         ``verify``: raise :class:`MapError` if the file's structure is damaged (torn)."""
 
     def adopt(self) -> bool:
@@ -57,8 +50,6 @@ class MapWriter(Protocol):
 
     def identity(self) -> tuple[int, int, int, int] | None:
         """(device, inode, size, mtime) of the map this writer last put in place, or None."""
-
-
 
 
 def open_writer(kind: str, path: Path, style: KeyStyle) -> MapWriter:

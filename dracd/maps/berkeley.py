@@ -59,7 +59,7 @@ from pathlib import Path
 from berkeleydb import db
 
 from ..files import fdatasync, fsync_dir, unlink_quietly
-from ..keys import HOSTS4, Entry, KeyStyle, code_entry, entry_code, parse_key_code, parse_value
+from ..keys import HOSTS4, KeyStyle, code_entry, parse_key_code, parse_value
 from ..ratelog import RateLimitedLog
 from . import MapError, StaleMap
 
@@ -100,9 +100,6 @@ class BerkeleyMap:
         self._spare_identity: tuple[int, int, int, int] | None = None
         self._lock_log = RateLimitedLog(log)
 
-    def write(self, entries: Mapping[Entry, int]) -> None:
-        self.write_codes({entry_code(entry): expiry for entry, expiry in entries.items()})
-
     def write_codes(self, entries: Mapping[int, int]) -> None:
         # A million records: the loops below are what a full write costs in Python.
         value = {expiry: self.style.value(expiry) for expiry in set(entries.values())}
@@ -128,9 +125,6 @@ class BerkeleyMap:
         # The old inode may be anyone's; start the spare afresh from the next update.
         self._spare_lacks = None
         unlink_quietly(self._spare)
-
-    def update(self, changes: Mapping[Entry, int | None]) -> None:
-        self.update_codes({entry_code(entry): expiry for entry, expiry in changes.items()})
 
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
         records: Records = {key: None if expiry is None else self.style.value(expiry)
@@ -273,9 +267,6 @@ class BerkeleyMap:
                     offset += sent
             if not self.can_update():
                 raise StaleMap(f"{self.path} was changed by someone else while it was copied")
-
-    def read(self) -> dict[Entry, int]:
-        return {code_entry(code): expiry for code, expiry in self.read_codes().items()}
 
     def read_codes(self, verify: bool = False) -> dict[int, int]:
         self._as_written = None
