@@ -19,15 +19,12 @@ from dracclient.drac import DRACPROC_ADD, AddStat, decode_addstat, encode_add_ar
 from dracclient.rpc import decode_reply, encode_call
 from tests.fixtures.process import DracdProcess, read_map
 from tests.fixtures.server import private_prog
+from tests.fixtures.tools import free_port
 
 ROUNDS = int(os.environ.get("DRACD_CRASH_ROUNDS", "8"))
 IN_FLIGHT = 32
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stream_until_killed(process: DracdProcess, port: int, prog: int, first: int, kill_after: float) -> set[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import struct
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from dracd.keys import entry_code
 from tests.fixtures.process import DracdProcess, add_status, read_map
 from tests.fixtures.server import ServerThread, private_prog, test_config, wait_for
 from tests.fixtures.server import add_status as server_add
+from tests.fixtures.tools import free_port
 
 
 def code(text: str) -> int:
@@ -141,10 +141,6 @@ def test_start_covers_every_older_journal(tmp_path: Path) -> None:
 # --- a real dracd, killed, with the map set back as a power cut could leave it ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def journal_files(map_path: Path) -> list[str]:

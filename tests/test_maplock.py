@@ -18,7 +18,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -41,6 +40,7 @@ from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.process import DracdProcess, add_status, read_map, wait_until
 from tests.fixtures.server import map_keys as records
 from tests.fixtures.server import private_prog
+from tests.fixtures.tools import free_port
 
 NOBODY = 65534
 #: The longest an ADD may wait for its answer while a lock is held (the issue: "~1 s").
@@ -69,10 +69,6 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -25,14 +24,11 @@ from dracd.config import ConfigError, config_from_dict
 from dracd.metrics import Metrics
 from dracd.prometheus import MetricsUnavailable, require
 from tests.fixtures.server import ServerThread, add_status, wait_for
+from tests.fixtures.tools import free_port
 
 Make = Callable[..., ServerThread]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def counters(server: ServerThread) -> dict[str, int]:

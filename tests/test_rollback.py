@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -28,16 +27,13 @@ from berkeleydb import db
 from dracclient.admin import AdminClient
 from tests.fixtures.process import DracdProcess, add_status, read_map
 from tests.fixtures.server import private_prog
+from tests.fixtures.tools import free_port
 
 LEGACY_ADDRESS = "198.51.100.77"
 #: An address dracd acknowledged that the other writer removes from the map.
 DELETED_BY_LEGACY = "192.0.2.5"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def legacy_in_place(map_path: Path, put: dict[str, int], delete: tuple[str, ...] = ()) -> None:

@@ -22,16 +22,13 @@ import pytest
 from dracclient.drac import AddStat
 from tests.fixtures.cclient import private_prog
 from tests.fixtures.process import DracdProcess, add_status
+from tests.fixtures.tools import free_port
 
 MAX_CONNECTIONS = 20
 RECORD_TIMEOUT = 2.0
 IDLE_TIMEOUT = 8.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
