@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from dracclient.admin import AdminClient
 from dracclient.cli import EX_OK, EX_USAGE, main
 from dracclient.errors import InvalidRequest
+from tests.fixtures.mounts import set_readonly, tmpfs
+from tests.fixtures.process import DRACD, run_command
 from tests.fixtures.server import ServerThread, map_keys
 
 pytestmark = pytest.mark.timeout(60)
 
+EX_CONFIG = 78
 Capsys = pytest.CaptureFixture[str]
 
 
@@ -68,3 +75,84 @@ def test_a_lifetime_over_the_limit_is_named_as_the_reason(server: ServerThread, 
         admin.add("0.0.0.0", 3600)
     assert str(info.value).endswith("rejected 0.0.0.0: not a unicast host address")
     assert map_keys(server.config.map.path) == {}
+
+
+# c. --check-config checks the map's directory
+
+
+def check(config: Path) -> subprocess.CompletedProcess[str]:
+    return run_command([DRACD, "--check-config", "-c", config])
+
+
+def test_check_config_rejects_a_map_directory_that_does_not_exist(tmp_path: Path) -> None:
+    config = tmp_path / "dracd.yaml"
+    config.write_text("map:\n  path: nowhere/dracd.db\n")
+    result = check(config)
+    assert result.returncode == EX_CONFIG, result
+    one_line(result.stderr, str(tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_check_config_rejects_a_map_path_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("")
+    config = tmp_path / "dracd.yaml"
+    config.write_text("map:\n  path: plain/dracd.db\n")
+    result = check(config)
+    assert result.returncode == EX_CONFIG, result
+    one_line(result.stderr, str(tmp_path / "plain"), "not a directory")
+
+
+def test_check_config_rejects_a_map_directory_others_may_write_to(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = tmp_path / "dracd.yaml"
+    config.write_text("map:\n  path: shared/dracd.db\n")
+    result = check(config)
+    assert result.returncode == EX_CONFIG, result
+    one_line(result.stderr, str(shared), "sticky bit", "map.allow_unsafe_directory")
+    config.write_text("map:\n  path: shared/dracd.db\n  allow_unsafe_directory: true\n")
+    assert check(config).returncode == EX_OK
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "mount") as mount:
+        (mount / "maps").mkdir()
+        set_readonly(mount, True)
+        try:
+            yield mount / "maps"
+        finally:
+            set_readonly(mount, False)
+
+
+def test_check_config_rejects_a_map_directory_that_is_not_writable(readonly_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "dracd.yaml"
+    config.write_text(f"map:\n  path: {readonly_dir / 'dracd.db'}\n")
+    result = check(config)
+    assert result.returncode == EX_CONFIG, result
+    one_line(result.stderr, str(readonly_dir), "not writable")
+
+
+# d. a usage error is one line
+
+
+def test_dracd_usage_error_is_one_line() -> None:
+    result = run_command([DRACD, "-e", "abc"])
+    assert result.returncode == EX_USAGE
+    assert result.stdout == ""
+    one_line(result.stderr, "dracd: ", "'abc'", "see dracd --help")
+    unknown = run_command([DRACD, "--frobnicate"])
+    assert unknown.returncode == EX_USAGE
+    one_line(unknown.stderr, "--frobnicate", "see dracd --help")
+
+
+# e. no config file is not "built-in defaults"
+
+
+def test_without_a_config_file_check_config_says_so(tmp_path: Path) -> None:
+    result = run_command([DRACD, "--check-config", "--lifetime", "45m", tmp_path / "dracd.db"])
+    assert result.returncode == EX_OK, result.stderr
+    assert "built-in defaults" not in result.stdout
+    assert result.stdout.startswith("no config file (-c): defaults and the command line: OK"), result.stdout
+    assert "2700 s" in result.stdout
