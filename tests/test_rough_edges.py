@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,8 @@ from dracclient.admin import AdminClient
 from dracclient.cli import EX_OK, EX_USAGE, main
 from dracclient.errors import InvalidRequest
 from tests.fixtures.mounts import set_readonly, tmpfs
-from tests.fixtures.process import DRACD, run_command
-from tests.fixtures.server import ServerThread, map_keys
+from tests.fixtures.process import DRACD, DracdProcess, run_command
+from tests.fixtures.server import ServerThread, map_keys, private_prog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,3 +157,53 @@ def test_without_a_config_file_check_config_says_so(tmp_path: Path) -> None:
     assert "built-in defaults" not in result.stdout
     assert result.stdout.startswith("no config file (-c): defaults and the command line: OK"), result.stdout
     assert "2700 s" in result.stdout
+
+
+# f. a clean stop leaves only the map
+
+
+def test_a_clean_stop_leaves_only_the_map(rpcbind: None, tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    prog = private_prog()
+    args = ["--program", str(prog), "--listen", "127.0.0.1", "--no-rpcbind", maps / "dracd.db"]
+    server = DracdProcess([str(a) for a in args], log_path=tmp_path / "dracd.log")
+    try:
+        server.start_ready()
+        assert (maps / "dracd.db.lock").exists()
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    assert sorted(p.name for p in maps.iterdir()) == ["dracd.db"]
+
+
+def test_a_lock_won_on_a_removed_lock_file_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dracd starting while another stops may open ``<map>.lock`` just before the stopping
+    one removes it, and win its lock just after: that lock keeps nobody out, so it takes
+    the file that is there now."""
+    from dracd import daemon
+
+    path = tmp_path / "dracd.db"
+    lock = tmp_path / "dracd.db.lock"
+    opened: list[int] = []
+    real = daemon._open_private
+
+    def racing(where: Path) -> int:
+        fd = real(where)
+        if not opened:
+            os.unlink(where)  # the stopping dracd removes the file after our open
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(daemon, "_open_private", racing)
+    fd = daemon.lock_map(path)
+    monkeypatch.undo()
+    try:
+        assert len(opened) == 2
+        assert (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == (lock.stat().st_dev, lock.stat().st_ino)
+        with pytest.raises(daemon.MapInUse):  # the file at the path is the one held
+            daemon.lock_map(path)
+    finally:
+        daemon.unlock_map(path, fd)
+    assert not lock.exists()
+    daemon.unlock_map(path, daemon.lock_map(path))  # and free again
