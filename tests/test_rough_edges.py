@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from dracclient.admin import AdminClient
-from dracclient.cli import EX_OK, EX_USAGE, main
+from dracclient.cli import EX_OK, EX_UNAVAILABLE, EX_USAGE, build_parser, main
 from dracclient.errors import InvalidRequest
 from tests.fixtures.mounts import set_readonly, tmpfs
-from tests.fixtures.process import DRACD, DracdProcess, run_command
+from tests.fixtures.process import DRACD, DracdProcess, registrations, run_command
 from tests.fixtures.server import ServerThread, map_keys, private_prog
 
 pytestmark = pytest.mark.timeout(60)
 
+REPO = Path(__file__).resolve().parent.parent
 EX_CONFIG = 78
 Capsys = pytest.CaptureFixture[str]
 
@@ -207,3 +211,97 @@ def test_a_lock_won_on_a_removed_lock_file_is_not_kept(tmp_path: Path, monkeypat
         daemon.unlock_map(path, fd)
     assert not lock.exists()
     daemon.unlock_map(path, daemon.lock_map(path))  # and free again
+
+
+# b. the README's commands work as printed against a server started like `make run`
+
+
+def readme_blocks() -> tuple[list[str], list[str]]:
+    """The quick start's commands and the Administration section's, as printed."""
+    text = (REPO / "README.md").read_text()
+
+    def block(after: str) -> list[str]:
+        rest = text[text.index(after):]
+        match = re.search(r"\n\n((?:    \S.*\n)+)", rest)
+        assert match, after
+        return [line[4:].split("  #")[0].strip() for line in match.group(1).splitlines()]
+
+    return block("`make run` prints how to try it"), block("## Administration: dracctl")
+
+
+def make_run_hints(checkout: Path) -> list[str]:
+    """The commands `make run` prints, for a checkout at ``checkout``."""
+    recipe = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    lines = re.findall(r'^\t@echo "    (.*)"$', recipe, re.MULTILINE)
+    return [line.replace("$(CURDIR)", str(checkout)).replace("$(BIN)", ".venv/bin").replace("\\$$", "$")
+            for line in lines]
+
+
+@pytest.fixture
+def make_run(rpcbind: None, tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A checkout's layout (the shipped config in etc/, var/, the venv in .venv) and a dracd
+    started in it as `make run` starts it, on a private program number."""
+    checkout = tmp_path / "checkout"
+    (checkout / "etc").mkdir(parents=True)
+    (checkout / "var").mkdir()
+    shutil.copy(REPO / "etc" / "dracd.yaml", checkout / "etc" / "dracd.yaml")
+    (checkout / ".venv").symlink_to(REPO / ".venv")
+    prog = private_prog()
+    # The config's own admin socket (the fixture would otherwise give it another).
+    server = DracdProcess(["-c", "etc/dracd.yaml", "--program", str(prog), "--admin-socket", "var/dracd.sock"],
+                          log_path=tmp_path / "dracd.log", cwd=checkout)
+    try:
+        server.start_ready()
+        assert (checkout / "var" / "dracd.sock").exists()
+        yield checkout, prog
+        assert server.stop() == 0
+    finally:
+        server.kill()
+        from dracclient import rpcbind as rpcb
+
+        for vers in {m.vers for m in registrations(prog)}:
+            rpcb.unregister(prog, vers, "")
+
+
+def run_as_printed(checkout: Path, prog: int, setup: str, commands: list[str]) -> None:
+    """Each command in a fresh shell after ``setup``; the only change is the private program number."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRACD_")}
+    for line in commands:
+        command = re.sub(r"\bdracctl ", f"dracctl --program {prog} ", line)
+        result = subprocess.run(["bash", "-c", f"{setup}\n{command}"], cwd=checkout, env=env,
+                                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, (line, result.stdout, result.stderr)
+
+
+def test_readme_commands_work_as_printed_after_make_run(make_run: tuple[Path, int]) -> None:
+    checkout, prog = make_run
+    quick, admin = readme_blocks()
+    assert quick[0].startswith("export "), "the quick start first says how to reach the `make run` server"
+    assert {"dracctl del 192.0.2.7", "dracctl list", "dracctl flush"} <= set(admin)
+    run_as_printed(checkout, prog, quick[0], [*quick[1:], *admin])
+
+
+def test_what_make_run_prints_works(make_run: tuple[Path, int]) -> None:
+    checkout, prog = make_run
+    hints = make_run_hints(checkout)
+    assert hints[0].startswith("export ") and "dracctl list" in hints
+    run_as_printed(checkout, prog, hints[0], hints[1:])
+
+
+# g. the numbers in the README's dracctl section are dracctl's
+
+
+def test_readme_timeout_example_is_the_default(capsys: Capsys) -> None:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Administration: dracctl"):text.index("## The client library")]
+    example = re.search(r"`(dracctl: cannot reach dracd on 127\.0\.0\.1: timed out\s+after ([\d.]+) s)`", section)
+    assert example, "the README shows a timeout error"
+    default = build_parser().parse_args(["ping"]).timeout
+    assert float(example.group(2)) == default
+    assert f"(default {default:g} s" in section
+    # and that is what dracctl prints (here after 0.2 s, to a port that never answers)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        assert main(["-s", "127.0.0.1", "-p", str(silent.getsockname()[1]), "-t", "0.2", "ping"]) == EX_UNAVAILABLE
+    printed = capsys.readouterr().err.strip()
+    assert printed == re.sub(r"\s+", " ", example.group(1)).replace(f"after {example.group(2)} s", "after 0.2 s")
