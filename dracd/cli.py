@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 from . import __version__
 from . import notify as sd
 from .config import Config, ConfigError, add_options, apply_options, load_config
-from .daemon import Daemon, MapInUse
-from .maps import MapError, unsafe_directory
+from .daemon import Daemon, MapInUse, unsafe_map_directory
+from .maps import MapError
 from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
@@ -222,11 +222,7 @@ def map_directory_problem(config: Config) -> str | None:
         return f"map {path}: {directory} is not a directory"
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"map {path}: directory {directory} is not writable"
-    unsafe = unsafe_directory(path)
-    if unsafe is not None and not config.map.allow_unsafe_directory:
-        return (f"map {path}: {unsafe} is writable by others without the sticky bit, so they could replace "
-                "the map; fix its mode or set map.allow_unsafe_directory")
-    return None
+    return unsafe_map_directory(config)
 
 
 def _check(prog: str, config: Config) -> int:

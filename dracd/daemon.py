@@ -58,6 +58,15 @@ def key_style(config: Config) -> KeyStyle:
     return KeyStyle(nul=config.map.nul_terminated, cidr=config.map.cidr_keys, ipv6=config.map.ipv6_keys)
 
 
+def unsafe_map_directory(config: Config) -> str | None:
+    """Why the map's directory is unsafe (others could replace the map), unless the config allows it."""
+    unsafe = unsafe_directory(config.map.path)
+    if unsafe is None or config.map.allow_unsafe_directory:
+        return None
+    return (f"{unsafe} is writable by others without the sticky bit, so they could replace "
+            f"{config.map.path}; fix its mode or set map.allow_unsafe_directory")
+
+
 class MapInUse(Exception):
     """Another dracd serves the same map."""
 
@@ -196,12 +205,9 @@ class Daemon:
                  len(self.table), self.config.map.path, len(expired))
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
-        unsafe = unsafe_directory(self.config.map.path)
-        if unsafe is not None and not self.config.map.allow_unsafe_directory:
-            raise MapError(
-                f"{unsafe} is writable by others without the sticky bit, so they could replace "
-                f"{self.config.map.path}; fix its mode or set map.allow_unsafe_directory"
-            )
+        unsafe = unsafe_map_directory(self.config)
+        if unsafe is not None:
+            raise MapError(unsafe)
         self._lock_fd = lock_map(self.config.map.path)
         self._locked_map = self.config.map.path  # a reload may name another map: this one is held
         try:
