@@ -76,10 +76,11 @@ check-rpcbind: apt-run
 run: install check-rpcbind
 	@mkdir -p var
 	@echo "dracd: map var/dracd.db, listening on 127.0.0.1 and ::1, registered with rpcbind."
-	@echo "Try it from another shell:"
-	@echo "    $(BIN)/dracctl add 192.0.2.7"
-	@echo "    $(BIN)/dracctl -S var/dracd.sock list"
-	@echo "    db5.3_dump -p var/dracd.db"
+	@echo "Try it from another shell (the export line lets dracctl find var/dracd.sock):"
+	@echo "    export PATH=$(CURDIR)/$(BIN):\$$PATH DRACD_CONFIG=$(CURDIR)/etc/dracd.yaml"
+	@echo "    dracctl add 192.0.2.7"
+	@echo "    dracctl list"
+	@echo "    db5.3_dump -p $(CURDIR)/var/dracd.db"
 	@echo "Stop with Ctrl-C."
 	exec $(BIN)/dracd -c etc/dracd.yaml
 

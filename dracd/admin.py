@@ -19,6 +19,7 @@ from dracclient.adminproto import (
     DRACPROC_LIST3,
     DRACPROC_STATUS3,
     DRACVERS_ADMIN,
+    MAX_LIFETIME,
     MAX_LIST,
     AdminStat,
     Counter,
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 LIST_IDLE = 60.0
 MAX_LISTINGS = 16
-#: Longest lifetime an admin may give one entry (about ten years).
-MAX_LIFETIME = 10 * 365 * 86400
 
 
 @dataclass

@@ -17,13 +17,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dracclient import notify as sd
 
 from . import __version__
 from .config import Config, ConfigError, add_options, apply_options, load_config
-from .daemon import Daemon, MapInUse
+from .daemon import Daemon, MapInUse, unsafe_map_directory
 from .maps import MapError
 from .policy import AllowFileError
 from .privileges import PrivilegeError
@@ -46,8 +46,15 @@ def _minutes(text: str) -> int:
     return int(text) * 60
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr, like dracctl's, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog, description="Dynamic Relay Authorization Control server (drop-in for rpc.dracd)."
     )
     parser.add_argument("dbfile", nargs="?", type=Path, help="map file (default /etc/mail/dracd.db)")
@@ -205,9 +212,27 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         return EX_OSERR
 
 
+def map_directory_problem(config: Config) -> str | None:
+    """What keeps dracd from writing its map (and the journal and lock beside it), or None.
+    Checked as the user running the check; with ``user:``, dracd checks again once it runs as that user."""
+    path = config.map.path
+    directory = path.parent
+    if not directory.exists():
+        return f"map {path}: directory {directory} does not exist"
+    if not directory.is_dir():
+        return f"map {path}: {directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"map {path}: directory {directory} is not writable"
+    return unsafe_map_directory(config)
+
+
 def _check(prog: str, config: Config) -> int:
     from .policy import load_allow
 
+    problem = map_directory_problem(config)
+    if problem is not None:
+        print(f"{prog}: {config.source}: {problem}", file=sys.stderr)
+        return EX_CONFIG
     try:
         allow = load_allow(config.allow_path, config.allow_file is not None, quiet=True)
     except (AllowFileError, OSError) as exc:

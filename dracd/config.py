@@ -138,6 +138,10 @@ class RedisConfig:
         return "url" if self.url else "sentinel" if self.sentinels else "cluster"
 
 
+#: Config.source when dracd runs without -c (messages start with the source).
+NO_CONFIG_FILE = "no config file (-c): defaults and the command line"
+
+
 @dataclass(frozen=True)
 class Config:
     map: MapConfig = field(default_factory=MapConfig)
@@ -176,7 +180,8 @@ class Config:
     redis: RedisConfig | None = None
     #: One of EVENT_LOOPS.
     event_loop: str = "auto"
-    source: str = "built-in defaults"
+    #: Where the settings come from: the file, or no file at all.
+    source: str = NO_CONFIG_FILE
 
     @property
     def allow_path(self) -> Path:

@@ -58,24 +58,45 @@ def key_style(config: Config) -> KeyStyle:
     return KeyStyle(nul=config.map.nul_terminated, cidr=config.map.cidr_keys, ipv6=config.map.ipv6_keys)
 
 
+def unsafe_map_directory(config: Config) -> str | None:
+    """Why the map's directory is unsafe (others could replace the map), unless the config allows it."""
+    unsafe = unsafe_directory(config.map.path)
+    if unsafe is None or config.map.allow_unsafe_directory:
+        return None
+    return (f"{unsafe} is writable by others without the sticky bit, so they could replace "
+            f"{config.map.path}; fix its mode or set map.allow_unsafe_directory")
+
+
 class MapInUse(Exception):
     """Another dracd serves the same map."""
 
 
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
 def lock_map(path: Path) -> int:
     """Hold ``<map>.lock`` for the daemon's lifetime: a second dracd on the same
-    map (say a mistaken ``dracd -i``) must fail before it touches the map."""
-    lock = path.with_name(path.name + ".lock")
-    try:
-        fd = _open_private(lock)
-    except OSError as exc:
-        raise MapError(f"cannot write {lock}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    map (say a mistaken ``dracd -i``) must fail before it touches the map.
+
+    A clean stop removes the file while still holding its lock (:func:`unlock_map`),
+    so a lock won on a file that is no longer at ``lock`` keeps nobody out: take the
+    file that is there now instead."""
+    lock = lock_path(path)
+    while True:
+        try:
+            fd = _open_private(lock)
+        except OSError as exc:
+            raise MapError(f"cannot write {lock}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MapInUse(f"{path} is in use by another dracd (pid {owner})") from None
+        if _same_file(fd, lock):
+            break
         os.close(fd)
-        raise MapInUse(f"{path} is in use by another dracd (pid {owner})") from None
     try:
         with open(lock, "w", encoding="ascii") as handle:
             handle.write(f"{os.getpid()}\n")
@@ -83,6 +104,29 @@ def lock_map(path: Path) -> int:
         os.close(fd)
         raise MapError(f"cannot write {lock}: {exc.strerror}") from None
     return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (info.st_dev, info.st_ino) == (held.st_dev, held.st_ino)
+
+
+def unlock_map(path: Path, fd: int) -> None:
+    """A clean stop: remove ``<map>.lock`` while its lock is still held (a dracd starting
+    meanwhile either fails on the lock or, once it is released, finds the file gone and
+    makes a new one), then release it, leaving only the map. When the file cannot be
+    removed (``user:`` without the right to), it stays, harmless."""
+    lock = lock_path(path)
+    try:
+        if _same_file(fd, lock):
+            os.unlink(lock)
+    except OSError as exc:
+        log.debug("%s stays: %s", lock, exc.strerror)
+    os.close(fd)
 
 
 def _open_private(lock: Path) -> int:
@@ -124,6 +168,7 @@ class Daemon:
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
+        self._locked_map = config.map.path
         self._admin_sock: socket.socket | None = None
         self._guard_fd: int | None = None
         self._endpoint: Endpoint | None = None
@@ -193,13 +238,11 @@ class Daemon:
         return merged
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
-        unsafe = unsafe_directory(self.config.map.path)
-        if unsafe is not None and not self.config.map.allow_unsafe_directory:
-            raise MapError(
-                f"{unsafe} is writable by others without the sticky bit, so they could replace "
-                f"{self.config.map.path}; fix its mode or set map.allow_unsafe_directory"
-            )
+        unsafe = unsafe_map_directory(self.config)
+        if unsafe is not None:
+            raise MapError(unsafe)
         self._lock_fd = lock_map(self.config.map.path)
+        self._locked_map = self.config.map.path  # a reload may name another map: this one is held
         try:
             await self._start()
         except BaseException:
@@ -326,7 +369,10 @@ class Daemon:
             log.error("final map write failed: %s; the journal stays for the next start", exc)
         if self.registration is not None:
             await self.registration.stop()
-        self._release_lock()
+        # Last: until here a second dracd must stay off the map.
+        if self._lock_fd is not None:
+            unlock_map(self._locked_map, self._lock_fd)
+            self._lock_fd = None
         self._stopped.set()
         log.info("stopped")
 

@@ -266,14 +266,19 @@ log_level: debug
 def test_check_config_accepts_good_files(tmp_path: Path) -> None:
     config = tmp_path / "dracd.yaml"
     config.write_text(GOOD_YAML)
+    (tmp_path / "maps").mkdir()
     (tmp_path / "dracd.allow").write_text("255.255.255.255 127.0.0.1\n127.0.0.0/8\n::1/128\n")
     result = run_command([DRACD, "--check-config", "-c", config])
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert str(config) in result.stdout and "OK" in result.stdout and "2700 s" in result.stdout
-    assert not (tmp_path / "maps").exists(), "--check-config must not create anything"
+    assert list((tmp_path / "maps").iterdir()) == [], "--check-config must not create anything"
 
-    shipped = run_command([DRACD, "--check-config", "-c", REPO / "etc" / "dracd.yaml"])
+    # The shipped config, in a checkout's layout where `make run` made var/.
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "var").mkdir()
+    shutil.copy(REPO / "etc" / "dracd.yaml", tmp_path / "etc" / "dracd.yaml")
+    shipped = run_command([DRACD, "--check-config", "-c", tmp_path / "etc" / "dracd.yaml"])
     assert shipped.returncode == 0, shipped.stderr
     assert "OK" in shipped.stdout
 

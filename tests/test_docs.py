@@ -124,9 +124,14 @@ def test_example_config_loads_with_the_documented_defaults_where_it_keeps_them()
     assert config.allow_file is not None and config.allow_file.exists()
 
 
-def test_example_config_passes_check_config() -> None:
+def test_example_config_passes_check_config(tmp_path: Path) -> None:
+    # In a checkout's layout where `make run` made var/ (the map's directory must exist).
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "var").mkdir()
+    for name in (EXAMPLE.name, "dracd.example.allow"):
+        shutil.copy(REPO / "etc" / name, tmp_path / "etc" / name)
     result = subprocess.run([str(BIN / "dracd"), "--check-config", "-c", str(EXAMPLE.relative_to(REPO))],
-                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 

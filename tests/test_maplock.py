@@ -300,9 +300,11 @@ def test_nobody_can_keep_dracd_from_starting_through_its_lock_file(
     dracd left it, is replaced at start."""
     server = dracd()
     server.add_many(addresses(8, 2))
-    assert server.process.stop() == 0
     lock = server.map_path.with_name(server.map_path.name + ".lock")
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    assert server.process.stop() == 0
+    assert not lock.exists(), "a clean stop removes the lock file"
+    lock.write_text("1\n")  # as an older dracd left it, readable by all
     lock.chmod(0o644)
     holders.append(LockHolder.flock("-x", lock))
     restarted = dracd()

@@ -21,6 +21,7 @@ from .adminproto import (
     DRACPROC_LIST3,
     DRACPROC_STATUS3,
     DRACVERS_ADMIN,
+    MAX_LIFETIME,
     MAX_LIST,
     AdminStat,
     Entry,
@@ -55,10 +56,9 @@ class ListingExpired(ServerError):
     listings at once); start again."""
 
 
-
-
-def _target(value: str | Target) -> Target:
-    """An address, or a network written ADDR/PREFIX ("192.0.2.0/24", "2001:db8:1:2::/64")."""
+def parse_target(value: str | Target) -> Target:
+    """An address, or a network written ADDR/PREFIX ("192.0.2.0/24", "2001:db8:1:2::/64").
+    Raises ValueError."""
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network) or (isinstance(value, str) and "/" in value):
         network = ipaddress.ip_network(value)
         if network.prefixlen < network.max_prefixlen:
@@ -68,6 +68,22 @@ def _target(value: str | Target) -> Target:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+def check_lifetime(lifetime: int) -> None:
+    """Raise ValueError for a lifetime no dracd takes (0 means dracd's own)."""
+    if not isinstance(lifetime, int) or not 0 <= lifetime <= MAX_LIFETIME:
+        raise ValueError(f"lifetime {lifetime!r} s is not between 0 and {MAX_LIFETIME} s (ten years)")
+
+
+def _refused(target: Target | None) -> str:
+    """Why dracd answers ADMIN_INVAL for ``target`` (its log says which rule)."""
+    if target is None:
+        return "invalid request"
+    if isinstance(target, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return ("not a network the MTAs' lookups can match (IPv4 /8, /16, /24; IPv6 /48 to /112 "
+                "in steps of 16), or one sharing a map key with an entry")
+    return "not a unicast host address"
 
 
 class AdminClient:
@@ -120,13 +136,14 @@ class AdminClient:
         except XdrError as exc:
             raise BadReply(f"bad {what} reply: {exc}") from None
 
-    def _check(self, stat: AdminStat, address: object = None) -> None:
+    def _check(self, stat: AdminStat, address: Target | None = None) -> None:
         if stat == AdminStat.ADMIN_OK:
             return
         if stat == AdminStat.ADMIN_NOTFOUND:
             raise NotFound(f"{address} is not in the table")
         if stat == AdminStat.ADMIN_INVAL:
-            raise InvalidRequest(f"{self.where} rejected {address}: not a unicast host address or bad lifetime")
+            # The lifetime was checked before the call, so the address is what dracd refused.
+            raise InvalidRequest(f"{self.where} rejected {address}: {_refused(address)}")
         raise ServerError(f"{self.where} could not write its map ({stat.name})")
 
     def ping(self) -> float:
@@ -138,19 +155,20 @@ class AdminClient:
     def add(self, address: str | Target, lifetime: int = 0) -> None:
         """Authorize ``address`` (or a network, "192.0.2.0/24") for ``lifetime`` seconds
         (0: the server's lifetime)."""
-        addr = _target(address)
+        addr = parse_target(address)
+        check_lifetime(lifetime)
         stat = self._decode("ADD", decode_adminstat, self._call(DRACPROC_ADD3, encode_add3(addr, lifetime)))
         self._check(stat, addr)
 
     def delete(self, address: str | Target) -> None:
         """Remove ``address`` (or a network entry); raises NotFound if it was not there."""
-        addr = _target(address)
+        addr = parse_target(address)
         stat = self._decode("DEL", decode_adminstat, self._call(DRACPROC_DEL3, encode_target(addr)))
         self._check(stat, addr)
 
     def get(self, address: str | Target) -> int | None:
         """The expiry of the entry ``address`` (epoch seconds), or None if there is none."""
-        addr = _target(address)
+        addr = parse_target(address)
         stat, expiry = self._decode("GET", decode_get3_res, self._call(DRACPROC_GET3, encode_target(addr)))
         if stat == AdminStat.ADMIN_NOTFOUND:
             return None

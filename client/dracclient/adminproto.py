@@ -24,6 +24,8 @@ DRACPROC_LIST3 = 4
 DRACPROC_FLUSH3 = 5
 DRACPROC_STATUS3 = 6
 MAX_LIST = 8192
+#: Longest lifetime an admin may give one entry (about ten years): ADD3 past it is ADMIN_INVAL.
+MAX_LIFETIME = 10 * 365 * 86400
 MAX_COUNTERS = 4096
 _MAX_STRING = 4096
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .admin import DEFAULT_SOCKET, AdminClient, NotFound
-from .adminproto import Entry
-from .client import add, ping
+from .admin import DEFAULT_SOCKET, AdminClient, NotFound, parse_target
+from .adminproto import MAX_LIFETIME, Entry, Target
+from .client import add, add_address, ping
 from .drac import DRACPROG
 from .durations import parse_duration
 from .errors import DracError, InvalidRequest, PermissionRefused, RpcTimeout, ServerError, ServerResult, Unavailable
@@ -52,9 +52,12 @@ def exit_code(exc: DracError) -> int:
 
 def _lifetime(text: str) -> int:
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds > MAX_LIFETIME:
+        raise argparse.ArgumentTypeError(f"lifetime {text} is over ten years, the most dracd takes")
+    return seconds
 
 
 class Parser(argparse.ArgumentParser):
@@ -158,18 +161,26 @@ def local_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
+def targets(addresses: Sequence[str]) -> list[tuple[str, Target]]:
+    """Every address (or network) parsed before anything is sent: one bad argument changes nothing."""
+    return [(address, parse_target(address)) for address in addresses]
+
+
 def cmd_add(args: argparse.Namespace, out: Output) -> None:
     # Networks and lifetimes exist only in the admin procedures; the DRAC ADD carries one host.
     if args.lifetime is not None or args.socket or any("/" in address for address in args.addresses):
+        checked = targets(args.addresses)
         admin = admin_client(args)
-        for address in args.addresses:
+        for address, target in checked:
             try:
-                admin.add(address, args.lifetime or 0)
+                admin.add(target, args.lifetime or 0)
             except DracError as exc:
                 out.fail(f"{address}: {exc}", exit_code(exc), address=address, ok=False, error=str(exc))
             else:
                 out.ok(f"{address}: added", address=address, ok=True)
         return
+    for address in args.addresses:
+        add_address(address)
     hosts = servers(args)
     for address in args.addresses:
         try:
@@ -188,10 +199,11 @@ def cmd_add(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_del(args: argparse.Namespace, out: Output) -> None:
+    checked = targets(args.addresses)
     admin = admin_client(args)
-    for address in args.addresses:
+    for address, target in checked:
         try:
-            admin.delete(address)
+            admin.delete(target)
         except DracError as exc:
             out.fail(f"{address}: {exc}", exit_code(exc), address=address, ok=False, error=str(exc))
         else:

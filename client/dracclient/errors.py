@@ -1,7 +1,7 @@
 """One exception tree for every way a DRAC call can fail.
 
 Every error is a :class:`DracError`; its message is one line that names the
-server, e.g. ``cannot reach dracd on 127.0.0.1: timed out after 3.0 s``.
+server, e.g. ``cannot reach dracd on 127.0.0.1: timed out after 5.0 s``.
 When :func:`dracclient.add` raises because no server took the address, the
 error is the first server's and carries every server's outcome in
 :attr:`DracError.results`.
