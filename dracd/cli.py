@@ -49,7 +49,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Dynamic Relay Authorization Control server (drop-in for rpc.dracd)."
     )
-    parser.add_argument("dbfile", nargs="?", type=Path, help="map file (default /etc/mail/dracd.db)")
+    parser.add_argument("dbfile", nargs="?", type=Path,
+                        help="map file (default /etc/drac/dracd.db if /etc/drac exists, else /etc/mail/dracd.db)")
     parser.add_argument("-i", dest="initialize", action="store_true", default=None,
                         help="start with an empty table instead of reloading the map")
     parser.add_argument("-e", dest="expire_minutes", type=_minutes, metavar="MINUTES",
@@ -205,10 +206,11 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
 
 
 def _check(prog: str, config: Config) -> int:
+    from .hostpaths import allow_reason, map_reason
     from .policy import load_allow
 
     try:
-        allow = load_allow(config.allow_path, config.allow_file is not None, quiet=True)
+        allow = load_allow(config.allow_path, quiet=True)
     except (AllowFileError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -227,6 +229,8 @@ def _check(prog: str, config: Config) -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
+    print(f"map {config.map.path}: {map_reason(config.map.path)}")
+    print(allow_reason(config.allow_file, config.map.path))
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
           f"event loop {loop_name})" + (f", {len(allow.problems)} warning(s)" if allow.problems else ""))
     return EX_OK

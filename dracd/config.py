@@ -19,9 +19,9 @@ import yaml
 from dracclient.drac import DRACPROG
 from dracclient.durations import parse_duration
 
+from .hostpaths import default_map, find_allow
 from .keys import Ipv6Keys
 
-DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -84,7 +84,8 @@ def parse_spec(text: str) -> SocketmapSpec:
 
 @dataclass(frozen=True)
 class MapConfig:
-    path: Path = DEFAULT_MAP
+    #: Computed when a config is made, not at import: /etc/drac's or /etc/mail's (hostpaths).
+    path: Path = field(default_factory=default_map)
     type: str = "btree"
     nul_terminated: bool = False
     cidr_keys: bool = False
@@ -135,7 +136,8 @@ class RedisConfig:
 class Config:
     map: MapConfig = field(default_factory=MapConfig)
     lifetime: int = DEFAULT_LIFETIME
-    #: None: ``dracd.allow`` next to the map, with the legacy default if absent.
+    #: None: the first found of ``dracd.allow`` next to the map, in /etc/drac, in /etc/mail
+    #: (hostpaths); none: the legacy default.
     allow_file: Path | None = None
     initialize: bool = False
     listen: tuple[str, ...] = ("0.0.0.0", "::")
@@ -172,8 +174,9 @@ class Config:
     source: str = "built-in defaults"
 
     @property
-    def allow_path(self) -> Path:
-        return self.allow_file if self.allow_file is not None else self.map.path.parent / "dracd.allow"
+    def allow_path(self) -> Path | None:
+        """The allow file to read, looked for now; None: none configured or found (the legacy default)."""
+        return find_allow(self.allow_file, self.map.path)
 
 
 def _expect(kind: str, check: bool, value: Any) -> None:

@@ -152,13 +152,12 @@ def default_allow_list() -> AllowList:
     return AllowList(rules, "built-in default (loopback and this host's addresses)")
 
 
-def load_allow(path: Path, explicit: bool, *, quiet: bool = False) -> AllowList:
-    """The allow list from ``path``; when it is absent, the default unless the
-    file was named explicitly (a typo must not silently widen access). Lines
-    that match nobody are logged as warnings unless ``quiet`` (--check-config
+def load_allow(path: Path | None, *, quiet: bool = False) -> AllowList:
+    """The allow list from ``path`` (``Config.allow_path``); None: the legacy default.
+    A named file that is missing is an error: a typo must not silently widen access.
+    Lines that match nobody are logged as warnings unless ``quiet`` (--check-config
     prints them itself)."""
-    if not path.exists() and not explicit:
-        log.info("no allow file %s: allowing loopback and this host's own addresses", path)
+    if path is None:
         return default_allow_list()
     allow = load_allow_file(path)
     if not quiet:

@@ -58,8 +58,8 @@ def test_bad_line_names_file_and_line(tmp_path: Path, line: str) -> None:
         load_allow_file(path)
 
 
-def test_default_when_absent_is_loopback_and_own_addresses(tmp_path: Path) -> None:
-    allow = load_allow(tmp_path / "missing.allow", explicit=False)
+def test_default_when_absent_is_loopback_and_own_addresses() -> None:
+    allow = load_allow(None)
     assert allow.permits(ip("127.0.0.1")) and allow.permits(ip("::1"))
     assert not allow.permits(ip("127.0.0.2")) and not allow.permits(ip("192.0.2.1"))
     assert default_allow_list().rules == allow.rules
@@ -67,4 +67,4 @@ def test_default_when_absent_is_loopback_and_own_addresses(tmp_path: Path) -> No
 
 def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        load_allow(tmp_path / "missing.allow", explicit=True)
+        load_allow(tmp_path / "missing.allow")
