@@ -24,7 +24,6 @@ from . import notify as sd
 from .config import Config, ConfigError, add_options, apply_options, load_config
 from .daemon import Daemon, MapInUse
 from .maps import MapError
-from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
 from .transport import AdminSocketInUse
@@ -129,7 +128,7 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
         try:
             daemon.reload(resolve_config(args))
             logging.getLogger().setLevel(daemon.config.log_level.upper())
-        except (ConfigError, AllowFileError, OSError) as exc:
+        except (ConfigError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             if started:
                 sd.notify(f"STATUS=reload failed, running the previous configuration: {exc}")
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(run(args, config, on_ready))
-    except (ConfigError, AllowFileError) as exc:
+    except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
     except MapError as exc:
@@ -211,7 +210,7 @@ def _check(prog: str, config: Config) -> int:
 
     try:
         allow = load_allow(config.allow_path, quiet=True)
-    except (AllowFileError, OSError) as exc:
+    except OSError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     for problem in allow.problems:  # legal, as in DRAC, but surely not what was meant
