@@ -25,7 +25,6 @@ from . import __version__
 from .config import Config, ConfigError, add_options, apply_options, load_config
 from .daemon import Daemon, MapInUse, unsafe_map_directory
 from .maps import MapError
-from .policy import AllowFileError
 from .privileges import PrivilegeError
 from .registration import AlreadyRegistered
 from .transport import AdminSocketInUse
@@ -57,7 +56,8 @@ def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:
     parser = Parser(
         prog=prog, description="Dynamic Relay Authorization Control server (drop-in for rpc.dracd)."
     )
-    parser.add_argument("dbfile", nargs="?", type=Path, help="map file (default /etc/mail/dracd.db)")
+    parser.add_argument("dbfile", nargs="?", type=Path,
+                        help="map file (default /etc/drac/dracd.db if /etc/drac exists, else /etc/mail/dracd.db)")
     parser.add_argument("-i", dest="initialize", action="store_true", default=None,
                         help="start with an empty table instead of reloading the map")
     parser.add_argument("-e", dest="expire_minutes", type=_minutes, metavar="MINUTES",
@@ -136,7 +136,7 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
         try:
             daemon.reload(resolve_config(args))
             logging.getLogger().setLevel(daemon.config.log_level.upper())
-        except (ConfigError, AllowFileError, OSError) as exc:
+        except (ConfigError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             if started:
                 sd.notify(f"STATUS=reload failed, running the previous configuration: {exc}")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(run(args, config, on_ready))
-    except (ConfigError, AllowFileError) as exc:
+    except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
     except MapError as exc:
@@ -227,6 +227,7 @@ def map_directory_problem(config: Config) -> str | None:
 
 
 def _check(prog: str, config: Config) -> int:
+    from .hostpaths import allow_reason, map_reason
     from .policy import load_allow
 
     problem = map_directory_problem(config)
@@ -234,8 +235,8 @@ def _check(prog: str, config: Config) -> int:
         print(f"{prog}: {config.source}: {problem}", file=sys.stderr)
         return EX_CONFIG
     try:
-        allow = load_allow(config.allow_path, config.allow_file is not None, quiet=True)
-    except (AllowFileError, OSError) as exc:
+        allow = load_allow(config.allow_path, quiet=True)
+    except OSError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     for problem in allow.problems:  # legal, as in DRAC, but surely not what was meant
@@ -253,6 +254,8 @@ def _check(prog: str, config: Config) -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
+    print(f"map {config.map.path}: {map_reason(config.map.path)}")
+    print(allow_reason(config.allow_file, config.map.path))
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
           f"event loop {loop_name})" + (f", {len(allow.problems)} warning(s)" if allow.problems else ""))
     return EX_OK

@@ -31,9 +31,9 @@ from dracclient.checks import (
 from dracclient.drac import DRACPROG
 from dracclient.durations import parse_duration
 
+from .hostpaths import default_map, find_allow
 from .keys import Ipv6Keys
 
-DEFAULT_MAP = Path("/etc/mail/dracd.db")
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
 #: auto: uvloop when it is installed (the uvloop extra), else asyncio's own loop.
@@ -91,7 +91,8 @@ def parse_spec(text: str) -> SocketmapSpec:
 
 @dataclass(frozen=True)
 class MapConfig:
-    path: Path = DEFAULT_MAP
+    #: Computed when a config is made, not at import: /etc/drac's or /etc/mail's (hostpaths).
+    path: Path = field(default_factory=default_map)
     type: str = "btree"
     nul_terminated: bool = False
     cidr_keys: bool = False
@@ -146,7 +147,8 @@ NO_CONFIG_FILE = "no config file (-c): defaults and the command line"
 class Config:
     map: MapConfig = field(default_factory=MapConfig)
     lifetime: int = DEFAULT_LIFETIME
-    #: None: ``dracd.allow`` next to the map, with the legacy default if absent.
+    #: None: the first found of ``dracd.allow`` next to the map, in /etc/drac, in /etc/mail
+    #: (hostpaths); none: the legacy default.
     allow_file: Path | None = None
     initialize: bool = False
     listen: tuple[str, ...] = ("0.0.0.0", "::")
@@ -184,8 +186,9 @@ class Config:
     source: str = NO_CONFIG_FILE
 
     @property
-    def allow_path(self) -> Path:
-        return self.allow_file if self.allow_file is not None else self.map.path.parent / "dracd.allow"
+    def allow_path(self) -> Path | None:
+        """The allow file to read, looked for now; None: none configured or found (the legacy default)."""
+        return find_allow(self.allow_file, self.map.path)
 
 
 def _listen(value: Any) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from .admin import AdminService
 from .commit import Committer
 from .config import Config, needs_restart
 from .dispatch import Dispatcher
+from .hostpaths import allow_reason, map_reason
 from .journal import Journal, JournalError
 from .keys import KeyStyle
 from .maps import MapError, MapWriter, open_writer, unsafe_directory
@@ -153,7 +154,9 @@ class Daemon:
         self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
         self.journal = Journal(config.map.path)
         self.committer = Committer(self.table, self.writer, self.journal, self.metrics)
-        self.settings = Settings.from_config(config, load_allow(config.allow_path, config.allow_file is not None))
+        log.info("map %s: %s", config.map.path, map_reason(config.map.path))
+        log.info("%s", allow_reason(config.allow_file, config.map.path))
+        self.settings = Settings.from_config(config, load_allow(config.allow_path))
         self.service = DracService(self.table, self.committer, self.settings, self.metrics)
         self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None
         self.service.shared = self.shared
@@ -338,7 +341,7 @@ class Daemon:
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new allow list and lifetime; sockets and entries stay."""
-        allow = load_allow(config.allow_path, config.allow_file is not None)
+        allow = load_allow(config.allow_path)
         changed = needs_restart(self.config, config)
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
@@ -346,8 +349,8 @@ class Daemon:
         # dracd's own uid stays an administrator after the switch to `user:`.
         self.settings.update(replace(new, admin=replace(new.admin, uid=self.settings.admin.uid)))
         self.config = config
-        log.info("reloaded %s: allow list %s (%d rules), lifetime %d s",
-                 config.source, allow.source, len(allow.rules), config.lifetime)
+        log.info("reloaded %s: %s (%d rules), lifetime %d s",
+                 config.source, allow_reason(config.allow_file, config.map.path), len(allow.rules), config.lifetime)
 
     async def stop(self) -> None:
         await self._close_listeners()

@@ -1,4 +1,4 @@
-"""The allow file follows legacy rpc.dracd exactly (issue 16, fault 6).
+"""The allow file follows legacy rpc.dracd exactly (issue 16, fault 6; issue 17, item 2).
 
 DRAC read ``MASK ADDR`` lines and allowed a caller if ``(caller & mask) ==
 addr``: the address is not masked, so a line whose address has bits outside
@@ -7,18 +7,24 @@ dracd masked the address too and so let such lines admit whole networks.
 Such a line still matches nobody; ``--check-config`` and the start say so.
 CIDR lines are dracd's own extension; one with host bits set (192.0.2.5/24)
 is treated the same way: it matches nobody and is reported.
+
+Each line is read as DRAC read it, with sscanf("%[0-9.] %[0-9.]") and
+inet_addr(): tests/c/allowread.c runs the C library's own functions on the
+same lines, and dracd must make the same rule of each, or skip it. A line
+DRAC skipped is skipped with a warning naming file and line, never fatal.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dracclient.drac import AddStat
-from dracd.policy import load_allow_file, parse_allow_line
+from dracd.policy import MaskRule, NetRule, load_allow_file, parse_allow_line
 from tests.fixtures.process import DRACD, DracdProcess, run_command
 from tests.fixtures.server import ServerThread, add_status, private_prog
 
@@ -102,6 +108,106 @@ def test_check_config_and_start_report_such_lines(tmp_path: Path) -> None:
         process.start().wait_ready(10)
         log = process.log()
         assert f"{allow}, line 2" in log and "matches no caller" in log, log
+        assert process.stop() == 0
+    finally:
+        process.kill()
+
+
+C_READER = Path(__file__).resolve().parent / "c" / "allowread.c"
+
+#: Lines DRAC read (or skipped) in ways easy to get wrong.
+LEGACY_LINES = [
+    "255.255.255.0 192.0.2.0", "255.255.255.255 127.0.0.1 localhost", "255.255.255.0\t192.0.2.0\r",
+    "255.255.255.0 192.0.2.0;x", "255.255.255.0 192.0.2.0/24", "255.255.255.255 127.0.0.1# this host",
+    "255.255.255.0 127.0.0.x", "255.255.255.0 127.0.0.", "255.255.255.0 ..", "255.255.255.0 2001:db8::",
+    "255.255.255.0.0 192.0.2.7", "1.2.3.4.5 127.0.0.1", "255.255.255.256 127.0.0.1", "..1 1",
+    "255.255.255.0 192.168.010.0", "255.255.255.0 192.168.08.0", "255.255.255.255 0177.0.0.1",
+    "255.0 10.1", "0 0", "4294967295 127.0.0.1", "4294967296 127.0.0.1", "255.255.65535 10.0.1",
+    "  255.255.255.0 192.0.2.0", "255.255.255.0", "255.255.255.0192.0.2.0", "255.255.255.0#x 192.0.2.0",
+    "#255.255.255.255 127.0.0.1", " # a comment", "", "192.0.2.1", "mail.example.org",
+    "255.255.255.255 mail.example.org", "x 255.255.255.255 127.0.0.1",
+]
+#: dracd's own lines: DRAC skipped each of them.
+EXTENSION_LINES = ["192.0.2.0/24", "2001:db8::/32", "  10.0.0.0/8   # MRAs", "::1/128", "192.0.2.5/24"]
+
+
+def dracd_reads(line: str) -> str:
+    """What dracd makes of ``line``, in allowread's terms (a CIDR rule is "net")."""
+    try:
+        rule = parse_allow_line(line + "\n")
+    except ValueError:
+        return "skip"
+    if rule is None:
+        return "skip"
+    return "net" if isinstance(rule, NetRule) else f"{rule.mask:08x} {rule.addr:08x}"
+
+
+@pytest.fixture(scope="module")
+def allowread(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("allowread") / "allowread"
+    built = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(C_READER)],
+                           capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    return binary
+
+
+def legacy_reads(allowread: Path, lines: list[str]) -> list[str]:
+    out = subprocess.run([str(allowread)], input="".join(line + "\n" for line in lines), capture_output=True,
+                         text=True, timeout=10, check=True).stdout.splitlines()
+    assert len(out) == len(lines)
+    return out
+
+
+def test_each_line_makes_the_rule_drac_made_or_is_skipped_as_drac_skipped_it(allowread: Path) -> None:
+    expected = legacy_reads(allowread, LEGACY_LINES)
+    assert [dracd_reads(line) for line in LEGACY_LINES] == expected
+    # The C library and dracd agree on what needs showing: these lines made rules.
+    assert dict(zip(LEGACY_LINES, expected, strict=True))["255.255.255.0 192.0.2.0;x"] == "ffffff00 c0000200"
+    assert dict(zip(LEGACY_LINES, expected, strict=True))["255.255.255.0 192.168.010.0"] == "ffffff00 c0a80800"
+
+
+def test_dracd_extensions_are_lines_drac_skipped(allowread: Path) -> None:
+    assert legacy_reads(allowread, EXTENSION_LINES) == ["skip"] * len(EXTENSION_LINES)
+    assert [dracd_reads(line) for line in EXTENSION_LINES] == ["net"] * len(EXTENSION_LINES)
+
+
+def test_a_mask_inet_addr_rejects_allows_the_address_alone_as_in_drac() -> None:
+    rule = parse_allow_line("255.255.255.0.0 192.0.2.7\n")
+    assert isinstance(rule, MaskRule) and rule.matches(ip("192.0.2.7")) and not rule.matches(ip("192.0.2.8"))
+    assert rule.problem() is not None and "192.0.2.7 alone" in rule.problem()
+
+
+def test_skipped_lines_are_warnings_naming_file_and_line_never_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "dracd.allow"
+    path.write_text("# MRAs\n255.255.255.255 127.0.0.2\nmail.example.org\n  255.255.255.255 127.0.0.3\n"
+                    "192.0.2.1\n192.0.2.0/33\n2001:db8::1\n255.255.255.0 198.51.100.0;x\n"
+                    "203.0.113.0/24 198.51.100.0/24\n")
+    allow = load_allow_file(path)
+    skipped = [problem for problem in allow.problems if ": skipped: " in problem]
+    assert [problem.split(":", 1)[0] for problem in skipped] == [f"{path}, line {n}" for n in (3, 4, 5, 6, 7)]
+    assert "starts with a blank" in skipped[1]
+    assert "not a network" in skipped[3]
+    assert f"{path}, line 9: " in allow.problems[-1] and "'198.51.100.0/24' after the network is ignored" \
+        in allow.problems[-1]
+    assert allow.permits(ip("127.0.0.2")) and allow.permits(ip("198.51.100.9")) and allow.permits(ip("203.0.113.1"))
+    for caller in ("127.0.0.3", "192.0.2.1", "2001:db8::1", "198.51.101.1"):
+        assert not allow.permits(ip(caller)), caller
+
+
+def test_check_config_and_start_skip_lines_drac_skipped(tmp_path: Path) -> None:
+    allow = tmp_path / "dracd.allow"
+    allow.write_text("255.255.255.255 127.0.0.1 localhost\nmra.example.org\n255.255.255.255 127.0.0.2;x\n")
+    db = tmp_path / "dracd.db"
+    result = run_command([DRACD, "--check-config", "--allow", allow, db])
+    assert result.returncode == 0, result.stderr
+    assert f"{allow}, line 2: 'mra.example.org': skipped" in result.stderr
+    assert "OK" in result.stdout and "1 warning" in result.stdout
+    process = DracdProcess(["--no-rpcbind", "--port", "0", "--listen", "127.0.0.1", "--program",
+                            str(private_prog()), "--allow", str(allow), str(db)],
+                           log_path=tmp_path / "dracd.log", cwd=tmp_path, exe=DRACD)
+    try:
+        process.start().wait_ready(10)
+        assert f"{allow}, line 2: 'mra.example.org': skipped" in process.log()
         assert process.stop() == 0
     finally:
         process.kill()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dracclient.durations import parse_duration
+from dracd import hostpaths
 from dracd.cli import build_parser, resolve_config
 from dracd.config import Config, ConfigError, load_config
 from dracd.keys import Ipv6Keys
@@ -23,10 +24,49 @@ def cfg(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_empty_file_means_defaults(tmp_path: Path) -> None:
+@pytest.fixture
+def etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private /etc: hostpaths' /etc/drac and /etc/mail point into it (neither exists yet)."""
+    root = tmp_path / "etc"
+    root.mkdir()
+    monkeypatch.setattr(hostpaths, "DRAC_DIR", root / "drac")
+    monkeypatch.setattr(hostpaths, "MAIL_DIR", root / "mail")
+    return root
+
+
+def test_empty_file_means_defaults(tmp_path: Path, etc: Path) -> None:
     config = load_config(cfg(tmp_path, ""))
     assert config.map == Config().map and config.lifetime == 1800
-    assert config.allow_path == Path("/etc/mail/dracd.allow")
+    assert config.map.path == etc / "mail/dracd.db" and config.allow_path is None
+
+
+def test_default_map_follows_the_host_when_computed(etc: Path) -> None:
+    """Upstream DRAC's /etc/mail, unless /etc/drac exists (Debian, Ubuntu, RPM builds)."""
+    assert Config().map.path == etc / "mail/dracd.db"
+    (etc / "mail").mkdir()
+    assert Config().map.path == etc / "mail/dracd.db"
+    (etc / "drac").mkdir()
+    assert Config().map.path == etc / "drac/dracd.db"
+    assert "Debian" in hostpaths.map_reason(Config().map.path)
+    assert hostpaths.map_reason(etc / "x.db") == "as configured"
+
+
+def test_allow_file_is_the_first_found_unless_configured(tmp_path: Path, etc: Path) -> None:
+    args = build_parser().parse_args(["-e", "30", str(tmp_path / "lib/dracd.db")])
+    config = resolve_config(args)
+    assert config.allow_path is None
+    assert "none of" in hostpaths.allow_reason(None, config.map.path)
+    for directory in ("mail", "drac"):
+        (etc / directory).mkdir()
+        (etc / directory / "dracd.allow").touch()
+        assert config.allow_path == etc / directory / "dracd.allow", directory
+        assert f"found in {etc / directory}" in hostpaths.allow_reason(None, config.map.path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/dracd.allow").touch()
+    assert config.allow_path == tmp_path / "lib/dracd.allow"
+    assert "next to the map" in hostpaths.allow_reason(None, config.map.path)
+    named = resolve_config(build_parser().parse_args(["--allow", str(tmp_path / "absent"), "x.db"]))
+    assert named.allow_path == tmp_path / "absent", "a configured file is read (and must exist) as named"
 
 
 def test_full_config_and_relative_paths(tmp_path: Path) -> None:
@@ -86,10 +126,11 @@ def test_durations() -> None:
             parse_duration(bad)
 
 
-def test_legacy_command_line(tmp_path: Path) -> None:
+def test_legacy_command_line(tmp_path: Path, etc: Path) -> None:
     args = build_parser().parse_args(["-i", "-e", "45", str(tmp_path / "x.db")])
     config = resolve_config(args)
     assert config.initialize and config.lifetime == 45 * 60 and config.map.path == tmp_path / "x.db"
+    (tmp_path / "dracd.allow").touch()
     assert config.allow_path == tmp_path / "dracd.allow"
 
 

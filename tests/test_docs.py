@@ -210,6 +210,20 @@ def test_dracd_logwatch_8_lists_presets_and_config_keys() -> None:
 
 
 @needs_man
+def test_dracd_8_defaults_are_what_hostpaths_computes() -> None:
+    """The map's two defaults, and the allow file's places in the order they are tried."""
+    from dracd import hostpaths
+
+    out = flat(render(MAN / "dracd.8").stdout)
+    section = out[out.index("DEFAULTS Legacy DRAC"):out.index("SIGNALS SIGTERM")]
+    drac_map, mail_map = (directory / hostpaths.MAP_NAME for directory in (hostpaths.DRAC_DIR, hostpaths.MAIL_DIR))
+    assert section.index(str(drac_map)) < section.index(str(mail_map))
+    candidates = [str(path) for path in hostpaths.allow_candidates(Path("/var/lib/drac/dracd.db"))[1:]]
+    places = [section.index(place) for place in [f"{hostpaths.ALLOW_NAME} in the map's", *candidates]]
+    assert places == sorted(places), section
+
+
+@needs_man
 def test_dracd_allow_5_covers_both_line_forms_and_the_default() -> None:
     out = flat(render(MAN / "dracd.allow.5").stdout)
     assert "netmask netaddr" in out and "network/prefix" in out
@@ -224,8 +238,9 @@ def test_allow_examples_in_the_page_and_etc_parse(tmp_path: Path) -> None:
     assert example
     allow = tmp_path / "dracd.allow"
     allow.write_text(example.group(1))
-    assert len(load_allow_file(allow).rules) == 6
-    assert load_allow_file(REPO / "etc" / "dracd.example.allow").rules
+    assert len(load_allow_file(allow).rules) == 6 and not load_allow_file(allow).problems
+    shipped = load_allow_file(REPO / "etc" / "dracd.example.allow")
+    assert shipped.rules and not shipped.problems
 
 
 # make install

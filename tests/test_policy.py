@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dracd.policy import AllowFileError, default_allow_list, load_allow, load_allow_file, parse_allow_line
+from dracd.policy import default_allow_list, load_allow, load_allow_file, parse_allow_line
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -52,14 +52,17 @@ def test_empty_file_allows_nobody(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("line", ["255.255.255.0", "192.0.2.0/33", "a b c", "255.255.255.0 2001:db8::", "bogus"])
-def test_bad_line_names_file_and_line(tmp_path: Path, line: str) -> None:
+def test_bad_line_is_reported_naming_file_and_line_and_allows_nobody(tmp_path: Path, line: str) -> None:
+    """DRAC skipped these (or, for '255.255.255.0 2001:db8::', read '2001': 0.0.7.209, matching nobody)."""
     path = write(tmp_path, f"127.0.0.1/32\n{line}\n")
-    with pytest.raises(AllowFileError, match=rf"{path}, line 2"):
-        load_allow_file(path)
+    allow = load_allow_file(path)
+    assert len(allow.problems) == 1 and allow.problems[0].startswith(f"{path}, line 2: ")
+    assert allow.permits(ip("127.0.0.1")) and not allow.permits(ip("192.0.2.1"))
+    assert not allow.permits(ip("0.0.7.209"))
 
 
-def test_default_when_absent_is_loopback_and_own_addresses(tmp_path: Path) -> None:
-    allow = load_allow(tmp_path / "missing.allow", explicit=False)
+def test_default_when_absent_is_loopback_and_own_addresses() -> None:
+    allow = load_allow(None)
     assert allow.permits(ip("127.0.0.1")) and allow.permits(ip("::1"))
     assert not allow.permits(ip("127.0.0.2")) and not allow.permits(ip("192.0.2.1"))
     assert default_allow_list().rules == allow.rules
@@ -67,4 +70,4 @@ def test_default_when_absent_is_loopback_and_own_addresses(tmp_path: Path) -> No
 
 def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        load_allow(tmp_path / "missing.allow", explicit=True)
+        load_allow(tmp_path / "missing.allow")

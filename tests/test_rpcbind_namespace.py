@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.namespace import Rpcbind, rpcbind_dump
+
 REPO = Path(__file__).resolve().parent.parent
 DRACPROG = 900101
 CHECK_INTERVAL = 5.0  # dracd.registration.CHECK_INTERVAL
@@ -112,19 +114,8 @@ def _isolate() -> None:
         raise RuntimeError("/run/rpcbind.sock is still visible: /run is not private")
 
 
-def _rpcbind_dump() -> list[Any] | None:
-    """rpcbind's registrations, or None if it does not answer."""
-    from dracclient import rpcbind
-    from dracclient.errors import DracError
-
-    try:
-        return rpcbind.dump(timeout=1.0)
-    except DracError:
-        return None
-
-
 def _rpcbind_reachable() -> bool:
-    return _rpcbind_dump() is not None
+    return rpcbind_dump() is not None
 
 
 def _registered(prog: int) -> list[list[Any]]:
@@ -143,41 +134,6 @@ def _add(server: str, address: str, **kwargs: Any) -> str:
     except DracError as exc:
         return type(exc).__name__
     return "ok"
-
-
-class _Rpcbind:
-    """A private rpcbind in the foreground (-f), cold (no -w): it starts empty."""
-
-    def __init__(self) -> None:
-        run = Path("/run/rpcbind")
-        run.mkdir(exist_ok=True)
-        if _user_exists("_rpc"):  # Debian's rpcbind drops to _rpc and keeps its state here
-            shutil.chown(run, "_rpc")
-        binary = shutil.which("rpcbind") or "/usr/sbin/rpcbind"
-        self.proc = subprocess.Popen([binary, "-f"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while (found := _rpcbind_dump()) is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"private rpcbind did not come up (exit {self.proc.poll()})")
-            time.sleep(0.01)
-        #: The first answer: what rpcbind knew the moment it served.
-        self.initial = sorted([m.vers, m.netid, m.uaddr] for m in found if m.prog == DRACPROG)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _dracd(out: Path, *args: str) -> Any:
@@ -221,7 +177,7 @@ def scenario_rpcbind_restart(out: Path, result: dict[str, Any]) -> None:
     from tests.fixtures.process import registrations
 
     result["isolated"] = not _rpcbind_reachable()
-    portmapper = _Rpcbind()
+    portmapper = Rpcbind()
     result["_rpcbind"] = portmapper
     server = _dracd(out)  # no --program: the real 900101
     result["_server"] = server
@@ -231,7 +187,7 @@ def scenario_rpcbind_restart(out: Path, result: dict[str, Any]) -> None:
     result["lookup_add_before"] = _add("127.0.0.1", "192.0.2.1")
 
     portmapper.stop()
-    portmapper = _Rpcbind()  # cold start: it knows nothing of dracd
+    portmapper = Rpcbind()  # cold start: it knows nothing of dracd
     result["_rpcbind"] = portmapper
     restarted = time.monotonic()
     result["registered_after_restart"] = portmapper.initial

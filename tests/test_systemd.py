@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from dracclient import notify as sd
-from dracd.config import DEFAULT_ADMIN_SOCKET, DEFAULT_MAP
+from dracd.config import DEFAULT_ADMIN_SOCKET
+from dracd.hostpaths import DRAC_DIR, MAIL_DIR
 from tests.fixtures.process import (
     DRACD,
     DracdProcess,
@@ -275,10 +276,11 @@ def test_unit_hardening_still_lets_dracd_work() -> None:
     assert service["ProtectHome"] == "yes"
     assert service["PrivateTmp"] == "yes"
     assert service["NoNewPrivileges"] == "yes"
-    # /run/dracd holds the default admin socket; the default map's directory stays writable.
+    # /run/dracd holds the default admin socket; both default maps' directories stay writable.
     assert service["RuntimeDirectory"] == DEFAULT_ADMIN_SOCKET.parent.name
     assert DEFAULT_ADMIN_SOCKET.parent == Path("/run") / service["RuntimeDirectory"]
-    assert str(DEFAULT_MAP.parent) in [p.lstrip("-") for p in service["ReadWritePaths"].split()]
+    writable = [p.lstrip("-") for p in service["ReadWritePaths"].split()]
+    assert str(DRAC_DIR) in writable and str(MAIL_DIR) in writable
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     caps = set(service["CapabilityBoundingSet"].split())
     assert {"CAP_SETUID", "CAP_SETGID"} <= caps
