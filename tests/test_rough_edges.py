@@ -159,7 +159,8 @@ def test_without_a_config_file_check_config_says_so(tmp_path: Path) -> None:
     result = run_command([DRACD, "--check-config", "--lifetime", "45m", tmp_path / "dracd.db"])
     assert result.returncode == EX_OK, result.stderr
     assert "built-in defaults" not in result.stdout
-    assert result.stdout.startswith("no config file (-c): defaults and the command line: OK"), result.stdout
+    assert result.stdout.splitlines()[-1].startswith("no config file (-c): defaults and the command line: OK"), \
+        result.stdout
     assert "2700 s" in result.stdout
 
 
