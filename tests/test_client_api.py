@@ -1,6 +1,7 @@
-"""dracclient.add() and ping() (blocking) against the real server in a thread:
-address families, transports, IPv4 and IPv6 sockets, rpcbind, several servers
-with dead ones among them, the deadline, UDP retransmission, refusals.
+"""dracclient.add() and ping() against the real server in a thread, blocking and, in
+every test taking ``add_with``, the asyncio twin too: address families,
+transports, IPv4 and IPv6 sockets, rpcbind, several servers with dead ones
+among them, the deadline, UDP retransmission, refusals.
 
 The helpers here (silent sockets, a dropping UDP relay, a second server in its
 own directory) are shared with test_client_aio.py.
@@ -8,6 +9,7 @@ own directory) are shared with test_client_aio.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import selectors
 import socket
@@ -30,6 +32,7 @@ from dracclient import (
     ServerResult,
     Unavailable,
     add,
+    aio,
     ping,
 )
 from dracclient.rpc import decode_call, encode_accepted, peek_xid
@@ -183,15 +186,31 @@ def fake_udp_dracd(results: bytes) -> tuple[socket.socket, threading.Thread]:
     return sock, thread
 
 
+Add = Callable[..., list[ServerResult]]
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def add_with(request: pytest.FixtureRequest) -> Add:
+    """dracclient.add or its asyncio twin run to completion: the same cases must give the
+    same results, errors and messages (test_client_aio.py has what only a loop can show)."""
+    if request.param == "blocking":
+        return add
+
+    def run_aio(address: str, **kwargs: Any) -> list[ServerResult]:
+        return asyncio.run(aio.add(address, **kwargs))
+
+    return run_aio
+
+
 # --- one server, every route ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_add_ipv4_and_ipv6_with_explicit_port(server: ServerThread, transport: str, host: str) -> None:
+def test_add_ipv4_and_ipv6_with_explicit_port(server: ServerThread, transport: str, host: str, add_with: Add) -> None:
     prog = server.config.program
     for address in ("192.0.2.7", "2001:db8::7"):
-        results = add(address, servers=host, port=server.port, prog=prog, transport=transport,  # type: ignore[arg-type]
+        results = add_with(address, servers=host, port=server.port, prog=prog, transport=transport,
                       timeout=2.0)
         assert results == [ServerResult(host)] and results[0].ok
     assert {b"192.0.2.7", b"2001:db8::7"} <= keys(server)
@@ -199,28 +218,31 @@ def test_add_ipv4_and_ipv6_with_explicit_port(server: ServerThread, transport: s
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
-def test_add_through_rpcbind(rpcbind: None, make_server: Make, transport: str, host: str) -> None:
+def test_add_through_rpcbind(rpcbind: None, make_server: Make, transport: str, host: str, add_with: Add) -> None:
     server = make_server(rpcbind=True)
     for address in ("192.0.2.8", "2001:db8::8"):
-        assert add(address, servers=host, prog=server.config.program, transport=transport,  # type: ignore[arg-type]
+        assert add_with(address, servers=host, prog=server.config.program, transport=transport,
                    timeout=2.0)[0].ok
     assert {b"192.0.2.8", b"2001:db8::8"} <= keys(server)
 
 
-def test_ipv4_mapped_address_goes_as_ipv4(server: ServerThread) -> None:
-    add("::ffff:192.0.2.44", servers="::1", port=server.port, prog=server.config.program, timeout=2.0)
+def test_ipv4_mapped_address_goes_as_ipv4(server: ServerThread, add_with: Add) -> None:
+    add_with("::ffff:192.0.2.44", servers="::1", port=server.port, prog=server.config.program, timeout=2.0)
     assert b"192.0.2.44" in keys(server)
     assert not any(key.startswith(b"::ffff") for key in keys(server))
 
 
-def test_not_registered_with_rpcbind_is_unavailable(rpcbind: None, server: ServerThread) -> None:
+def test_not_registered_with_rpcbind_is_unavailable(rpcbind: None, server: ServerThread, add_with: Add) -> None:
     with pytest.raises(Unavailable, match=r"^cannot reach dracd on 127\.0\.0\.1: .*not registered with rpcbind$"):
-        add("192.0.2.7", servers="127.0.0.1", prog=server.config.program, timeout=2.0)
+        add_with("192.0.2.7", servers="127.0.0.1", prog=server.config.program, timeout=2.0)
+    for transport in ("udp", "tcp"):
+        with pytest.raises(Unavailable, match=r"^cannot reach dracd on ::1: .*not registered with rpcbind$"):
+            add_with("192.0.2.7", servers="::1", prog=server.config.program, transport=transport, timeout=2.0)
 
 
-def test_wrong_program_is_rpc_refused(server: ServerThread) -> None:
+def test_wrong_program_is_rpc_refused(server: ServerThread, add_with: Add) -> None:
     with pytest.raises(RpcRefused, match=r"^dracd on 127\.0\.0\.1 refused the call: PROG_UNAVAIL$"):
-        add("192.0.2.7", servers="127.0.0.1", port=server.port, prog=server.config.program + 1, timeout=2.0)
+        add_with("192.0.2.7", servers="127.0.0.1", port=server.port, prog=server.config.program + 1, timeout=2.0)
 
 
 # --- refusals and bad replies ------------------------------------------------------------
@@ -248,10 +270,10 @@ def test_caller_outside_allow_list_gets_permission_refused(make_server: Make, tm
     (b"\0\0\0\7", BadReply),      # no such addstat
     (b"", BadReply),              # no addstat at all
 ])
-def test_addstat_failures(results: bytes, error: type[DracError]) -> None:
+def test_addstat_failures(results: bytes, error: type[DracError], add_with: Add) -> None:
     sock, thread = fake_udp_dracd(results)
     with sock, pytest.raises(error, match=r"127\.0\.0\.1"):
-        add("192.0.2.7", servers="127.0.0.1", port=port_of(sock), timeout=2.0)
+        add_with("192.0.2.7", servers="127.0.0.1", port=port_of(sock), timeout=2.0)
     thread.join(5)
 
 
@@ -286,11 +308,11 @@ def test_bad_arguments_raise_value_error_before_any_traffic(
 # --- deadline and retransmission ---------------------------------------------------------
 
 
-def test_silent_udp_server_times_out_on_the_deadline(sockets: Callable[..., socket.socket]) -> None:
+def test_silent_udp_server_times_out_on_the_deadline(sockets: Callable[..., socket.socket], add_with: Add) -> None:
     peer = sockets("127.0.0.1")
     started = time.monotonic()
     with pytest.raises(RpcTimeout) as info:
-        add("192.0.2.7", servers="127.0.0.1", port=port_of(peer), timeout=1.0)
+        add_with("192.0.2.7", servers="127.0.0.1", port=port_of(peer), timeout=1.0)
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed <= 1.0 + SLACK
     assert str(info.value) == "cannot reach dracd on 127.0.0.1: timed out after 1.0 s"
@@ -299,25 +321,27 @@ def test_silent_udp_server_times_out_on_the_deadline(sockets: Callable[..., sock
 
 
 @pytest.mark.parametrize("retries, sent", [(0, 1), (1, 2)])
-def test_retries_caps_retransmissions(sockets: Callable[..., socket.socket], retries: int, sent: int) -> None:
+def test_retries_caps_retransmissions(sockets: Callable[..., socket.socket], retries: int, sent: int,
+                                      add_with: Add) -> None:
     peer = sockets("127.0.0.1")
     with pytest.raises(RpcTimeout):
-        add("192.0.2.7", servers="127.0.0.1", port=port_of(peer), timeout=0.6, retries=retries)
+        add_with("192.0.2.7", servers="127.0.0.1", port=port_of(peer), timeout=0.6, retries=retries)
     assert len(drain_xids(peer)) == sent  # sends at 0 and 0.25 s if allowed
 
 
-def test_retransmission_gets_through_a_dropped_datagram(server: ServerThread) -> None:
+def test_retransmission_gets_through_a_dropped_datagram(server: ServerThread, add_with: Add) -> None:
     with DroppingRelay(("127.0.0.1", server.port)) as relay:
         started = time.monotonic()
-        assert add("192.0.2.9", servers="127.0.0.1", port=relay.port, prog=server.config.program, timeout=2.0)[0].ok
+        results = add_with("192.0.2.9", servers="127.0.0.1", port=relay.port, prog=server.config.program, timeout=2.0)
+        assert results[0].ok
         assert time.monotonic() - started >= 0.25  # the first retransmission's interval
     assert len(relay.xids) == 2 and relay.xids[0] == relay.xids[1]
     assert b"192.0.2.9" in keys(server)
 
 
-def test_no_retries_and_a_dropped_datagram_times_out(server: ServerThread) -> None:
+def test_no_retries_and_a_dropped_datagram_times_out(server: ServerThread, add_with: Add) -> None:
     with DroppingRelay(("127.0.0.1", server.port)) as relay, pytest.raises(RpcTimeout):
-        add("192.0.2.9", servers="127.0.0.1", port=relay.port, prog=server.config.program, timeout=0.6, retries=0)
+        add_with("192.0.2.9", servers="127.0.0.1", port=relay.port, prog=server.config.program, timeout=0.6, retries=0)
     assert len(relay.xids) == 1
     assert keys(server) == set()
 
@@ -374,11 +398,11 @@ def test_all_servers_down_raises_the_first_error_with_results(sockets: Callable[
     assert str(results[1].error).startswith("cannot reach dracd on 127.0.0.4: ")
 
 
-def test_several_servers_through_rpcbind(rpcbind: None, make_server: Make) -> None:
+def test_several_servers_through_rpcbind(rpcbind: None, make_server: Make, add_with: Add) -> None:
     """Registered for udp and tcp only: the lookup on ::1 (udp6/tcp6) finds nothing."""
     server = make_server(rpcbind=True, listen=("127.0.0.1",))
     for transport in ("udp", "tcp"):
-        results = add("2001:db8::10", servers=("::1", "localhost"), prog=server.config.program,
+        results = add_with("2001:db8::10", servers=("::1", "localhost"), prog=server.config.program,
                       transport=transport, timeout=2.0)
         assert [r.server for r in results] == ["::1", "localhost"]
         assert isinstance(results[0].error, Unavailable) and "not registered with rpcbind" in str(results[0].error)
