@@ -33,10 +33,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.fixtures.namespace import run_driver
+
 DRACPROG = 900101
-UNSHARE = ["unshare", "--net", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-           "--mount-proc"]
 ALLOWED, REFUSED = "127.0.0.2", "127.0.0.3"
 #: What each caller asks to add: only the allowed caller's address may reach the map.
 RELAYED = {ALLOWED: "192.0.2.7", REFUSED: "192.0.2.8"}
@@ -69,30 +68,7 @@ ALLOW_TEXT = "# MRAs allowed to use dracd\n255.255.255.255 127.0.0.1\n255.255.25
 
 def run_scenario(variant: str, invocation: str, tmp_path: Path, timeout: float = 40.0) -> dict[str, Any]:
     """Run one scenario in fresh namespaces; its JSON result (the test fails on any driver error)."""
-    missing = [tool for tool in ("unshare", "ip", "mount", "rpcbind") if shutil.which(tool) is None
-               and not Path("/usr/sbin", tool).exists()]
-    if missing:
-        pytest.fail(f"cannot build the namespace scenario: {', '.join(missing)} not installed "
-                    "(apt-get install util-linux iproute2 mount rpcbind)")
-    if os.geteuid() != 0:
-        pytest.fail("the layout scenarios need root (unshare --net --mount, mount, rpcbind)")
-    env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
-    env |= {"PYTHONPATH": str(REPO), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
-    try:
-        result = subprocess.run([*UNSHARE, "--", sys.executable, __file__, variant, invocation, str(tmp_path)],
-                                capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
-                                stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"layout scenario {variant} {invocation} did not finish within {timeout:g} s: {exc.stderr!r}")
-    lines = result.stdout.strip().splitlines()
-    try:
-        data: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(f"scenario {variant} {invocation} printed no result (exit {result.returncode}):\n"
-                    f"{result.stdout}\n{result.stderr}")
-    assert "error" not in data, f"scenario {variant} {invocation} failed:\n{data['error']}\n" \
-                                f"--- rpc.dracd log ---\n{data.get('log')}"
-    return data
+    return run_driver(__file__, [variant, invocation], tmp_path, timeout)
 
 
 @pytest.mark.parametrize("invocation", INVOCATIONS)

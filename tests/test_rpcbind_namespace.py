@@ -14,8 +14,6 @@ can hold it there), so these tests also prove the default program number.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,42 +24,18 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.namespace import Rpcbind, rpcbind_dump
+from tests.fixtures.namespace import Rpcbind, rpcbind_dump, run_driver
 
-REPO = Path(__file__).resolve().parent.parent
 DRACPROG = 900101
 CHECK_INTERVAL = 5.0  # dracd.registration.CHECK_INTERVAL
 NS_PORT = 7777  # a fresh network namespace has every port free
-UNSHARE = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def run_scenario(name: str, tmp_path: Path, timeout: float = 40.0) -> dict[str, Any]:
     """Run ``name`` in fresh namespaces; its JSON result (the test fails on any driver error)."""
-    missing = [tool for tool in ("unshare", "ip", "mount", "rpcbind") if shutil.which(tool) is None
-               and not Path("/usr/sbin", tool).exists()]
-    if missing:
-        pytest.fail(f"cannot build the namespace scenario: {', '.join(missing)} not installed "
-                    "(apt-get install util-linux iproute2 mount rpcbind)")
-    if os.geteuid() != 0:
-        pytest.fail("the namespace scenarios need root (unshare --net --mount, mount, rpcbind)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
-    try:
-        result = subprocess.run([*UNSHARE, "--", sys.executable, __file__, name, str(tmp_path)],
-                                capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
-                                stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"namespace scenario {name} did not finish within {timeout:g} s: {exc.stderr!r}")
-    lines = result.stdout.strip().splitlines()
-    try:
-        data: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(f"scenario {name} printed no result (exit {result.returncode}):\n"
-                    f"{result.stdout}\n{result.stderr}")
-    assert "error" not in data, f"scenario {name} failed:\n{data['error']}\n--- dracd log ---\n{data.get('log')}"
-    assert result.returncode == 0, result.stderr
-    return data
+    return run_driver(__file__, [name], tmp_path, timeout)
 
 
 def test_without_rpcbind_dracd_serves_and_says_so_once(tmp_path: Path) -> None:
