@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from dracd import wrappers as wrappers_module
+from dracd.cli import main
 from dracd.config import ConfigError, config_from_dict
 from dracd.wrappers import HostsAccess
 from tests.fixtures.server import ServerThread, add_status, test_config
@@ -72,6 +74,17 @@ def test_each_check_reads_its_own_files_and_rereads_them(tmp_path: Path) -> None
     assert first.permits("127.0.0.3")
 
 
+def test_a_missing_libwrap_is_a_config_error_naming_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(wrappers_module.ctypes.util, "find_library", lambda name: "libwrap-absent.so.0")
+    with pytest.raises(ConfigError, match="install libwrap0.*tcp_wrappers: false"):
+        HostsAccess()
+    (tmp_path / "dracd.yaml").write_text("tcp_wrappers: true\n")
+    assert main(["-c", str(tmp_path / "dracd.yaml"), "--check-config", str(tmp_path / "dracd.db")]) == 78
+    assert "libwrap.so.0 cannot be loaded" in capsys.readouterr().err
+    assert wrappers_module.from_setting(False) == (None, "tcp_wrappers off, as configured")
+
+
 # --- the key -------------------------------------------------------------------------------------
 
 
@@ -101,6 +114,18 @@ def test_refused_by_hosts_deny_gets_add_perm_and_is_counted(transport: str, tmp_
         assert add_status(server, "192.0.2.8", source=REFUSED, transport=transport).name == "ADD_PERM"
         metrics = server.call(lambda: server.daemon.metrics.refusals.values)  # type: ignore[union-attr]
     assert metrics == {("tcp_wrappers",): 1}
+
+
+def test_sighup_turns_tcp_wrappers_on_and_off(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    config = test_config(tmp_path, tcp_wrappers=False)
+    with ServerThread(config) as server:
+        assert server.daemon is not None
+        server.call(lambda: server.daemon.reload(replace(config, tcp_wrappers=True)))  # type: ignore[union-attr]
+        assert isinstance(server.daemon.settings.wrappers, HostsAccess)
+        server.call(lambda: server.daemon.reload(config))  # type: ignore[union-attr]
+        assert server.daemon.settings.wrappers is None
 
 
 # --- the real rpc.dracd, in a layout of its own ----------------------------------------------------
