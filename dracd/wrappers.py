@@ -31,8 +31,8 @@ UNKNOWN = b"unknown"
 HOSTS_ALLOW = Path("/etc/hosts.allow")
 HOSTS_DENY = Path("/etc/hosts.deny")
 LIBRARY = "libwrap.so.0"
-#: A hosts_access line whose daemon list (before the first colon) names dracd.
-_NAMES_DRACD = re.compile(r"^[^#:]*\bdracd\b[^:]*:", re.MULTILINE)
+#: Between the names of a daemon list: blanks and commas (hosts_access(5)).
+_DAEMON_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def _load() -> ctypes.CDLL:
@@ -68,12 +68,20 @@ class HostsAccess:
 
 
 def mentions_dracd(path: Path) -> bool:
-    """Whether a hosts_access file has a rule for daemon ``dracd`` (unreadable: no)."""
+    """Whether a hosts_access file has a rule for daemon ``dracd``: the name (or
+    ``dracd@host``) in a line's daemon list, the part before the first colon. Daemon
+    names match case-blind, as libwrap's. An unreadable file has none."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return False
-    return _NAMES_DRACD.search(text) is not None
+    for line in lines:
+        if line.lstrip().startswith("#") or ":" not in line:
+            continue
+        daemons = _DAEMON_SEPARATORS.split(line.split(":", 1)[0].lower())
+        if any(name == "dracd" or name.startswith("dracd@") for name in daemons):
+            return True
+    return False
 
 
 def decide(setting: bool | None) -> tuple[bool, str]:

@@ -85,6 +85,22 @@ def test_a_missing_libwrap_is_a_config_error_naming_the_package(monkeypatch: pyt
     assert wrappers_module.from_setting(False) == (None, "tcp_wrappers off, as configured")
 
 
+@pytest.mark.parametrize(("text", "named"), [
+    ("dracd: 127.0.0.2\n", True),
+    ("sshd, DRACD : ALL\n", True),
+    ("dracd@192.0.2.1: ALL\n", True),
+    ("ALL EXCEPT dracd: ALL\n", True),
+    ("# dracd: 127.0.0.2\nALL: ALL\n", False),
+    ("rpc.dracd: ALL\n", False),  # libwrap would never match it for daemon dracd
+    ("sshd: dracd.example.org\n", False),
+    ("dracd\n", False),
+])
+def test_what_counts_as_a_rule_for_dracd(text: str, named: bool, tmp_path: Path) -> None:
+    (tmp_path / "hosts.allow").write_text(text)
+    assert wrappers_module.mentions_dracd(tmp_path / "hosts.allow") is named
+    assert not wrappers_module.mentions_dracd(tmp_path / "absent")
+
+
 # --- the key -------------------------------------------------------------------------------------
 
 
