@@ -57,6 +57,8 @@ def test_host_name_patterns_never_match_no_dns_is_made(tmp_path: Path) -> None:
     check = wrappers(tmp_path, allow="dracd: localhost .example.org LOCAL KNOWN\n")
     assert not check.permits("127.0.0.1")
     assert wrappers(tmp_path, allow="dracd: UNKNOWN\n").permits("127.0.0.1")
+    # Nor is the server's address known to hosts_ctl: daemon@host patterns never match.
+    assert not wrappers(tmp_path, allow="dracd@127.0.0.1: ALL\n").permits("127.0.0.1")
 
 
 def test_no_files_means_everyone_as_hosts_access_5(tmp_path: Path) -> None:
