@@ -67,21 +67,25 @@ class HostsAccess:
         return bool(self._hosts_ctl(DAEMON, UNKNOWN, address.encode(), UNKNOWN))
 
 
-def mentions_dracd(path: Path) -> bool:
-    """Whether a hosts_access file has a rule for daemon ``dracd``: the name (or
-    ``dracd@host``) in a line's daemon list, the part before the first colon. Daemon
-    names match case-blind, as libwrap's. An unreadable file has none."""
+def _daemon_names(path: Path) -> set[str]:
+    """The daemon names a hosts_access file's rules name (lower case, ``@host`` cut):
+    each line's daemon list is the part before its first colon. Unreadable: none."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return False
+        return set()
+    names: set[str] = set()
     for line in lines:
         if line.lstrip().startswith("#") or ":" not in line:
             continue
-        daemons = _DAEMON_SEPARATORS.split(line.split(":", 1)[0].lower())
-        if any(name == "dracd" or name.startswith("dracd@") for name in daemons):
-            return True
-    return False
+        names.update(name.split("@", 1)[0] for name in _DAEMON_SEPARATORS.split(line.split(":", 1)[0].lower()))
+    return names
+
+
+def mentions_dracd(path: Path) -> bool:
+    """Whether a hosts_access file has a rule for daemon ``dracd`` (or ``dracd@host``);
+    daemon names match case-blind, as libwrap's. An unreadable file has none."""
+    return "dracd" in _daemon_names(path)
 
 
 def decide(setting: bool | None) -> tuple[bool, str]:
@@ -93,7 +97,9 @@ def decide(setting: bool | None) -> tuple[bool, str]:
         return False, f"tcp_wrappers off: auto, and {DRAC_DIR} does not exist (not the Debian layout)"
     named = [str(path) for path in (HOSTS_ALLOW, HOSTS_DENY) if mentions_dracd(path)]
     if not named:
-        return False, f"tcp_wrappers off: auto, and neither {files} has a rule for dracd"
+        hint = "".join(f"; but {path} has an ALL rule, which Debian's rpc.dracd obeyed: set tcp_wrappers: true "
+                       "to keep obeying it" for path in (HOSTS_DENY,) if "all" in _daemon_names(path))
+        return False, f"tcp_wrappers off: auto, and neither {files} has a rule for dracd{hint}"
     return True, (f"tcp_wrappers on (hosts_access for daemon dracd): auto, as {DRAC_DIR} exists and "
                   f"{' and '.join(named)} {'has' if len(named) == 1 else 'have'} a rule for dracd (the Debian layout)")
 

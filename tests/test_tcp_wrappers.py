@@ -187,7 +187,8 @@ def test_rpc_dracd_asks_hosts_access_as_the_layout_says(name: str, on: bool, tmp
         assert "hosts.allow/hosts.deny refuse it" in log, log
     why = {"debian": "auto, as /etc/drac exists and /etc/hosts.allow and /etc/hosts.deny have a rule for dracd",
            "debian-off": "as configured", "upstream-on": "as configured",
-           "debian-no-rule": "neither /etc/hosts.allow nor /etc/hosts.deny has a rule for dracd",
+           "debian-no-rule": "neither /etc/hosts.allow nor /etc/hosts.deny has a rule for dracd; but "
+                             "/etc/hosts.deny has an ALL rule, which Debian's rpc.dracd obeyed: set tcp_wrappers: true",
            "upstream": "/etc/drac does not exist"}[name]
     assert why in check["stdout"], check
 
