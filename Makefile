@@ -9,7 +9,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-RUN_APT := make gcc python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind
+RUN_APT := make gcc python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind libwrap0
 TEST_APT := rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils \
 	systemd man-db redis-server redis-tools

@@ -229,6 +229,7 @@ def map_directory_problem(config: Config) -> str | None:
 def _check(prog: str, config: Config) -> int:
     from .hostpaths import allow_reason, map_reason
     from .policy import load_allow
+    from .wrappers import from_setting as wrappers_from
 
     problem = map_directory_problem(config)
     if problem is not None:
@@ -251,11 +252,13 @@ def _check(prog: str, config: Config) -> int:
             from .shared import require as require_redis
 
             require_redis()
+        _, wrappers_reason = wrappers_from(config.tcp_wrappers)  # loads libwrap when on
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     print(f"map {config.map.path}: {map_reason(config.map.path)}")
     print(allow_reason(config.allow_file, config.map.path))
+    print(wrappers_reason)
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
           f"event loop {loop_name})" + (f", {len(allow.problems)} warning(s)" if allow.problems else ""))
     return EX_OK

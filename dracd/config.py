@@ -182,6 +182,8 @@ class Config:
     redis: RedisConfig | None = None
     #: One of EVENT_LOOPS.
     event_loop: str = "auto"
+    #: hosts_access(5) for daemon dracd too; None: auto, on in the Debian layout (wrappers.decide).
+    tcp_wrappers: bool | None = None
     #: Where the settings come from: the file, or no file at all.
     source: str = NO_CONFIG_FILE
 
@@ -295,6 +297,11 @@ def _redis(value: Any) -> RedisConfig | None:
     return RedisConfig(**out)
 
 
+def _auto_boolean(value: Any) -> bool | None:
+    expect("true, false or auto", isinstance(value, bool) or value == "auto", value)
+    return None if value == "auto" else bool(value)
+
+
 def _duration(value: Any) -> int:
     return parse_duration(str(value) if isinstance(value, int) and not isinstance(value, bool) else string(value))
 
@@ -402,6 +409,7 @@ KEYS: tuple[Key, ...] = (
     Key("udp_from", _udp_from, reloadable=True),
     Key("max_entries", int_range(1, 100_000_000), reloadable=True),
     Key("rate_per_caller", int_range(0, 1_000_000), reloadable=True),
+    Key("tcp_wrappers", _auto_boolean, reloadable=True),
     Key("user", string, option=Option("--user", "run as USER once bound and registered (needs root)", metavar="USER")),
     Key("group", string, option=Option("--group", "with --user: run with this group", metavar="GROUP")),
     Key("max_connections", int_range(1, 65_536)),

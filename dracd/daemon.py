@@ -40,6 +40,7 @@ from .socketmap import SocketmapServer
 from .stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
 from .table import Clock, RelayTable
 from .transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
+from .wrappers import from_setting as wrappers_from
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,9 @@ class Daemon:
         self.committer = Committer(self.table, self.writer, self.journal, self.metrics)
         log.info("map %s: %s", config.map.path, map_reason(config.map.path))
         log.info("%s", allow_reason(config.allow_file, config.map.path))
-        self.settings = Settings.from_config(config, load_allow(config.allow_path))
+        wrappers, why = wrappers_from(config.tcp_wrappers)
+        log.info("%s", why)
+        self.settings = Settings.from_config(config, load_allow(config.allow_path), wrappers)
         self.service = DracService(self.table, self.committer, self.settings, self.metrics)
         self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None
         self.service.shared = self.shared
@@ -345,7 +348,10 @@ class Daemon:
         changed = needs_restart(self.config, config)
         if changed:
             log.warning("reload: %s changed; restart dracd to apply", ", ".join(changed))
-        new = Settings.from_config(config, allow)
+        wrappers, why = wrappers_from(config.tcp_wrappers)
+        if (wrappers is None) != (self.settings.wrappers is None):
+            log.info("reload: %s", why)
+        new = Settings.from_config(config, allow, wrappers)
         # dracd's own uid stays an administrator after the switch to `user:`.
         self.settings.update(replace(new, admin=replace(new.admin, uid=self.settings.admin.uid)))
         self.config = config

@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .policy import AdminPolicy, AllowList, Network, in_networks
 from .ratelog import RateLimitedLog
 from .table import RelayTable
+from .wrappers import HostsAccess
 
 if TYPE_CHECKING:
     from .shared import SharedTable
@@ -55,11 +56,14 @@ class Settings:
     max_entries: int = 1_000_000
     #: ADDs per second one network caller may make (burst: twice that); 0 = no limit.
     rate_per_caller: int = 0
+    #: hosts_access(5) for daemon dracd, asked on every network ADD; None: tcp_wrappers off.
+    wrappers: HostsAccess | None = None
 
     @classmethod
-    def from_config(cls, config: Config, allow: AllowList) -> Settings:
+    def from_config(cls, config: Config, allow: AllowList, wrappers: HostsAccess | None = None) -> Settings:
         admin = AdminPolicy(groups=frozenset(config.admin_groups), allow=config.admin_allow)
-        return cls(allow, config.lifetime, admin, config.udp_from, config.max_entries, config.rate_per_caller)
+        return cls(allow, config.lifetime, admin, config.udp_from, config.max_entries, config.rate_per_caller,
+                   wrappers)
 
     def update(self, new: Settings) -> None:
         """Take every value of ``new`` (SIGHUP); the objects holding this one see them."""
@@ -158,23 +162,32 @@ class DracService:
         self.metrics.adds.inc(_VERS_LABEL.get(ctx.call.vers) or str(ctx.call.vers), ctx.transport, _STAT_NAME[stat])
 
     def refusal(self, ctx: CallContext) -> str | None:
-        """Why ``ctx`` may not ADD ("admin", "udp_from", "allow"), or None if it may: network
-        callers by the allow list (and udp_from over UDP), UNIX socket callers if they are admins."""
+        """Why ``ctx`` may not ADD ("admin", "udp_from", "allow", "tcp_wrappers"), or None if it
+        may: network callers by the allow list (and udp_from over UDP), then hosts_access when
+        tcp_wrappers is on; UNIX socket callers if they are admins."""
         caller = ctx.caller
         if caller is None:
             return None if self.settings.admin.permits(ctx) else "admin"
+        reason = self._network_refusal(caller, ctx.transport)
+        wrappers = self.settings.wrappers
+        # Not cached: libwrap reads hosts.allow and hosts.deny per call, as legacy did (~10 us).
+        if reason is None and wrappers is not None and not wrappers.permits(str(canonical(caller))):
+            reason = "tcp_wrappers"
+        return reason
+
+    def _network_refusal(self, caller: IPAddress, transport: str) -> str | None:
         allow, udp_from = self.settings.allow, self.settings.udp_from
         known = self._refusals_for
         if known[0] is not allow or known[1] is not udp_from:
             self._refusals.clear()
             self._refusals_for = (allow, udp_from)
-        key = (caller, ctx.transport)
+        key = (caller, transport)
         try:
             return self._refusals[key]
         except KeyError:
             pass
         reason: str | None = None
-        if ctx.transport == "udp" and udp_from is not None and not in_networks(canonical(caller), udp_from):
+        if transport == "udp" and udp_from is not None and not in_networks(canonical(caller), udp_from):
             reason = "udp_from"
         elif not allow.permits(caller):
             reason = "allow"
@@ -196,7 +209,8 @@ class DracService:
             self.metrics.refusals.inc(reason)
             why = {"allow": f"caller not in allow list ({self.settings.allow.source})",
                    "udp_from": "UDP from a source udp_from does not trust",
-                   "admin": "not an admin on the UNIX socket"}[reason]
+                   "admin": "not an admin on the UNIX socket",
+                   "tcp_wrappers": "hosts.allow/hosts.deny refuse it (daemon dracd, tcp_wrappers)"}[reason]
             log.warning("ADD %s from %s refused: %s", address, ctx, why)
             return AddStat.ADD_PERM
         rate = self.settings.rate_per_caller
