@@ -26,8 +26,9 @@ from dracd import wrappers as wrappers_module
 from dracd.cli import main
 from dracd.config import ConfigError, config_from_dict
 from dracd.wrappers import HostsAccess
+from tests.fixtures.namespace import run_driver
 from tests.fixtures.server import ServerThread, add_status, test_config
-from tests.test_legacy_layouts import ALLOWED, DRACPROG, REFUSED, RELAYED, REPO, UNSHARE
+from tests.test_legacy_layouts import ALLOWED, DRACPROG, REFUSED, RELAYED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,17 +160,7 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], str, str, str | None]] = {
 
 
 def run_scenario(name: str, tmp_path: Path) -> dict[str, Any]:
-    if os.geteuid() != 0:
-        pytest.fail("the layout scenarios need root (unshare --net --mount, mount, rpcbind)")
-    env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
-    env |= {"PYTHONPATH": str(REPO), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
-    result = subprocess.run([*UNSHARE, "--", sys.executable, __file__, name, str(tmp_path)], capture_output=True,
-                            text=True, timeout=40, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"scenario {name} printed nothing (exit {result.returncode}):\n{result.stderr}"
-    data: dict[str, Any] = json.loads(lines[-1])
-    assert "error" not in data, f"scenario {name} failed:\n{data['error']}\n--- log ---\n{data.get('log')}"
-    return data
+    return run_driver(__file__, [name], tmp_path)
 
 
 @pytest.mark.parametrize(("name", "on"), [("debian", True), ("debian-off", False), ("debian-no-rule", False),
