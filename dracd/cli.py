@@ -230,6 +230,7 @@ def _check(prog: str, config: Config) -> int:
     from .hostpaths import allow_reason, map_reason
     from .policy import load_allow
     from .wrappers import from_setting as wrappers_from
+    from .wrappers import name_patterns
 
     problem = map_directory_problem(config)
     if problem is not None:
@@ -252,15 +253,18 @@ def _check(prog: str, config: Config) -> int:
             from .shared import require as require_redis
 
             require_redis()
-        _, wrappers_reason = wrappers_from(config.tcp_wrappers)  # loads libwrap when on
+        wrappers, wrappers_reason = wrappers_from(config.tcp_wrappers)  # loads libwrap when on
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     print(f"map {config.map.path}: {map_reason(config.map.path)}")
     print(allow_reason(config.allow_file, config.map.path))
     print(wrappers_reason)
+    problems = [*allow.problems, *(name_patterns() if wrappers is not None else ())]
+    for problem in problems[len(allow.problems):]:
+        print(f"{prog}: warning: {problem}", file=sys.stderr)
     print(f"{config.source}: OK (map {config.map.path}, allow list {allow.source}, lifetime {config.lifetime} s, "
-          f"event loop {loop_name})" + (f", {len(allow.problems)} warning(s)" if allow.problems else ""))
+          f"event loop {loop_name})" + (f", {len(problems)} warning(s)" if problems else ""))
     return EX_OK
 
 

@@ -41,6 +41,7 @@ from .stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
 from .table import Clock, RelayTable
 from .transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
 from .wrappers import from_setting as wrappers_from
+from .wrappers import name_patterns
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ class Daemon:
         log.info("%s", allow_reason(config.allow_file, config.map.path))
         wrappers, why = wrappers_from(config.tcp_wrappers)
         log.info("%s", why)
+        for problem in name_patterns() if wrappers is not None else ():
+            log.warning("%s", problem)
         self.settings = Settings.from_config(config, load_allow(config.allow_path), wrappers)
         self.service = DracService(self.table, self.committer, self.settings, self.metrics)
         self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None

@@ -33,6 +33,8 @@ HOSTS_DENY = Path("/etc/hosts.deny")
 LIBRARY = "libwrap.so.0"
 #: Between the names of a daemon list: blanks and commas (hosts_access(5)).
 _DAEMON_SEPARATORS = re.compile(r"[\s,]+")
+#: The colon before a rule's options: not one inside an [IPv6] pattern.
+_OPTIONS = re.compile(r":(?![^\[]*\])")
 
 
 def _load() -> ctypes.CDLL:
@@ -86,6 +88,45 @@ def mentions_dracd(path: Path) -> bool:
     """Whether a hosts_access file has a rule for daemon ``dracd`` (or ``dracd@host``);
     daemon names match case-blind, as libwrap's. An unreadable file has none."""
     return "dracd" in _daemon_names(path)
+
+
+#: Client patterns that need a name (or an ident lookup) to match: with no lookup, never.
+_NAME_KEYWORDS = frozenset({"LOCAL", "KNOWN", "PARANOID"})
+_ADDRESS_KEYWORDS = frozenset({"ALL", "EXCEPT", "UNKNOWN"})
+
+
+def _needs_a_name(pattern: str) -> bool:
+    upper = pattern.upper()
+    if upper in _NAME_KEYWORDS or "@" in pattern:
+        return True
+    if not pattern or upper in _ADDRESS_KEYWORDS or pattern[0] in "[/":  # [IPv6], a file of patterns
+        return False
+    return any(char.isalpha() for char in pattern.split("/", 1)[0])  # .example.org, mail.example.org
+
+
+def name_patterns() -> list[str]:
+    """Client patterns of the rules for dracd (or ALL) that only a host name could match
+    (``.example.org``, ``mail.example.org``, LOCAL, KNOWN, PARANOID, ``user@host``): dracd
+    never looks a name up, so they never match. One line each, naming file and line, for
+    the log and --check-config: Debian's rpc.dracd(8) suggested ``dracd: .bar.com``."""
+    found = []
+    for path in (HOSTS_ALLOW, HOSTS_DENY):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, 1):
+            if line.lstrip().startswith("#") or ":" not in line:
+                continue
+            daemons, _, rest = line.partition(":")
+            names = {name.split("@", 1)[0] for name in _DAEMON_SEPARATORS.split(daemons.lower()) if name}
+            if not names & {"dracd", "all"}:
+                continue
+            clients = _OPTIONS.split(rest, maxsplit=1)[0]  # options follow a colon outside [IPv6]
+            found += [f"{path}, line {number}: {pattern!r} needs a host name, which dracd never looks up, "
+                      "so it never matches: write the MRAs' addresses"
+                      for pattern in _DAEMON_SEPARATORS.split(clients.strip()) if _needs_a_name(pattern)]
+    return found
 
 
 def decide(setting: bool | None) -> tuple[bool, str]:

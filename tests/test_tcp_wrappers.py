@@ -104,6 +104,31 @@ def test_what_counts_as_a_rule_for_dracd(text: str, named: bool, tmp_path: Path)
     assert not wrappers_module.mentions_dracd(tmp_path / "absent")
 
 
+def test_host_name_patterns_for_dracd_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Debian's rpc.dracd(8) suggested `dracd: .bar.com`: such a rule silently stops
+    matching with dracd (no lookups), so the log and --check-config name it."""
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("# MRAs\ndracd: .bar.com 192.0.2.10 [2001:db8::]/32, mail.example.org\n"
+                     "sshd: .bar.com\nALL: LOCAL : spawn /bin/true\n")
+    deny.write_text("dracd: ALL EXCEPT KNOWN\n")
+    monkeypatch.setattr(wrappers_module, "HOSTS_ALLOW", allow)
+    monkeypatch.setattr(wrappers_module, "HOSTS_DENY", deny)
+    problems = wrappers_module.name_patterns()
+    assert [p.split(":", 1)[0] for p in problems] == [f"{allow}, line 2", f"{allow}, line 2", f"{allow}, line 4",
+                                                       f"{deny}, line 1"]
+    assert "'.bar.com'" in problems[0] and "'mail.example.org'" in problems[1] and "'LOCAL'" in problems[2]
+    assert "'KNOWN'" in problems[3] and all("never matches" in p for p in problems)
+    # --check-config names them (warnings: exit 0), as the start log does.
+    from dracd.cli import main as dracd_main
+
+    config = tmp_path / "dracd.yaml"
+    config.write_text(f"map: {{path: {tmp_path / 'dracd.db'}}}\ntcp_wrappers: true\nadmin_socket: ''\n")
+    assert dracd_main(["--check-config", "-c", str(config)]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("never matches") == 4 and "4 warning(s)" in out.out
+
+
 # --- the key -------------------------------------------------------------------------------------
 
 
