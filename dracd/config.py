@@ -182,6 +182,8 @@ class Config:
     redis: RedisConfig | None = None
     #: One of EVENT_LOOPS.
     event_loop: str = "auto"
+    #: Where the serving process writes its pid once it serves (for init scripts); None: none.
+    pidfile: Path | None = None
     #: Where the settings come from: the file, or no file at all.
     source: str = NO_CONFIG_FILE
 
@@ -421,6 +423,9 @@ KEYS: tuple[Key, ...] = (
     Key("event_loop", choice(EVENT_LOOPS), option=Option(
         "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
         choices=EVENT_LOOPS)),
+    Key("pidfile", _optional_path, resolve=_relative, option=Option(
+        "--pidfile", "write the serving process's pid there, e.g. /run/rpc.dracd.pid (default none)",
+        parse=str, metavar="PATH")),
 )
 #: The keys of each section, by the name written there.
 SECTIONS: dict[str, dict[str, Key]] = {
