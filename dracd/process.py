@@ -14,11 +14,15 @@ overwrite, as setproctitle(3) does. The new text is shorter (the interpreter
 is dropped) and padded with NULs. ``start-stop-daemon --exec`` compares the
 executable, which stays python: init scripts match the name or the pidfile.
 
+With ``user:``, the root helper that outlives the daemon to clean up is a
+fork of it; ``show_helper`` renames it, so the tools find the daemon alone.
+
 The pidfile is opened as the process starts (as root, before ``user:`` drops
 privileges, so it may live in /run) with O_NOFOLLOW and must be a regular
 file of ours with one link, so a planted symlink or hard link cannot make
 root write elsewhere. The pid goes in once the daemon serves; a clean stop
-removes the file (or empties it when the directory is no longer writable).
+removes the file. With ``user:`` the daemon can no longer remove it from a
+root-owned directory: it empties it, and the root helper removes it.
 """
 
 from __future__ import annotations
@@ -72,6 +76,28 @@ def show_name(prog: str) -> None:
             return
         if current != os.fsencode(script):
             show_argv(sys.argv)
+
+
+def show_helper() -> None:
+    """Name the root helper (privileges.py) so that nothing takes it for the daemon: pidof, pgrep -x
+    and start-stop-daemon --name would otherwise count it, as a fork inherits comm and argv."""
+    set_comm("dracd-helper")
+    show_argv([f"{sys.argv[0]} (root helper)"])
+
+
+def remove_left_pidfile(path: Path, pid: int) -> None:
+    """The root helper's part, once daemon ``pid`` exited: remove the pidfile it could no longer
+    remove as ``user:``, if it is still its own (empty or naming ``pid``), not a successor's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 64)
+        finally:
+            os.close(fd)
+        if text.strip() in (b"", str(pid).encode()):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 class PidfileError(OSError):

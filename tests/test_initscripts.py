@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,12 @@ RPC_DRACD = Path(sys.executable).parent / "rpc.dracd"
 UNSHARE = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--mount-proc"]
 #: In the range for private use (0x20000000-0x3fffffff), out of the way of a real dracd.
 PRIVATE = 0x2D5A_C0DE
+NOBODY = 65534
 
 pytestmark = pytest.mark.timeout(90)
 
 #: Shell helpers every scenario starts with: ``step NAME CMD...`` runs CMD and prints its line;
-#: ``wait_gone`` waits (at most 10 s) until no rpc.dracd is left.
+#: ``wait_gone [NAME]`` waits (at most 10 s) until no process NAME (rpc.dracd) is left.
 PRELUDE = r"""
 set -u
 step() {
@@ -47,7 +49,7 @@ step() {
 }
 wait_gone() {
     i=0
-    while pgrep -x rpc.dracd >/dev/null; do
+    while pgrep -x "${1:-rpc.dracd}" >/dev/null; do
         i=$((i + 1)); [ $i -gt 200 ] && return 1; sleep 0.05
     done
 }
@@ -224,7 +226,7 @@ def _steps(steps: list[tuple[str, int, str]]) -> dict[str, tuple[int, str]]:
 # --- the tools, on rpc.dracd started bare --------------------------------------------------------------
 
 TOOLS = r"""
-$DAEMON $DAEMON_OPTS --pidfile "$PIDFILE" 2>>"$LOG"
+$INTERPRETER $DAEMON $DAEMON_OPTS --pidfile "$PIDFILE" 2>>"$LOG"
 printf '@@\tstarted\t%s\t\n' $?
 step pidfile cat "$PIDFILE"
 step comm sh -c 'cat /proc/$(cat "$PIDFILE")/comm'
@@ -243,10 +245,14 @@ step map test -f "$MAP"
 """
 
 
-@pytest.mark.parametrize("stop", ["--name rpc.dracd", "--pidfile"])
-def test_tools_find_and_stop_rpc_dracd(stop: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("started", "stop"), [("script", "--name rpc.dracd"), ("script", "--pidfile"),
+                                               ("interpreter", "--name rpc.dracd")])
+def test_tools_find_and_stop_rpc_dracd(started: str, stop: str, tmp_path: Path) -> None:
+    """Started as the script (the kernel names the process after it) or as ``python3 rpc.dracd``
+    (the process would be named python3 but for dracd's own prctl)."""
     stop_args = stop if stop != "--pidfile" else f"--pidfile {tmp_path / 'rpc.dracd.pid'}"
-    steps = _steps(run_scenario(TOOLS, tmp_path, STOP=stop_args))
+    interpreter = sys.executable if started == "interpreter" else ""
+    steps = _steps(run_scenario(TOOLS, tmp_path, STOP=stop_args, INTERPRETER=interpreter))
     log = _log(tmp_path)
     assert steps["started"][0] == 0, log
     rc, pid = steps["pidfile"]
@@ -310,6 +316,60 @@ def test_debian_init_script(match: str, tmp_path: Path) -> None:
     assert "stopping on signal" in log and "stopped" in log, log
     if match == "pidfile":
         assert not (tmp_path / "rpc.dracd.pid").exists(), "a clean stop removes the pidfile"
+
+
+USER = r"""
+if [ -d /root/.pyenv ]; then
+    # This machine's Python lives under /root (mode 0700), which nobody could not read after the
+    # switch: make just the interpreter's tree reachable, as a system Python under /usr would be.
+    d=$(mktemp -d); mount --bind /root/.pyenv "$d"; mount -t tmpfs -o mode=755 tmpfs /root
+    mkdir /root/.pyenv; mount --bind "$d" /root/.pyenv
+fi
+step start sh "$SCRIPT" start
+step status sh "$SCRIPT" status
+step pidof pidof rpc.dracd
+step pgrep pgrep -x rpc.dracd
+step helper pgrep -x dracd-helper
+step owner sh -c 'stat -c %U /proc/$(pgrep -x rpc.dracd)'
+step stop sh "$SCRIPT" stop
+step gone wait_gone
+step helper-gone wait_gone dracd-helper
+step pidfile-after cat "$PIDFILE"
+"""
+
+
+@pytest.mark.parametrize("match", ["name", "pidfile"])
+def test_debian_init_script_with_user(match: str, tmp_path: Path) -> None:
+    """With ``--user nobody`` the root helper, a fork of the daemon, outlives it to clean up:
+    it is named dracd-helper, so the tools find the daemon alone, and it removes the pidfile."""
+    script = tmp_path / "drac"
+    script.write_text(DEBIAN_SCRIPT)
+    open_dir = Path(tempfile.mkdtemp(prefix="dracd-init-"))
+    try:
+        open_dir.chmod(0o755)
+        os.chown(open_dir, NOBODY, NOBODY)
+        map_path = open_dir / "dracd.db"
+        options = (f"--no-rpcbind --port {_free_port()} --program {PRIVATE} --listen 127.0.0.1 --admin-socket= "
+                   f"--user nobody {map_path}")
+        steps = _steps(run_scenario(USER, tmp_path, SCRIPT=str(script), MATCH=match, DAEMON_OPTS=options,
+                                    MAP=str(map_path)))
+        log = _log(tmp_path)
+        assert steps["start"][0] == 0, f"{steps['start']}\n{log}"
+        assert steps["status"] == (0, "rpc.dracd is running"), f"{steps['status']}\n{log}"
+        rc, pid = steps["pidof"]
+        assert rc == 0 and pid.isdigit(), f"one daemon: {steps['pidof']}"
+        assert steps["pgrep"] == (0, pid), steps["pgrep"]
+        rc, helper = steps["helper"]
+        assert rc == 0 and helper.isdigit() and helper != pid, steps["helper"]
+        assert steps["owner"] == (0, "nobody"), steps["owner"]
+        assert steps["stop"][0] == 0, f"{steps['stop']}\n{log}"
+        assert steps["gone"][0] == 0 and steps["helper-gone"][0] == 0, steps
+        assert "running as user nobody" in log and "stopped" in log, log
+        assert map_path.exists()
+        # The daemon, no longer root, cannot remove it from its root-owned directory; the root helper does.
+        assert steps["pidfile-after"][0] == 1, f"the pidfile must be gone: {steps['pidfile-after']}"
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
 
 
 # --- an RPM-style rc script ----------------------------------------------------------------------------
