@@ -243,6 +243,8 @@ def _check(prog: str, config: Config) -> int:
     from .policy import load_allow
 
     problem = map_directory_problem(config)
+    if problem is None and config.pidfile is not None and not config.pidfile.parent.is_dir():
+        problem = f"pidfile {config.pidfile}: directory {config.pidfile.parent} does not exist"
     if problem is not None:
         print(f"{prog}: {config.source}: {problem}", file=sys.stderr)
         return EX_CONFIG

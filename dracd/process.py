@@ -6,7 +6,8 @@ kernel names such a process (comm, 15 bytes) after the script, which is what
 interpreter and the executable is python, so sysvinit's plain ``pidof
 rpc.dracd`` (argv[0], its basename, or the executable) found nothing where it
 found the C daemon; only ``pidof -x`` did (it also tries argv[1] when comm
-equals its basename). ``show_name`` sets comm (also for ``python -m``) and
+equals its basename). ``show_name`` sets comm (also when started as
+``python3 /usr/sbin/rpc.dracd``, which the kernel would name python3) and
 rewrites argv in place to what the C daemon showed, ``/usr/sbin/rpc.dracd
 ARGS``: Python keeps its own copies of argv, so the original strings, the
 kernel's arg_start..arg_end (/proc/self/stat fields 48-49), are free to

@@ -205,6 +205,7 @@ def run_scenario(script: str, tmp_path: Path, timeout: float = 60.0, **env: str)
 
 
 def _free_port() -> int:
+    # Imported here: the driver (this file run as a script in the namespace) cannot import tests.
     from tests.fixtures.tools import free_port
 
     return free_port()
@@ -226,6 +227,7 @@ def _steps(steps: list[tuple[str, int, str]]) -> dict[str, tuple[int, str]]:
 # --- the tools, on rpc.dracd started bare --------------------------------------------------------------
 
 TOOLS = r"""
+echo 99999 >"$PIDFILE"  # left by a crash: overwritten
 $INTERPRETER $DAEMON $DAEMON_OPTS --pidfile "$PIDFILE" 2>>"$LOG"
 printf '@@\tstarted\t%s\t\n' $?
 step pidfile cat "$PIDFILE"
@@ -436,6 +438,14 @@ def test_pidfile_refuses_a_planted_link(plant: str, tmp_path: Path) -> None:
     assert result.returncode == 73, f"{result.returncode}: {result.stderr}"
     assert f"pidfile {pidfile}" in result.stderr, result.stderr
     assert victim.read_text() == "precious\n"
+
+
+def test_check_config_names_a_missing_pidfile_directory(tmp_path: Path) -> None:
+    pidfile = tmp_path / "no-such-dir" / "rpc.dracd.pid"
+    result = subprocess.run([str(RPC_DRACD), "--check-config", "--pidfile", str(pidfile), str(tmp_path / "dracd.db")],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 78, result
+    assert f"pidfile {pidfile}: directory {pidfile.parent} does not exist" in result.stderr, result.stderr
 
 
 # --- the driver: PID 1 of the scenario's namespace ------------------------------------------------------
