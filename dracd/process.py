@@ -83,7 +83,8 @@ def show_helper() -> None:
     """Name the root helper (privileges.py) so that nothing takes it for the daemon: pidof, pgrep -x
     and start-stop-daemon --name would otherwise count it, as a fork inherits comm and argv."""
     set_comm("dracd-helper")
-    show_argv([f"{sys.argv[0]} (root helper)"])
+    # A space in argv[0] makes pidof compare comm instead; the arguments stay for ps and pgrep -f.
+    show_argv([f"{sys.argv[0]} (root helper)", *sys.argv[1:]]) or show_argv([f"{sys.argv[0]} (root helper)"])
 
 
 def remove_left_pidfile(path: Path, pid: int) -> None:

@@ -332,6 +332,7 @@ step status sh "$SCRIPT" status
 step pidof pidof rpc.dracd
 step pgrep pgrep -x rpc.dracd
 step helper pgrep -x dracd-helper
+step helper-cmdline sh -c 'tr "\0" " " </proc/$(pgrep -x dracd-helper)/cmdline'
 step owner sh -c 'stat -c %U /proc/$(pgrep -x rpc.dracd)'
 step stop sh "$SCRIPT" stop
 step gone wait_gone
@@ -363,6 +364,7 @@ def test_debian_init_script_with_user(match: str, tmp_path: Path) -> None:
         assert steps["pgrep"] == (0, pid), steps["pgrep"]
         rc, helper = steps["helper"]
         assert rc == 0 and helper.isdigit() and helper != pid, steps["helper"]
+        assert steps["helper-cmdline"][1].startswith(f"{RPC_DRACD} (root helper) --no-rpcbind "), steps
         assert steps["owner"] == (0, "nobody"), steps["owner"]
         assert steps["stop"][0] == 0, f"{steps['stop']}\n{log}"
         assert steps["gone"][0] == 0 and steps["helper-gone"][0] == 0, steps
