@@ -26,6 +26,7 @@ from .config import Config, ConfigError, add_options, apply_options, load_config
 from .daemon import Daemon, MapInUse, unsafe_map_directory
 from .maps import MapError
 from .privileges import PrivilegeError
+from .process import Pidfile, PidfileError, show_name
 from .registration import AlreadyRegistered
 from .transport import AdminSocketInUse
 
@@ -117,7 +118,8 @@ def setup_logging(level: str, *, syslog: bool = False, address: str = "/dev/log"
     root.setLevel(level.upper())
 
 
-async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) -> int:
+async def run(args: argparse.Namespace, config: Config, on_ready: Any = None,
+              pidfile: Pidfile | None = None) -> int:
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -156,6 +158,8 @@ async def run(args: argparse.Namespace, config: Config, on_ready: Any = None) ->
         # Map written, sockets bound, rpcbind registration done (Daemon.start's order).
         sd.notify(status())
         sd.notify("READY=1")
+        if pidfile is not None:  # before the parent of rpc.dracd exits: start-stop-daemon reads it next
+            pidfile.write()
         if on_ready is not None:
             on_ready()
 
@@ -194,10 +198,15 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
         return EX_CONFIG
     setup_logging(config.log_level, syslog=background if config.syslog is None else config.syslog)
     on_ready = _daemonize() if background else None
+    try:  # as root, before `user:`, in the serving process (after the fork)
+        pidfile = None if config.pidfile is None else Pidfile(config.pidfile)
+    except PidfileError as exc:
+        log.error("%s", exc)
+        return EX_CANTCREAT
     log.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(run(args, config, on_ready))
+            return runner.run(run(args, config, on_ready, pidfile))
     except ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None, *, prog: str = "dracd", background: bool
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EX_OSERR
+    finally:
+        if pidfile is not None:  # stopped, or never started
+            pidfile.remove()
 
 
 def map_directory_problem(config: Config) -> str | None:
@@ -233,6 +245,8 @@ def _check(prog: str, config: Config) -> int:
     from .wrappers import name_patterns
 
     problem = map_directory_problem(config)
+    if problem is None and config.pidfile is not None and not config.pidfile.parent.is_dir():
+        problem = f"pidfile {config.pidfile}: directory {config.pidfile.parent} does not exist"
     if problem is not None:
         print(f"{prog}: {config.source}: {problem}", file=sys.stderr)
         return EX_CONFIG
@@ -299,9 +313,11 @@ def _daemonize() -> Any:
 
 
 def legacy_main() -> int:
-    """Entry point of ``rpc.dracd``."""
+    """Entry point of ``rpc.dracd``: named so that pidof, pgrep -x and start-stop-daemon --name find it."""
+    show_name("rpc.dracd")
     return main(prog="rpc.dracd", background=True)
 
 
 def console_main() -> int:
+    show_name("dracd")
     return main()

@@ -184,6 +184,8 @@ class Config:
     event_loop: str = "auto"
     #: hosts_access(5) for daemon dracd too; None: auto, on in the Debian layout (wrappers.decide).
     tcp_wrappers: bool | None = None
+    #: Where the serving process writes its pid once it serves (for init scripts); None: none.
+    pidfile: Path | None = None
     #: Where the settings come from: the file, or no file at all.
     source: str = NO_CONFIG_FILE
 
@@ -429,6 +431,9 @@ KEYS: tuple[Key, ...] = (
     Key("event_loop", choice(EVENT_LOOPS), option=Option(
         "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
         choices=EVENT_LOOPS)),
+    Key("pidfile", _optional_path, resolve=_relative, option=Option(
+        "--pidfile", "write the serving process's pid there, e.g. /run/rpc.dracd.pid (default none)",
+        parse=str, metavar="PATH")),
 )
 #: The keys of each section, by the name written there.
 SECTIONS: dict[str, dict[str, Key]] = {

@@ -32,6 +32,7 @@ from .maps import MapError, MapWriter, open_writer, unsafe_directory
 from .metrics import Metrics
 from .policy import load_allow
 from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
+from .process import remove_left_pidfile
 from .prometheus import Endpoint
 from .registration import Registration, entries_for
 from .service import DracService, Settings
@@ -311,8 +312,11 @@ class Daemon:
         if os.geteuid() != 0:
             raise PrivilegeError(f"user: {run_as.name} needs dracd to be started as root")
         registration, admin_socket = self.registration, self.config.admin_socket
+        pidfile, pid = self.config.pidfile, os.getpid()
 
         def cleanup() -> None:
+            if pidfile is not None:  # first: a successor may start as soon as we are gone
+                remove_left_pidfile(pidfile, pid)
             if registration is not None:
                 registration.release_now()
             if admin_socket is not None:

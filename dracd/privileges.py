@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .process import show_helper
+
 
 class PrivilegeError(Exception):
     """The user or group does not exist, or dropping privileges did not work."""
@@ -47,6 +49,7 @@ def start_guard(cleanup: Callable[[], None]) -> int:
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         try:
+            show_helper()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_IGN)
             # Sockets, the map lock and the event loop's descriptors stay with dracd alone.
