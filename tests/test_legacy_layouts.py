@@ -19,21 +19,19 @@ this file run as a script; it prints one JSON object the test asserts on.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.namespace import run_driver
+from tests.fixtures.namespace import drive, run_driver
 
 DRACPROG = 900101
 ALLOWED, REFUSED = "127.0.0.2", "127.0.0.3"
@@ -187,21 +185,11 @@ def scenario(layout: Layout, args: tuple[str, ...], out: Path, result: dict[str,
 
 
 def driver(variant: str, invocation: str, out: Path) -> int:
-    result: dict[str, Any] = {}
-    try:
+    def run(result: dict[str, Any]) -> None:
         scenario(LAYOUTS[variant], INVOCATIONS[invocation], out, result)
         result.setdefault("maps", _maps())
-    except BaseException:  # noqa: BLE001 - reported to the test as data
-        result["error"] = traceback.format_exc()
-    finally:
-        log = result.pop("_log", None)
-        result["log"] = log.read_text(errors="replace") if log is not None and log.exists() else ""
-        portmapper = result.pop("_rpcbind", None)
-        if portmapper is not None and portmapper.proc.poll() is None:
-            portmapper.proc.send_signal(signal.SIGKILL)
-            portmapper.proc.wait(5)
-    print(json.dumps(result))
-    return 0
+
+    return drive(run)
 
 
 if __name__ == "__main__":

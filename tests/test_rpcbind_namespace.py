@@ -13,18 +13,15 @@ can hold it there), so these tests also prove the default program number.
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.namespace import Rpcbind, rpcbind_dump, run_driver
+from tests.fixtures.namespace import Rpcbind, drive, rpcbind_dump, run_driver
 
 DRACPROG = 900101
 CHECK_INTERVAL = 5.0  # dracd.registration.CHECK_INTERVAL
@@ -185,23 +182,11 @@ SCENARIOS = {"no-rpcbind": scenario_no_rpcbind, "rpcbind-restart": scenario_rpcb
 
 
 def driver(name: str, out: Path) -> int:
-    result: dict[str, Any] = {}
-    try:
+    def run(result: dict[str, Any]) -> None:
         _isolate()
         SCENARIOS[name](out, result)
-    except BaseException:  # noqa: BLE001 - reported to the test as data
-        result["error"] = traceback.format_exc()
-    finally:
-        server = result.pop("_server", None)
-        if server is not None:
-            result.setdefault("log", server.log())
-            server.kill()
-        portmapper = result.pop("_rpcbind", None)
-        if portmapper is not None and portmapper.proc.poll() is None:
-            portmapper.proc.send_signal(signal.SIGKILL)
-            portmapper.proc.wait(5)
-    print(json.dumps(result))
-    return 0
+
+    return drive(run)
 
 
 if __name__ == "__main__":

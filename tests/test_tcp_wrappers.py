@@ -11,12 +11,10 @@ does), with its own /etc/hosts.allow and /etc/hosts.deny, so that
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from dracd import wrappers as wrappers_module
 from dracd.cli import main
 from dracd.config import ConfigError, config_from_dict
 from dracd.wrappers import HostsAccess
-from tests.fixtures.namespace import run_driver
+from tests.fixtures.namespace import drive, run_driver
 from tests.fixtures.server import ServerThread, add_status, test_config
 from tests.test_legacy_layouts import ALLOWED, DRACPROG, REFUSED, RELAYED
 
@@ -251,20 +249,7 @@ def scenario(name: str, out: Path, result: dict[str, Any]) -> None:
 
 
 def driver(name: str, out: Path) -> int:
-    result: dict[str, Any] = {}
-    try:
-        scenario(name, out, result)
-    except BaseException:  # noqa: BLE001 - reported to the test as data
-        result["error"] = traceback.format_exc()
-    finally:
-        log = result.pop("_log", None)
-        result["log"] = log.read_text(errors="replace") if log is not None and log.exists() else ""
-        portmapper = result.pop("_rpcbind", None)
-        if portmapper is not None and portmapper.proc.poll() is None:
-            portmapper.proc.send_signal(signal.SIGKILL)
-            portmapper.proc.wait(5)
-    print(json.dumps(result))
-    return 0
+    return drive(lambda result: scenario(name, out, result))
 
 
 if __name__ == "__main__":
