@@ -3,9 +3,13 @@
 DRAC was installed three ways (DESIGN.md section 2): upstream 1.12 keeps its
 map and allow file in /etc/mail, the Debian/Ubuntu package and the RPM-style
 builds in /etc/drac. Each test builds one layout and starts the real
-``rpc.dracd`` bare or as ``rpc.dracd -e 30 DBFILE``, then shows the map
+``rpc.dracd`` bare, as ``rpc.dracd -e 30 DBFILE``, or as that variant's
+init script did (Debian: start-stop-daemon by name; RPM-style and upstream
+rc scripts: the program, found later with pidof), then shows the map
 written where the MTA reads it, the allow file honoured (127.0.0.2 is
-allowed by it alone, 127.0.0.3 is refused) and a clean stop.
+allowed by it alone, 127.0.0.3 is refused), the daemon found by pidof,
+pgrep -x and start-stop-daemon --name, and a clean stop (by the init
+script's own way for that invocation).
 
 The host's /etc is never touched: each scenario runs in its own mount,
 network and PID namespaces (``unshare``), where /etc and /var/lib are
@@ -59,7 +63,14 @@ LAYOUTS = {
     # An RPM-style build on a Postfix host: no /etc/mail at all.
     "rpm": Layout(("/etc/drac",), "/etc/drac/dracd.db", "/etc/drac/dracd.allow"),
 }
-INVOCATIONS = {"bare": (), "dbfile": ("-e", "30", DBFILE)}
+INVOCATIONS = {"bare": (), "dbfile": ("-e", "30", DBFILE), "initscript": ()}
+#: How each variant's init script started and stopped rpc.dracd (written from start-stop-daemon(8),
+#: pidof(8) and the RHEL functions' documented behaviour; no legacy script is copied).
+INIT_START = {"debian-1.12-8": ["start-stop-daemon", "--start", "--quiet", "--oknodo", "--name", "rpc.dracd",
+                                "--startas"]}
+INIT_STOP = {"debian-1.12-8": ["start-stop-daemon", "--stop", "--quiet", "--oknodo", "--name", "rpc.dracd"]}
+#: The others (daemon/killproc, a plain rc script): run it; stop what pidof finds.
+PIDOF_STOP = ["sh", "-c", "kill -TERM $(pidof rpc.dracd)"]
 #: The allow file as a package's admin wrote it: words after the address are legacy comments.
 ALLOW_TEXT = "# MRAs allowed to use dracd\n255.255.255.255 127.0.0.1\n255.255.255.255 127.0.0.2 pop.example.org\n"
 
@@ -75,7 +86,7 @@ def test_rpc_dracd_started_as_the_variant_admin_did(variant: str, invocation: st
     layout = LAYOUTS[variant]
     data = run_scenario(variant, invocation, tmp_path)
     log = data["log"]
-    expected_map = layout.map if invocation == "bare" else DBFILE
+    expected_map = DBFILE if invocation == "dbfile" else layout.map
     assert data["isolated"], "the system rpcbind is reachable from inside the namespace"
     assert data["start_status"] == 0, f"rpc.dracd {' '.join(INVOCATIONS[invocation])} exited " \
                                       f"{data['start_status']}:\n{log}"
@@ -84,6 +95,10 @@ def test_rpc_dracd_started_as_the_variant_admin_did(variant: str, invocation: st
     assert data["stop_status"] == 0, log
     assert f"map {expected_map}" in log and f"allow file {layout.allow}" in log, \
         f"the log must say which files were chosen:\n{log}"
+    if invocation == "initscript":
+        pid = str(data["pid"])
+        assert data["found"] == {"pidof": pid, "pgrep -x": pid, "start-stop-daemon --status --name": "0"}, data
+        assert data["init_stop"] == 0, data
 
 
 # --- the driver, run inside the namespaces -------------------------------------------------------
@@ -159,19 +174,21 @@ def _reap(pid: int, timeout: float) -> int:
     raise RuntimeError(f"rpc.dracd {pid} still running {timeout:g} s after SIGTERM")
 
 
-def scenario(layout: Layout, args: tuple[str, ...], out: Path, result: dict[str, Any]) -> None:
+def scenario(variant: str, invocation: str, out: Path, result: dict[str, Any]) -> None:
     from tests.fixtures.namespace import Rpcbind, rpcbind_dump
     from tests.fixtures.process import RPC_DRACD, add_status, registered_port
 
+    layout, args, init = LAYOUTS[variant], INVOCATIONS[invocation], invocation == "initscript"
     _isolate(out)
     _build(layout)
     result["isolated"] = rpcbind_dump() is None
     result["_rpcbind"] = Rpcbind()
     log = out / "rpc.dracd.log"
     result["_log"] = log
+    start = [*INIT_START.get(variant, []), str(RPC_DRACD), *args] if init else [str(RPC_DRACD), *args]
     with open(log, "ab") as handle:
-        # As the admin typed it; it returns once the background daemon serves (or failed).
-        result["start_status"] = subprocess.run([str(RPC_DRACD), *args], stdin=subprocess.DEVNULL, stdout=handle,
+        # As the admin (or the init script) typed it; it returns once the background daemon serves (or failed).
+        result["start_status"] = subprocess.run(start, stdin=subprocess.DEVNULL, stdout=handle,
                                                 stderr=handle, cwd="/", timeout=20).returncode
     if result["start_status"] != 0:
         return
@@ -179,14 +196,24 @@ def scenario(layout: Layout, args: tuple[str, ...], out: Path, result: dict[str,
     port = registered_port(DRACPROG)
     result["adds"] = {source: add_status(port, DRACPROG, relayed, source=source).name
                       for source, relayed in RELAYED.items()}
-    os.kill(pid, signal.SIGTERM)
+    if init:
+        result["pid"] = pid
+        result["found"] = {name: subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
+                           or str(subprocess.run(command, capture_output=True, timeout=10).returncode)
+                           for name, command in (("pidof", ["pidof", "rpc.dracd"]),
+                                                 ("pgrep -x", ["pgrep", "-x", "rpc.dracd"]),
+                                                 ("start-stop-daemon --status --name",
+                                                  ["start-stop-daemon", "--status", "--name", "rpc.dracd"]))}
+        result["init_stop"] = subprocess.run(INIT_STOP.get(variant, PIDOF_STOP), timeout=10).returncode
+    else:
+        os.kill(pid, signal.SIGTERM)
     result["stop_status"] = _reap(pid, 10)
     result["maps"] = _maps()
 
 
 def driver(variant: str, invocation: str, out: Path) -> int:
     def run(result: dict[str, Any]) -> None:
-        scenario(LAYOUTS[variant], INVOCATIONS[invocation], out, result)
+        scenario(variant, invocation, out, result)
         result.setdefault("maps", _maps())
 
     return drive(run)
