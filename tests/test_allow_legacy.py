@@ -93,24 +93,32 @@ def test_real_server_refuses_what_legacy_refused(make_server: Callable[..., Serv
     assert add_status(server, "192.0.2.7", source="127.0.0.3") == AddStat.ADD_SUCCESS
 
 
-def test_check_config_and_start_report_such_lines(tmp_path: Path) -> None:
+def check_and_start(tmp_path: Path, allow_text: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``dracd --check-config`` on an allow file holding ``allow_text``, then the real dracd
+    started (and stopped cleanly) on it: the check's result and the start's log."""
     allow = tmp_path / "dracd.allow"
-    allow.write_text("255.255.255.255 127.0.0.1\n192.0.2.0 255.255.255.0\n")
+    allow.write_text(allow_text)
     db = tmp_path / "dracd.db"
     result = run_command([DRACD, "--check-config", "--allow", allow, db])
-    assert result.returncode == 0, result.stderr
-    assert f"{allow}, line 2" in result.stderr and "matches no caller" in result.stderr
-    assert "OK" in result.stdout and "1 warning" in result.stdout
     process = DracdProcess(["--no-rpcbind", "--port", "0", "--listen", "127.0.0.1", "--program",
                             str(private_prog()), "--allow", str(allow), str(db)],
                            log_path=tmp_path / "dracd.log", cwd=tmp_path, exe=DRACD)
     try:
         process.start().wait_ready(10)
         log = process.log()
-        assert f"{allow}, line 2" in log and "matches no caller" in log, log
         assert process.stop() == 0
     finally:
         process.kill()
+    return result, log
+
+
+def test_check_config_and_start_report_such_lines(tmp_path: Path) -> None:
+    result, log = check_and_start(tmp_path, "255.255.255.255 127.0.0.1\n192.0.2.0 255.255.255.0\n")
+    allow = tmp_path / "dracd.allow"
+    assert result.returncode == 0, result.stderr
+    assert f"{allow}, line 2" in result.stderr and "matches no caller" in result.stderr
+    assert "OK" in result.stdout and "1 warning" in result.stdout
+    assert f"{allow}, line 2" in log and "matches no caller" in log, log
 
 
 C_READER = Path(__file__).resolve().parent / "c" / "allowread.c"
@@ -195,19 +203,10 @@ def test_skipped_lines_are_warnings_naming_file_and_line_never_fatal(tmp_path: P
 
 
 def test_check_config_and_start_skip_lines_drac_skipped(tmp_path: Path) -> None:
+    result, log = check_and_start(
+        tmp_path, "255.255.255.255 127.0.0.1 localhost\nmra.example.org\n255.255.255.255 127.0.0.2;x\n")
     allow = tmp_path / "dracd.allow"
-    allow.write_text("255.255.255.255 127.0.0.1 localhost\nmra.example.org\n255.255.255.255 127.0.0.2;x\n")
-    db = tmp_path / "dracd.db"
-    result = run_command([DRACD, "--check-config", "--allow", allow, db])
     assert result.returncode == 0, result.stderr
     assert f"{allow}, line 2: 'mra.example.org': skipped" in result.stderr
     assert "OK" in result.stdout and "1 warning" in result.stdout
-    process = DracdProcess(["--no-rpcbind", "--port", "0", "--listen", "127.0.0.1", "--program",
-                            str(private_prog()), "--allow", str(allow), str(db)],
-                           log_path=tmp_path / "dracd.log", cwd=tmp_path, exe=DRACD)
-    try:
-        process.start().wait_ready(10)
-        assert f"{allow}, line 2: 'mra.example.org': skipped" in process.log()
-        assert process.stop() == 0
-    finally:
-        process.kill()
+    assert f"{allow}, line 2: 'mra.example.org': skipped" in log

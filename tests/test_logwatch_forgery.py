@@ -128,6 +128,14 @@ def append(path: Path, text: str) -> None:
 
 # -- syslog files --------------------------------------------------------------------------------
 
+def watching(cfg: LogwatchConfig, target: Target, seen: list[Any]) -> Watcher:
+    """A Watcher that also appends every record it is fed to ``seen``."""
+    watcher = Watcher(cfg, target=target)
+    feed = watcher.feed
+    watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+    return watcher
+
+
 def start_warnings(cfg: LogwatchConfig, caplog: pytest.LogCaptureFixture) -> list[str]:
     """The warnings dracd-logwatch logs when it starts (and stops) on ``cfg``."""
     async def scenario() -> None:
@@ -250,9 +258,7 @@ def test_credential_checking_socket_takes_only_listed_executables(
     seen: list[Any] = []
 
     async def scenario() -> None:
-        watcher = Watcher(cfg, target=target)
-        feed = watcher.feed
-        watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+        watcher = watching(cfg, target, seen)
         await watcher.start()
         try:
             assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
@@ -354,9 +360,7 @@ def test_a_real_dovecot_through_the_credential_checking_socket(tmp_path: Path, s
     seen: list[Any] = []
 
     async def scenario() -> None:
-        watcher = Watcher(cfg, target=target)
-        feed = watcher.feed
-        watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+        watcher = watching(cfg, target, seen)
         await watcher.start()
         try:
             result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
@@ -402,9 +406,7 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
             assert result.returncode == 0, result.stderr
 
         async def scenario() -> None:
-            watcher = Watcher(cfg, target=target)
-            feed = watcher.feed
-            watcher.feed = lambda record: (seen.append(record), feed(record))[1]  # type: ignore[method-assign]
+            watcher = watching(cfg, target, seen)
             await watcher.start()
             try:
                 for attempt in range(int(WAIT * 2)):  # journalctl starts at the end: until it follows
