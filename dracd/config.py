@@ -505,19 +505,16 @@ def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def apply_options(config: Config, args: argparse.Namespace, cwd: Path) -> Config:
     """``config`` with every option given on the command line on top."""
     for key in KEYS:
-        value = getattr(args, key.name, None) if key.option is not None else None
-        if value is None:
+        option = key.option
+        if option is None or (value := getattr(args, key.name, None)) is None:
             continue
-        if key.option is not None and key.option.kind == "append":
+        if option.kind == "append":
             value = tuple(value)
-        if key.resolve is not None and value != "":
-            value = key.resolve(value, cwd)
-        elif value == "":
+        if value == "":
             value = None  # --admin-socket '': none
-        if key.option is not None and key.option.apply is not None:
-            config = key.option.apply(config, value)
-        else:
-            config = set_value(config, key, value)
+        elif key.resolve is not None:
+            value = key.resolve(value, cwd)
+        config = option.apply(config, value) if option.apply is not None else set_value(config, key, value)
     return config
 
 
