@@ -17,9 +17,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from dracclient import notify as sd
+from dracclient.cli import Parser
 
 from . import __version__
 from .config import Config, ConfigError, add_options, apply_options, load_config
@@ -44,13 +45,6 @@ def _minutes(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of minutes")
     return int(text) * 60
-
-
-class Parser(argparse.ArgumentParser):
-    """A usage error is one line on stderr, like dracctl's, not the whole usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(prog: str = "dracd") -> argparse.ArgumentParser:

@@ -61,10 +61,12 @@ def _lifetime(text: str) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr, like every other dracctl error."""
+    """Usage errors are one line on stderr, like every other error of the command (dracctl,
+    and dracd's commands, which use this parser too)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"dracctl: {message} (see dracctl --help)\n")
+        command = self.prog.split()[0]  # a subcommand's parser is "dracctl add"
+        self.exit(2, f"{command}: {message} (see {command} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
