@@ -29,7 +29,7 @@ REWRITE = """
 import sys, tempfile
 from pathlib import Path
 from dracd.keys import KeyStyle
-from dracd.maps.berkeley import BerkeleyMap
+from dracd.publish.maps.berkeley import BerkeleyMap
 n = int(sys.argv[1])
 entries = {0x0A000000 + i: 1_800_000_000 + i % 3600 for i in range(n)}
 with tempfile.TemporaryDirectory(dir=sys.argv[2]) as work:

@@ -5,7 +5,7 @@ fresh directory, drives it with bench/loadgen.py and measures adds/s,
 p50/p99/max ACK latency, server CPU seconds and peak RSS, checks every
 reply and that every acknowledged address is in the map, and probes the
 time from ADD to ACK and to visible-in-map. Then: full map rewrite time
-with dracd.maps.open_writer, the cost of expiring a table loaded from a
+with dracd.publish.maps.open_writer, the cost of expiring a table loaded from a
 map whose entries all expire in the same second (and the longest gap in
 NULL replies meanwhile), and the time to READY=1 on a big map.
 
@@ -48,10 +48,10 @@ from loadgen import (  # noqa: E402
     run_load,
 )
 
-from dracd.cli import event_loop  # noqa: E402
+from dracd.app.cli import event_loop  # noqa: E402
 from dracd.config import Config  # noqa: E402
 from dracd.keys import KeyStyle  # noqa: E402
-from dracd.maps import open_writer  # noqa: E402
+from dracd.publish.maps import open_writer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

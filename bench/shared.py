@@ -43,7 +43,7 @@ from _proc import PROG, Server, free_port  # noqa: E402
 from loadgen import add_call, address, missing_from_map, run_load  # noqa: E402
 from run import RESULTS, machine  # noqa: E402
 
-from dracd.netstring import NetstringReader, encode  # noqa: E402
+from dracd.server.netstring import NetstringReader, encode  # noqa: E402
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -2,7 +2,7 @@
 
 Dependency-free. ``dracctl status`` gets every sample over STATUS3
 (durations as integer microseconds); the optional Prometheus endpoint
-(see ``dracd.prometheus``) reads the same registry.
+(see ``dracd.app.prometheus``) reads the same registry.
 """
 
 from __future__ import annotations

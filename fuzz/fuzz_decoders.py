@@ -17,7 +17,7 @@ with atheris.instrument_imports():
     from dracclient.errors import BadReply
     from dracclient.record import RecordReader
     from dracclient.xdr import XdrError
-    from dracd.dispatch import Dispatcher
+    from dracd.server.dispatch import Dispatcher
 
 DECODERS = [
     rpc.decode_call,

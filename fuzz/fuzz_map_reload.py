@@ -20,8 +20,8 @@ with atheris.instrument_imports():
     from berkeleydb import db
 
     from dracd.keys import Ipv6Keys, KeyStyle, parse_value, valid_code
-    from dracd.maps import MapError
-    from dracd.maps.berkeley import BerkeleyMap
+    from dracd.publish.maps import MapError
+    from dracd.publish.maps.berkeley import BerkeleyMap
 
 # One map file, rewritten per input, at a fixed place (libFuzzer ends the process with
 # exit(), so nothing would remove a temporary directory): in memory if there is /dev/shm

@@ -15,10 +15,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from dracd import socketmap
     from dracd.keys import entry_code, parse_key, parse_key_code, valid_code
-    from dracd.netstring import NetstringError, NetstringReader
-    from dracd.table import RelayTable
+    from dracd.programs import socketmap
+    from dracd.relay.table import RelayTable
+    from dracd.server.netstring import NetstringError, NetstringReader
 
 NOW = 1_800_000_000.0
 TABLE = RelayTable(clock=lambda: NOW)

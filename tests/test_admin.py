@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import dracd
-import dracd.admin
+import dracd.programs.admin
 from dracclient.admin import AdminClient, InvalidRequest, ListingExpired, NotFound
 from dracclient.adminproto import (
     DRACPROC_ADD3,
@@ -187,7 +187,7 @@ def test_invalid_addresses_and_lifetimes(admin_server: ServerThread, how: str) -
     for address in ("0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"):
         with pytest.raises(InvalidRequest, match="rejected"):
             admin.add(address, 60)
-    limit = dracd.admin.MAX_LIFETIME
+    limit = dracd.programs.admin.MAX_LIFETIME
     assert limit >= 10 * 365 * 86400
     with pytest.raises(ValueError, match="ten years"):  # the client says so before any traffic
         admin.add("192.0.2.1", limit + 1)
@@ -525,7 +525,7 @@ def test_idle_listing_expires(server: ServerThread, monkeypatch: pytest.MonkeyPa
     admin = unix_client(server)
     pages = admin.entries(page_size=10)
     assert len(listed(itertools.islice(pages, 10))) == 10
-    monkeypatch.setattr(dracd.admin, "LIST_IDLE", 0.0)  # any pause is now too long
+    monkeypatch.setattr(dracd.programs.admin, "LIST_IDLE", 0.0)  # any pause is now too long
     with pytest.raises(ListingExpired, match="dropped the listing .*start again"):
         list(pages)
     monkeypatch.undo()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from dracclient.drac import AddStat
-from dracd.policy import MaskRule, NetRule, load_allow_file, parse_allow_line
+from dracd.relay.policy import MaskRule, NetRule, load_allow_file, parse_allow_line
 from tests.fixtures.process import DRACD, DracdProcess, run_command
 from tests.fixtures.server import ServerThread, add_status, private_prog
 

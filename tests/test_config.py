@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from dracclient.durations import parse_duration
-from dracd import hostpaths
-from dracd.cli import build_parser, resolve_config
-from dracd.config import Config, ConfigError, load_config
+from dracd.app.cli import build_parser, resolve_config
+from dracd.config import Config, ConfigError, hostpaths, load_config
 from dracd.keys import Ipv6Keys
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -160,7 +159,7 @@ def test_syslog_logging_uses_facility_mail(tmp_path: Path) -> None:
     import logging
     import socket
 
-    from dracd.cli import setup_logging
+    from dracd.app.cli import setup_logging
 
     path = tmp_path / "log"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:

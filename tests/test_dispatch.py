@@ -1,5 +1,5 @@
 """Every RPC error path of the server (RFC 5531 §9), in-process through
-dracd.dispatch.Dispatcher + dracd.service.DracService and over real UDP and
+dracd.server.dispatch.Dispatcher + dracd.programs.drac.DracService and over real UDP and
 TCP loopback sockets to a running server.
 
 Expected replies are spelled out as XDR words, not built with our own
@@ -23,15 +23,15 @@ from dracclient.drac import DRACPROG, encode_add_args
 from dracclient.record import RecordReader, encode_record
 from dracclient.rpc import AuthFlavor, AuthStat, OpaqueAuth, decode_reply, encode_call
 from dracclient.xdr import Packer, XdrError
-from dracd.admin import AdminService
-from dracd.commit import Committer
-from dracd.daemon import Daemon
-from dracd.dispatch import CallContext, Dispatcher, check_auth
-from dracd.journal import Journal
+from dracd.app.daemon import Daemon
 from dracd.keys import KeyStyle
-from dracd.policy import AllowList, NetRule
-from dracd.service import DracService, Settings
-from dracd.table import RelayTable
+from dracd.programs.admin import AdminService
+from dracd.programs.drac import DracService, Settings
+from dracd.publish.commit import Committer
+from dracd.publish.journal import Journal
+from dracd.relay.policy import AllowList, NetRule
+from dracd.relay.table import RelayTable
+from dracd.server.dispatch import CallContext, Dispatcher, check_auth
 from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import LOOPS, ServerThread, test_config
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from dracclient import cli as dracctl_cli
-from dracd import cli as dracd_cli
 from dracd import config as dracd_config
+from dracd.app import cli as dracd_cli
 from dracd_logwatch import cli as logwatch_cli
 from dracd_logwatch import config as logwatch_config
 from dracd_logwatch.presets import PRESETS
@@ -212,7 +212,7 @@ def test_dracd_logwatch_8_lists_presets_and_config_keys() -> None:
 @needs_man
 def test_dracd_8_defaults_are_what_hostpaths_computes() -> None:
     """The map's two defaults, and the allow file's places in the order they are tried."""
-    from dracd import hostpaths
+    from dracd.config import hostpaths
 
     out = flat(render(MAN / "dracd.8").stdout)
     section = out[out.index("DEFAULTS Legacy DRAC"):out.index("SIGNALS SIGTERM")]
@@ -231,7 +231,7 @@ def test_dracd_allow_5_covers_both_line_forms_and_the_default() -> None:
 
 
 def test_allow_examples_in_the_page_and_etc_parse(tmp_path: Path) -> None:
-    from dracd.policy import load_allow_file
+    from dracd.relay.policy import load_allow_file
 
     source = (MAN / "dracd.allow.5").read_text(encoding="utf-8")
     example = re.search(r"^\.EX\n(.*?)^\.EE", source, re.MULTILINE | re.DOTALL)

@@ -25,20 +25,20 @@ from dracclient.drac import DRACPROG, AddStat, encode_add_args
 from dracclient.record import RecordReader, encode_record
 from dracclient.rpc import decode_reply, encode_call
 from dracclient.xdr import XdrError
-from dracd import transport
-from dracd.cli import EX_CONFIG, EX_OK, EX_USAGE, event_loop
-from dracd.cli import main as dracd_main
-from dracd.commit import Committer
+from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE, event_loop
+from dracd.app.cli import main as dracd_main
+from dracd.app.daemon import Daemon
 from dracd.config import Config, ConfigError, config_from_dict
-from dracd.daemon import Daemon
-from dracd.dispatch import PENDING, AuthRefused, CallContext, Dispatcher, Handler, Pending
-from dracd.journal import Journal
 from dracd.keys import KeyStyle
-from dracd.policy import AllowList, NetRule
+from dracd.programs.drac import DracService, Settings
+from dracd.publish.commit import Committer
+from dracd.publish.journal import Journal
 from dracd.ratelog import RateLimitedLog
-from dracd.service import DracService, Settings
-from dracd.table import RelayTable
-from dracd.transport import CallerCache, UdpServer, send_datagram
+from dracd.relay.policy import AllowList, NetRule
+from dracd.relay.table import RelayTable
+from dracd.server import transport
+from dracd.server.dispatch import PENDING, AuthRefused, CallContext, Dispatcher, Handler, Pending
+from dracd.server.transport import CallerCache, UdpServer, send_datagram
 from tests.fixtures.maps import EntryMap
 from tests.fixtures.server import LOOPS, ServerThread, map_keys
 
@@ -206,7 +206,7 @@ def test_a_full_send_buffer_drops_the_reply_and_logs_once(
             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         peer.bind(path)
         sender.setblocking(False)
-        with caplog.at_level(logging.WARNING, logger="dracd.transport"):
+        with caplog.at_level(logging.WARNING, logger="dracd.server.transport"):
             sent = [send_datagram(sender, b"x" * 512, path) for _ in range(5000)]
         assert sent[0] and not sent[-1]
         dropped = sent.count(False)
@@ -271,7 +271,7 @@ def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(
                 await asyncio.sleep(0.01)
             assert drac.metrics.adds.get("1", "udp", "ADD_SYSERR") == 1
 
-    with caplog.at_level(logging.WARNING, logger="dracd.service"):
+    with caplog.at_level(logging.WARNING, logger="dracd.programs.drac"):
         asyncio.run(main())
     assert replies == [success(XID, words(AddStat.ADD_SYSERR))]
     assert any(r.getMessage().startswith("ADD 192.0.2.10 from 127.0.0.1/udp failed:") for r in caplog.records)
@@ -333,7 +333,7 @@ def test_handler_errors_in_process(caplog: pytest.LogCaptureFixture) -> None:
         return [await dispatcher.handle(encode_call(XID, 77, 1, proc), ipaddress.ip_address("::1"), 1, "tcp")
                 for proc in FAILING]
 
-    with caplog.at_level(logging.ERROR, logger="dracd.dispatch"):
+    with caplog.at_level(logging.ERROR, logger="dracd.server.dispatch"):
         assert asyncio.run(main()) == [reply for _, reply in FAILING.values()]
     failed = [r for r in caplog.records if "failed for ::1" in r.getMessage()]
     assert len(failed) == 2 and all(r.exc_info is not None for r in failed)

@@ -29,13 +29,13 @@ from dracclient.drac import (
 )
 from dracclient.record import LAST_FRAGMENT, RecordReader, encode_record
 from dracclient.rpc import AUTH_NONE, AcceptStat, ReplyStat, decode_call, decode_reply, encode_accepted, encode_call
-from dracd.commit import Committer
-from dracd.dispatch import Dispatcher
-from dracd.journal import Journal
 from dracd.keys import IPAddress, KeyStyle
-from dracd.policy import AllowList, NetRule
-from dracd.service import DracService, Settings
-from dracd.table import RelayTable
+from dracd.programs.drac import DracService, Settings
+from dracd.publish.commit import Committer
+from dracd.publish.journal import Journal
+from dracd.relay.policy import AllowList, NetRule
+from dracd.relay.table import RelayTable
+from dracd.server.dispatch import Dispatcher
 from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import ServerThread
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import dracd.socketmap
+import dracd.programs.socketmap
 from dracd.keys import entry_code, parse_key, parse_key_code
+from dracd.programs.socketmap import answer
 from dracd.ratelog import RateLimitedLog
-from dracd.socketmap import answer
-from dracd.table import RelayTable
+from dracd.relay.table import RelayTable
 from tests.fixtures.process import DRACD, DracdProcess, read_map
 from tests.fixtures.server import ServerThread, private_prog
 from tests.test_socketmap import Client, inet_port
@@ -62,10 +62,10 @@ def test_socketmap_handler_failure_is_a_temp_reply_logged_once(
     def broken(key: bytes) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(dracd.socketmap, "parse_key", broken)
-    monkeypatch.setattr(dracd.socketmap, "limited", RateLimitedLog(dracd.socketmap.log))
+    monkeypatch.setattr(dracd.programs.socketmap, "parse_key", broken)
+    monkeypatch.setattr(dracd.programs.socketmap, "limited", RateLimitedLog(dracd.programs.socketmap.log))
     table = RelayTable()
-    with caplog.at_level(logging.DEBUG, logger="dracd.socketmap"):
+    with caplog.at_level(logging.DEBUG, logger="dracd.programs.socketmap"):
         replies = [answer(table, b"drac 192.0.2.5") for _ in range(50)]
     assert set(replies) == {b"TEMP internal error"}
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -141,7 +141,7 @@ def test_journal_replay_drops_codes_that_are_no_entry(tmp_path: Path) -> None:
     """A state or journal (CRC-valid, so written on purpose) naming codes that are no valid
     entry, or a wildcard host: replay keeps the valid ones only, rather than fail later or
     put 0.0.0.0 in the map."""
-    from dracd.journal import Journal
+    from dracd.publish.journal import Journal
 
     good = {0xC0000205: 2_000_000_000, entry_code(ipaddress.ip_address("2001:db8::5")): 2_000_000_000}
     bad = {0: 2_000_000_000, 0xFFFFFFFF: 2_000_000_000, (1 << 128) | (200 << 129): 2_000_000_000,
@@ -158,7 +158,7 @@ def test_a_failing_handler_is_logged_once_not_per_call(caplog: pytest.LogCapture
     import asyncio
 
     from dracclient.rpc import encode_call
-    from dracd.dispatch import CallContext, Dispatcher
+    from dracd.server.dispatch import CallContext, Dispatcher
 
     def raises(args: bytes, ctx: CallContext) -> bytes:
         raise RuntimeError("handler exploded")
@@ -170,7 +170,7 @@ def test_a_failing_handler_is_logged_once_not_per_call(caplog: pytest.LogCapture
         return [await dispatcher.handle(encode_call(xid, 77, 1, 5), ipaddress.ip_address("::1"), 1, "udp")
                 for xid in range(100)]
 
-    with caplog.at_level(logging.DEBUG, logger="dracd.dispatch"):
+    with caplog.at_level(logging.DEBUG, logger="dracd.server.dispatch"):
         replies = asyncio.run(main())
     assert all(reply is not None and reply[-4:] == b"\0\0\0\5" for reply in replies)  # SYSTEM_ERR
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from dracclient.drac import AddStat
-from dracd import journal as journal_module
-from dracd.journal import HEADER_SIZE, Journal, JournalError
 from dracd.keys import entry_code
+from dracd.publish import journal as journal_module
+from dracd.publish.journal import HEADER_SIZE, Journal, JournalError
 from tests.fixtures.process import DracdProcess, add_status, read_map
 from tests.fixtures.server import ServerThread, private_prog, test_config, wait_for
 from tests.fixtures.server import add_status as server_add

@@ -175,7 +175,7 @@ def test_rate_per_caller(make_server: Make, tmp_path: Path) -> None:
 
 
 def test_caller_buckets_refill_with_time() -> None:
-    from dracd.service import CallerBuckets
+    from dracd.programs.drac import CallerBuckets
 
     now = [0.0]
     buckets = CallerBuckets(clock=lambda: now[0])

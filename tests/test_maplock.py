@@ -33,8 +33,8 @@ from berkeleydb import db
 from dracclient.drac import AddStat
 from dracclient.errors import RpcTimeout
 from dracd.keys import KeyStyle
-from dracd.maps import MapError, StaleMap
-from dracd.maps.berkeley import READ_PATIENCE
+from dracd.publish.maps import MapError, StaleMap
+from dracd.publish.maps.berkeley import READ_PATIENCE
 from tests.fixtures.maps import open_map
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.process import DracdProcess, add_status, read_map, wait_until

@@ -14,7 +14,7 @@ import pytest
 from berkeleydb import db
 
 from dracd.keys import Ipv6Keys, KeyStyle
-from dracd.maps import MapError, StaleMap
+from dracd.publish.maps import MapError, StaleMap
 from tests.fixtures.maps import open_map
 from tests.fixtures.mounts import set_readonly, tmpfs
 from tests.fixtures.server import map_keys as records
@@ -197,7 +197,7 @@ def test_update_refuses_a_map_someone_else_replaced(tmp_path: Path) -> None:
 
 
 def test_unsafe_map_directories_are_found(tmp_path: Path) -> None:
-    from dracd.maps import unsafe_directory
+    from dracd.publish.maps import unsafe_directory
 
     safe = tmp_path / "safe"
     safe.mkdir(mode=0o755)

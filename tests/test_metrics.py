@@ -18,11 +18,11 @@ from dracclient.drac import AddStat
 from dracclient.errors import RpcRefused
 from dracclient.rpc import AcceptStat
 from dracclient.rpccall import call
-from dracd.cli import EX_CONFIG, EX_USAGE
-from dracd.cli import main as dracd_main
+from dracd.app.cli import EX_CONFIG, EX_USAGE
+from dracd.app.cli import main as dracd_main
+from dracd.app.prometheus import MetricsUnavailable, require
 from dracd.config import ConfigError, config_from_dict
 from dracd.metrics import Metrics
-from dracd.prometheus import MetricsUnavailable, require
 from tests.fixtures.server import ServerThread, add_status, wait_for
 from tests.fixtures.tools import free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dracd.netstring import MAX_LENGTH, NetstringError, NetstringReader, NetstringTooLong, encode
+from dracd.server.netstring import MAX_LENGTH, NetstringError, NetstringReader, NetstringTooLong, encode
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ import pytest
 from dracclient.admin import AdminClient
 from dracclient.cli import main as dracctl
 from dracclient.errors import InvalidRequest
-from dracd.table import RelayTable
+from dracd.relay.table import RelayTable
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread, map_keys, wait_for
 from tests.test_socketmap import Client, inet_port

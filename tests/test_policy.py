@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dracd.policy import default_allow_list, load_allow, load_allow_file, parse_allow_line
+from dracd.relay.policy import default_allow_list, load_allow, load_allow_file, parse_allow_line
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit

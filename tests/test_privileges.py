@@ -116,7 +116,7 @@ def test_unwritable_map_directory_for_the_user_fails_clearly(rpcbind: None, open
 
 
 def test_unknown_user_is_a_start_error(open_dir: Path) -> None:
-    from dracd.cli import main
+    from dracd.app.cli import main
 
     assert main(["--no-rpcbind", "--listen", "127.0.0.1", "--user", "no-such-user-here",
                  "--admin-socket", str(open_dir / "a.sock"), str(open_dir / "dracd.db")]) == 69

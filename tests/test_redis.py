@@ -20,9 +20,9 @@ import redis
 
 from dracclient.admin import AdminClient, NotFound
 from dracclient.drac import AddStat
-from dracd.cli import build_parser, resolve_config
+from dracd.app.cli import build_parser, resolve_config
 from dracd.config import ConfigError, RedisConfig, config_from_dict
-from dracd.netstring import NetstringReader, encode
+from dracd.server.netstring import NetstringReader, encode
 from tests.fixtures.redis import Cluster, RedisServer, Sentinel
 from tests.fixtures.server import ServerThread, add_status, map_keys, wait_for
 

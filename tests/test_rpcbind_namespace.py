@@ -24,7 +24,7 @@ import pytest
 from tests.fixtures.namespace import Rpcbind, drive, rpcbind_dump, run_driver
 
 DRACPROG = 900101
-CHECK_INTERVAL = 5.0  # dracd.registration.CHECK_INTERVAL
+CHECK_INTERVAL = 5.0  # dracd.server.registration.CHECK_INTERVAL
 NS_PORT = 7777  # a fresh network namespace has every port free
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ import pytest
 
 from dracclient.drac import DRACPROC_ADD, AddStat, encode_add_args
 from dracclient.rpc import encode_call
-from dracd.maps import MapError
+from dracd.publish.maps import MapError
 from tests.fixtures.mounts import set_readonly, tmpfs
 from tests.fixtures.server import ServerThread, add_status, map_keys, wait_for
 
@@ -178,7 +178,7 @@ def test_map_replaced_behind_our_back_is_rewritten_whole(server: ServerThread, t
 
 
 def test_second_server_on_the_same_map_fails_before_touching_it(make_server: Make) -> None:
-    from dracd.daemon import MapInUse
+    from dracd.app.daemon import MapInUse
 
     first = make_server()
     assert add_status(first, "192.0.2.1") == AddStat.ADD_SUCCESS
@@ -196,13 +196,13 @@ def test_second_server_on_the_same_map_fails_before_touching_it(make_server: Mak
 def test_stale_registration_naming_another_host_is_replaced_without_probing_it(
     rpcbind: None, make_server: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dracd.registration
+    import dracd.server.registration
     from dracclient import rpcbind as rpcb
     from tests.fixtures.server import private_prog
 
     probed: list[str] = []
     # Recorded, never sent: a regression must not put a packet on the wire.
-    monkeypatch.setattr(dracd.registration, "_alive", lambda host, *args: probed.append(host) or False)
+    monkeypatch.setattr(dracd.server.registration, "_alive", lambda host, *args: probed.append(host) or False)
     prog = private_prog()
     assert rpcb.register(prog, 1, "udp", "198.51.100.7.4.1")
     assert rpcb.register(prog, 1, "tcp", "127.0.0.1.4.1")

@@ -15,8 +15,8 @@ import pytest
 from dracclient import add
 from dracclient.cli import main as dracctl
 from dracd.config import ConfigError, config_from_dict
-from dracd.netstring import NetstringReader, encode
-from dracd.socketmap import parse_spec
+from dracd.programs.socketmap import parse_spec
+from dracd.server.netstring import NetstringReader, encode
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread
 
@@ -163,7 +163,7 @@ def test_config_and_specs(tmp_path: Path) -> None:
 
 
 def test_cli_flag(tmp_path: Path) -> None:
-    from dracd.cli import build_parser, resolve_config
+    from dracd.app.cli import build_parser, resolve_config
 
     args = build_parser().parse_args(["--socketmap", "inet:127.0.0.1:8800", "--socketmap", "unix:sm.sock"])
     config = resolve_config(args)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dracd.keys import Entry, code_entry, entry_code
-from dracd.table import RelayTable
+from dracd.relay.table import RelayTable
 
 
 def entries(by_code: dict[int, Any]) -> dict[Entry, Any]:

@@ -2,7 +2,7 @@
 
 Debian's drac 1.12-8 built rpc.dracd against libwrap: a caller had to pass
 hosts_access(5) for daemon ``dracd`` too (rpc.dracd(8), "TCP_WRAPPERS
-SUPPORT"). dracd asks the same library (dracd/wrappers.py). The in-process
+SUPPORT"). dracd asks the same library (dracd/server/wrappers.py). The in-process
 tests point libwrap at files under tmp_path; the end-to-end tests start the
 real ``rpc.dracd`` in namespaces of its own (as tests/test_legacy_layouts.py
 does), with its own /etc/hosts.allow and /etc/hosts.deny, so that
@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from dracd import wrappers as wrappers_module
-from dracd.cli import main
+from dracd.app.cli import main
 from dracd.config import ConfigError, config_from_dict
-from dracd.wrappers import HostsAccess
+from dracd.server import wrappers as wrappers_module
+from dracd.server.wrappers import HostsAccess
 from tests.fixtures.namespace import drive, run_driver
 from tests.fixtures.server import ServerThread, add_status, test_config
 from tests.test_legacy_layouts import ALLOWED, DRACPROG, REFUSED, RELAYED
@@ -118,7 +118,7 @@ def test_host_name_patterns_for_dracd_are_reported(monkeypatch: pytest.MonkeyPat
     assert "'.bar.com'" in problems[0] and "'mail.example.org'" in problems[1] and "'LOCAL'" in problems[2]
     assert "'KNOWN'" in problems[3] and all("never matches" in p for p in problems)
     # --check-config names them (warnings: exit 0), as the start log does.
-    from dracd.cli import main as dracd_main
+    from dracd.app.cli import main as dracd_main
 
     config = tmp_path / "dracd.yaml"
     config.write_text(f"map: {{path: {tmp_path / 'dracd.db'}}}\ntcp_wrappers: true\nadmin_socket: ''\n")

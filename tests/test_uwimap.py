@@ -309,14 +309,14 @@ def test_postfix_relays_after_pop3_and_imap_logins(
 
 
 def imap_adds(caplog: pytest.LogCaptureFixture, address: str) -> int:
-    return sum(1 for r in caplog.records if r.name == "dracd.service"
+    return sum(1 for r in caplog.records if r.name == "dracd.programs.drac"
                and re.match(rf"ADD {re.escape(address)} from .* ok, expires", r.getMessage()))
 
 
 def test_imapd_refreshes_while_the_session_stays_active(
     uw: UWImapServers, dracd: ServerThread, account: tuple[str, str], caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dracd.service")
+    caplog.set_level(logging.INFO, logger="dracd.programs.drac")
     uw.set_config(config_text(interval=1))
     with uw.imap("127.0.0.10") as imap:
         assert imap.login(*account)[0] == "OK"

@@ -70,7 +70,7 @@ def test_a_map_outage_logs_one_line_and_syserr_means_not_yet(
                 with caplog.at_level(logging.INFO):
                     statuses = [add_status(server, f"198.51.100.{n}") for n in range(1, 41)]
                 assert set(statuses) == {AddStat.ADD_SYSERR}, statuses
-                failed = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "dracd.service"]
+                failed = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "dracd.programs.drac"]
                 assert len(failed) == 1, [r.getMessage() for r in failed]
             finally:
                 set_readonly(directory, False)

@@ -35,9 +35,9 @@ from dracclient.rpc import (
 )
 from dracclient.xdr import Unpacker, XdrError
 
-from .keys import IPAddress
-from .metrics import Metrics
-from .ratelog import RateLimitedLog
+from ..keys import IPAddress
+from ..metrics import Metrics
+from ..ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

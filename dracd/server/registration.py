@@ -18,7 +18,7 @@ from dracclient import rpcbind
 from dracclient.errors import DracError
 from dracclient.rpccall import Transport, call
 
-from .policy import host_addresses
+from ..relay.policy import host_addresses
 from .transport import Listener
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 
-from .keys import Entry, IPAddress, code_entry, code_network, covering_code, entry_code
+from ..keys import Entry, IPAddress, code_entry, code_network, covering_code, entry_code
 
 Clock = Callable[[], float]
 

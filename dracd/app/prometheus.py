@@ -6,8 +6,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .config import ConfigError
-from .metrics import Counter, Gauge, Metrics, Timing
+from ..config import ConfigError
+from ..metrics import Counter, Gauge, Metrics, Timing
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from ..config import MAP_TYPES
-from ..keys import KeyStyle
+from ...config import MAP_TYPES
+from ...keys import KeyStyle
 
 
 class MapError(Exception):

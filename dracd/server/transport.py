@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..keys import IPAddress
+from ..ratelog import RateLimitedLog
 from .dispatch import PENDING, PeerCred, Pending, Respond
-from .keys import IPAddress
-from .ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)

@@ -21,19 +21,19 @@ from dracclient.drac import (
 )
 from dracclient.xdr import Unpacker
 
-from .commit import Committer
-from .config import Config
-from .dispatch import PENDING, CallContext, Dispatcher, Pending
-from .keys import Entry, IPAddress, canonical, relayable
-from .maps import MapError
-from .metrics import Metrics
-from .policy import AdminPolicy, AllowList, Network, in_networks
-from .ratelog import RateLimitedLog
-from .table import RelayTable
-from .wrappers import HostsAccess
+from ..config import Config
+from ..keys import Entry, IPAddress, canonical, relayable
+from ..metrics import Metrics
+from ..publish.commit import Committer
+from ..publish.maps import MapError
+from ..ratelog import RateLimitedLog
+from ..relay.policy import AdminPolicy, AllowList, Network, in_networks
+from ..relay.table import RelayTable
+from ..server.dispatch import PENDING, CallContext, Dispatcher, Pending
+from ..server.wrappers import HostsAccess
 
 if TYPE_CHECKING:
-    from .shared import SharedTable
+    from ..relay.shared import SharedTable
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)

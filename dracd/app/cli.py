@@ -22,14 +22,14 @@ from typing import Any
 from dracclient import notify as sd
 from dracclient.cli import Parser
 
-from . import __version__
-from .config import Config, ConfigError, add_options, apply_options, load_config
+from .. import __version__
+from ..config import Config, ConfigError, add_options, apply_options, load_config
+from ..publish.maps import MapError
+from ..server.registration import AlreadyRegistered
+from ..server.transport import AdminSocketInUse
 from .daemon import Daemon, MapInUse, unsafe_map_directory
-from .maps import MapError
 from .privileges import PrivilegeError
 from .process import Pidfile, PidfileError, show_name
-from .registration import AlreadyRegistered
-from .transport import AdminSocketInUse
 
 log = logging.getLogger("dracd")
 
@@ -233,10 +233,10 @@ def map_directory_problem(config: Config) -> str | None:
 
 
 def _check(prog: str, config: Config) -> int:
-    from .hostpaths import allow_reason, map_reason
-    from .policy import load_allow
-    from .wrappers import from_setting as wrappers_from
-    from .wrappers import name_patterns
+    from ..config.hostpaths import allow_reason, map_reason
+    from ..relay.policy import load_allow
+    from ..server.wrappers import from_setting as wrappers_from
+    from ..server.wrappers import name_patterns
 
     problem = map_directory_problem(config)
     if problem is None and config.pidfile is not None and not config.pidfile.parent.is_dir():
@@ -258,7 +258,7 @@ def _check(prog: str, config: Config) -> int:
 
             require_metrics()
         if config.redis is not None:
-            from .shared import require as require_redis
+            from ..relay.shared import require as require_redis
 
             require_redis()
         wrappers, wrappers_reason = wrappers_from(config.tcp_wrappers)  # loads libwrap when on

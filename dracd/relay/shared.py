@@ -30,10 +30,10 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from .commit import Committer
-from .config import ConfigError, RedisConfig
-from .keys import Entry, canonical, entry_network, relayable
-from .ratelog import RateLimitedLog
+from ..config import ConfigError, RedisConfig
+from ..keys import Entry, canonical, entry_network, relayable
+from ..publish.commit import Committer
+from ..ratelog import RateLimitedLog
 from .table import RelayTable
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 An ADD changes the table, then waits for a commit that includes its
 change. Only one commit runs at a time; every change that arrives while it
 runs is served by the next one. A commit carries the changes since the
-previous one: they are appended to the journal (dracd.journal) and flushed
+previous one: they are appended to the journal (dracd.publish.journal) and flushed
 while the map thread brings the map up to date, unflushed; the ADDs are
 answered once both are done, and the journal notes which map file is now
 dracd's (unflushed), so a start after a crash can tell a map someone else
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..metrics import Metrics
+from ..relay.table import RelayTable
 from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
-from .metrics import Metrics
-from .table import RelayTable
 
 log = logging.getLogger(__name__)
 

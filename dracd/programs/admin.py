@@ -38,11 +38,11 @@ from dracclient.adminproto import (
 )
 from dracclient.xdr import Unpacker
 
-from . import __version__
-from .dispatch import AuthRefused, CallContext, Dispatcher
-from .keys import Entry as TableEntry
-from .keys import IPAddress, canonical, entry_network, key_siblings, relayable
-from .service import DracService
+from .. import __version__
+from ..keys import Entry as TableEntry
+from ..keys import IPAddress, canonical, entry_network, key_siblings, relayable
+from ..server.dispatch import AuthRefused, CallContext, Dispatcher
+from .drac import DracService
 
 log = logging.getLogger(__name__)
 

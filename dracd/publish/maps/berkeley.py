@@ -34,7 +34,7 @@ Where the new file comes from, cheapest first:
 - a complete new file from the table (first write, or the map was replaced
   by someone else).
 
-When the committer keeps a journal (dracd.journal), an update need not be
+When the committer keeps a journal (dracd.publish.journal), an update need not be
 durable by itself: the spare's pages are written through a private Berkeley
 DB cache (memp_trickle writes them, nothing flushes them) and the rename is
 not flushed either, which halves a commit. That cache knows a file by the
@@ -58,9 +58,9 @@ from pathlib import Path
 
 from berkeleydb import db
 
+from ...keys import HOSTS4, KeyStyle, code_entry, parse_key_code, parse_value
+from ...ratelog import RateLimitedLog
 from ..files import fdatasync, fsync_dir, unlink_quietly
-from ..keys import HOSTS4, KeyStyle, code_entry, parse_key_code, parse_value
-from ..ratelog import RateLimitedLog
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)

@@ -21,28 +21,28 @@ from pathlib import Path
 
 from dracclient.adminproto import DRACVERS_ADMIN
 
-from .admin import AdminService
-from .commit import Committer
-from .config import Config, needs_restart
-from .dispatch import Dispatcher
-from .hostpaths import allow_reason, map_reason
-from .journal import Journal, JournalError
-from .keys import KeyStyle
-from .maps import MapError, MapWriter, open_writer, unsafe_directory
-from .metrics import Metrics
-from .policy import load_allow
+from ..config import Config, needs_restart
+from ..config.hostpaths import allow_reason, map_reason
+from ..keys import KeyStyle
+from ..metrics import Metrics
+from ..programs.admin import AdminService
+from ..programs.drac import DracService, Settings
+from ..programs.socketmap import SocketmapServer
+from ..publish.commit import Committer
+from ..publish.journal import Journal, JournalError
+from ..publish.maps import MapError, MapWriter, open_writer, unsafe_directory
+from ..relay.policy import load_allow
+from ..relay.shared import SharedTable
+from ..relay.table import Clock, RelayTable
+from ..server.dispatch import Dispatcher
+from ..server.registration import Registration, entries_for
+from ..server.stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
+from ..server.transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
+from ..server.wrappers import from_setting as wrappers_from
+from ..server.wrappers import name_patterns
 from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .process import remove_left_pidfile
 from .prometheus import Endpoint
-from .registration import Registration, entries_for
-from .service import DracService, Settings
-from .shared import SharedTable
-from .socketmap import SocketmapServer
-from .stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
-from .table import Clock, RelayTable
-from .transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
-from .wrappers import from_setting as wrappers_from
-from .wrappers import name_patterns
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .keys import IPAddress, canonical
+from ..keys import IPAddress, canonical
 
 if TYPE_CHECKING:
-    from .dispatch import CallContext
+    from ..server.dispatch import CallContext
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from dracclient.checks import (
 from dracclient.drac import DRACPROG
 from dracclient.durations import parse_duration
 
+from ..keys import Ipv6Keys
 from .hostpaths import default_map, find_allow
-from .keys import Ipv6Keys
 
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60

@@ -47,8 +47,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from ..keys import HOSTS4, valid_code
 from .files import fsync_dir, unlink_quietly
-from .keys import HOSTS4, valid_code
 from .maps import MapError
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,9 @@ from typing import Protocol, cast
 from dracclient.record import RecordReader, encode_record
 from dracclient.xdr import XdrError
 
+from ..keys import IPAddress
+from ..ratelog import RateLimitedLog
 from .dispatch import PENDING, PeerCred
-from .keys import IPAddress
-from .ratelog import RateLimitedLog
 from .transport import Dispatch, caller_of
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dracclient.checks import ConfigError
 
-from .hostpaths import DRAC_DIR
+from ..config.hostpaths import DRAC_DIR
 
 DAEMON = b"dracd"
 #: libwrap's STRING_UNKNOWN: a client name and user it will not look up.

@@ -18,13 +18,13 @@ import logging
 import os
 from pathlib import Path
 
-from .config import SocketmapSpec, parse_spec
-from .keys import IPAddress, parse_key
-from .netstring import NetstringError, NetstringReader, encode
-from .ratelog import RateLimitedLog
-from .stream import Framing, StreamLimits, StreamServer
-from .table import RelayTable
-from .transport import bind_tcp, bind_unix
+from ..config import SocketmapSpec, parse_spec
+from ..keys import IPAddress, parse_key
+from ..ratelog import RateLimitedLog
+from ..relay.table import RelayTable
+from ..server.netstring import NetstringError, NetstringReader, encode
+from ..server.stream import Framing, StreamLimits, StreamServer
+from ..server.transport import bind_tcp, bind_unix
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
