@@ -29,8 +29,9 @@ from ..programs.admin import AdminService
 from ..programs.drac import DracService, Settings
 from ..programs.socketmap import SocketmapServer
 from ..publish.commit import Committer
-from ..publish.journal import Journal, JournalError
+from ..publish.journal import Journal
 from ..publish.maps import MapError, MapWriter, open_writer, unsafe_directory
+from ..publish.recovery import recover
 from ..relay.policy import load_allow
 from ..relay.shared import SharedTable
 from ..relay.table import Clock, RelayTable
@@ -195,57 +196,18 @@ class Daemon:
         if self.config.initialize:
             log.info("starting with an empty table (-i)")
             return
-        if self.journal.exists():
-            try:
-                entries = self.journal.recover()
-            except JournalError as exc:
-                log.error("%s; starting from %s instead", exc, self.config.map.path)
-            else:
-                log.warning("dracd did not stop cleanly: %d entries recovered from its journal; "
-                            "rewriting %s", len(entries), self.config.map.path)
-                self.table.load(self._with_other_writers(entries))
-                expired = self.table.expire()
-                log.info("%d entries after recovery (%d already expired)", len(self.table), len(expired))
-                return
+        entries = recover(self.journal, self.writer, self.config.lifetime, self.table.clock)
+        if entries is not None:
+            self.table.load(entries)
+            expired = self.table.expire()
+            log.info("%d entries after recovery (%d already expired)", len(self.table), len(expired))
+            return
         self.table.load(self.writer.read_codes())
         if self.writer.adopt():
             self.committer.adopted()
         expired = self.table.expire()
         log.info("reloaded %d entries from %s (%d already expired)",
                  len(self.table), self.config.map.path, len(expired))
-
-    def _with_other_writers(self, journaled: dict[int, int]) -> dict[int, int]:
-        """The table to restart with after a crash. The journal belongs to the map dracd
-        last put in place: over that map (or one the crash left torn or missing) it is
-        replayed alone, so what dracd deleted stays deleted (the map may lack acknowledged
-        ADDs: the journal has them all). A readable map that is another file (legacy
-        rpc.dracd ran on it meanwhile, or a rename-style writer, or it was set back to an
-        older copy) may hold ADDs that only its writer acknowledged: then every entry of
-        that map stays and the journal's are added, also those the other writer deleted
-        (an acknowledged ADD is never lost; expiry removes it in time); where both have
-        an entry, the later expiry wins."""
-        path = self.config.map.path
-        if self.journal.holds_last_written_map() or not path.exists():
-            return journaled
-        try:
-            theirs = self.writer.read_codes(verify=True)
-        except MapError as exc:
-            log.warning("%s; taken as torn by the crash: rebuilding it from the journal alone", exc)
-            return journaled
-        merged = dict(theirs)
-        lacking = later = 0
-        for code, expiry in journaled.items():
-            known = merged.get(code)
-            if known is None or known < expiry:
-                lacking += known is None
-                later += known is not None
-                merged[code] = expiry
-        only_theirs = sum(1 for code in theirs if code not in journaled)
-        log.warning("%s changed by another writer since dracd's last write (or set back to another copy): "
-                    "kept its %d entries (%d not in the journal) and merged %d entries from the journal "
-                    "(%d it lacked, %d with a later expiry)", path, len(theirs), only_theirs,
-                    lacking + later, lacking, later)
-        return merged
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
         unsafe = unsafe_map_directory(self.config)

@@ -135,6 +135,11 @@ class Journal:
                 del entries[code]
         return entries
 
+    def resume(self, epoch: int, recorded_map: bytes | None) -> None:
+        """What a recovery read elsewhere (dracd.publish.recovery) found: the newest epoch
+        in any file, and the map the newest intact header names (None: unknown)."""
+        self.epoch, self._recorded_map = epoch, recorded_map
+
     def holds_last_written_map(self) -> bool:
         """After recover(): whether the map in place is the very file dracd last put
         there (same inode, size and mtime as recorded). False if it changed since,
@@ -283,7 +288,9 @@ class Journal:
             except OSError:
                 pass
 
-    def _read_state(self) -> tuple[int, dict[int, int]]:
+    def _read_state(self, salvage: bool = False) -> tuple[int, dict[int, int]]:
+        """The state's epoch and entries; ``salvage``: also when only its checksum fails
+        (a recovery reads a damaged state that way, as one source among others)."""
         try:
             data = self.state_path.read_bytes()
         except OSError as exc:
@@ -294,7 +301,7 @@ class Journal:
         size = STATE.size + hosts * 12 + others * RECORD.size
         if magic != STATE_MAGIC or len(data) != size + CRC.size:
             raise JournalError(f"{self.state_path} is not a dracd state file or is truncated")
-        if zlib.crc32(memoryview(data)[:size]) != CRC.unpack_from(data, size)[0]:
+        if not salvage and zlib.crc32(memoryview(data)[:size]) != CRC.unpack_from(data, size)[0]:
             raise JournalError(f"{self.state_path} is damaged (checksum)")
         codes, expiries = array("I"), array("q")
         codes.frombytes(data[STATE.size:STATE.size + hosts * 4])
