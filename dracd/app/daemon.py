@@ -299,6 +299,7 @@ class Daemon:
             next_expiry = self.table.next_expiry()
             delay = EXPIRY_TICK if next_expiry is None else next_expiry - self.table.clock()
             await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
+            self.committer.check_map()  # replaced or deleted by someone else? (recovery.take_in_replacement)
             total = 0
             while gone := self.table.expire(limit=EXPIRY_BATCH):
                 total += len(gone)

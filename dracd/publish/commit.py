@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ..metrics import Metrics
 from ..relay.table import RelayTable
+from . import recovery
 from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
 
@@ -211,8 +212,11 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             await self._gather()
+            replaced = self._map_replaced()
+            if replaced:
+                await self._take_in_replacement()
             version = self.table.version
-            if version <= self.written_version:
+            if version <= self.written_version and not replaced:
                 self._pending_since = None  # a request with nothing new to write
                 self._settle(version, None)
                 continue
@@ -244,6 +248,24 @@ class Committer:
             self._settle(version, None)
             if self._waiters or self.table.version > self.written_version:
                 self._wake.set()
+
+    def check_map(self) -> None:
+        """A cheap look (one stat) at whether the map in place is still the file this
+        writer last put there; if not, the commit task merges it and writes the map
+        again (dracd.publish.recovery). Called on every expiry tick."""
+        if self._task is not None and self._map_replaced():
+            self._changed()
+            self._wake.set()
+
+    def _map_replaced(self) -> bool:
+        return self.writer.identity() is not None and not self.writer.can_update()
+
+    async def _take_in_replacement(self) -> None:
+        """Someone else replaced, changed or deleted the map: keep its valid entries (in
+        the map thread, so no write of ours runs meanwhile), then a full write follows."""
+        loop = asyncio.get_running_loop()
+        found, entries = await loop.run_in_executor(self._executor, recovery.read_replacement, self.writer)
+        recovery.take_in_replacement(self.table, self.writer.path, found, entries)
 
     async def _journaled(self, changes: dict[int, int | None]) -> None:
         """Flush the changes to the journal while the map takes them."""

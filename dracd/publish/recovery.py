@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..keys import valid_code
+from ..keys import code_entry, valid_code
+from ..relay.table import RelayTable
 from .files import fsync_dir
 from .journal import (
     BATCH,
@@ -198,23 +199,22 @@ def replay(state: StateScan, files: list[FileScan]) -> dict[int, int]:
     return entries
 
 
-def merge_foreign(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> tuple[dict[int, int], int, int]:
+def newer_entries(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> dict[int, int]:
     """The one rule for a map someone else wrote (legacy rpc.dracd after a rollback, an
-    admin's db5.3_load or makemap, an older copy put back), and for a map read after
-    damage: every unexpired entry of either side stays, the later expiry winning.
-    Returns the merged entries, how many entries only ``theirs`` had (kept), and how many
-    of ``theirs`` had a later expiry than ours."""
-    merged = dict(ours)
-    only_theirs = later = 0
-    for code, expiry in theirs.items():
-        if expiry <= now or not valid_code(code):
-            continue
-        known = merged.get(code)
-        if known is None or known < expiry:
-            only_theirs += known is None
-            later += known is not None
-            merged[code] = expiry
-    return merged, only_theirs, later
+    admin's db5.3_load or makemap, an older copy put back) and for a map read after
+    damage, at start-up and while running: every unexpired, valid entry of ``theirs``
+    that ``ours`` lacks or holds with an earlier expiry is taken; ``ours`` keeps the rest
+    (an acknowledged ADD is never lost; expiry removes what the other writer deleted)."""
+    return {code: expiry for code, expiry in theirs.items()
+            if expiry > now and ours.get(code, -1) < expiry and valid_code(code)}
+
+
+def merge_foreign(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> tuple[dict[int, int], int, int]:
+    """``ours`` with newer_entries() of ``theirs``; also how many of those ``ours`` lacked
+    and how many it had with an earlier expiry."""
+    taken = newer_entries(ours, theirs, now)
+    lacking = sum(1 for code in taken if code not in ours)
+    return {**ours, **taken}, lacking, len(taken) - lacking
 
 
 def set_aside(path: Path, stamp: str) -> Path | None:
@@ -341,3 +341,43 @@ def _with_the_map(journal: Journal, writer: MapWriter, journaled: dict[int, int]
                 "from the journal (%d it lacked, %d with a later expiry)", path, why, len(theirs), only_theirs,
                 later, lacking + newer, lacking, newer)
     return merged
+
+
+def read_replacement(writer: MapWriter) -> tuple[str, dict[int, int]]:
+    """In the map thread, when the map in place is not the file dracd last put there:
+    what is there now, described for the log, and its entries."""
+    path = writer.path
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "deleted", {}
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})", {}
+    written = writer.identity()
+    how = ("changed in place" if written is not None and (st.st_dev, st.st_ino) == written[:2]
+           else "replaced by another file")
+    try:
+        entries = writer.read_codes(verify=True)
+    except MapError as exc:
+        aside = keep_aside(path, _stamp())
+        return f"{how}, which dracd cannot read ({exc}; kept as {aside.name if aside else '-'})", {}
+    return f"{how} ({st.st_size} bytes, {len(entries)} entries)", entries
+
+
+def take_in_replacement(table: RelayTable, path: Path, found: str, entries: Mapping[int, int]) -> None:
+    """Merge what read_replacement() found into the running table (the caller then
+    writes the whole map), and say so."""
+    if not entries and found == "deleted":
+        log.warning("%s was deleted by someone else since dracd's last write: writing it again (%d entries)",
+                    path, len(table))
+        return
+    now = table.clock()
+    ours = table.codes()
+    taken = newer_entries(ours, entries, now)
+    lacking = sum(1 for code in taken if code not in ours)
+    missing = sum(1 for code in ours if code not in entries)
+    for code, expiry in taken.items():
+        table.set(code_entry(code), expiry)
+    log.warning("%s was %s since dracd's last write: kept %d of its entries (%d dracd lacked, %d with a later "
+                "expiry); writing the whole map again with the %d entries of dracd's own it lacked",
+                path, found, len(taken), lacking, len(taken) - lacking, missing)
