@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from dracclient.adminproto import DRACVERS_ADMIN
 
@@ -30,6 +28,8 @@ from ..programs.drac import DracService, Settings
 from ..programs.socketmap import SocketmapServer
 from ..publish.commit import Committer
 from ..publish.journal import Journal
+from ..publish.lock import MapInUse as MapInUse  # where cli.py and the tests look for it
+from ..publish.lock import lock_map, unlock_map
 from ..publish.maps import MapError, MapWriter, open_writer, unsafe_directory
 from ..publish.recovery import recover
 from ..relay.policy import load_allow
@@ -70,83 +70,6 @@ def unsafe_map_directory(config: Config) -> str | None:
         return None
     return (f"{unsafe} is writable by others without the sticky bit, so they could replace "
             f"{config.map.path}; fix its mode or set map.allow_unsafe_directory")
-
-
-class MapInUse(Exception):
-    """Another dracd serves the same map."""
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def lock_map(path: Path) -> int:
-    """Hold ``<map>.lock`` for the daemon's lifetime: a second dracd on the same
-    map (say a mistaken ``dracd -i``) must fail before it touches the map.
-
-    A clean stop removes the file while still holding its lock (:func:`unlock_map`),
-    so a lock won on a file that is no longer at ``lock`` keeps nobody out: take the
-    file that is there now instead."""
-    lock = lock_path(path)
-    while True:
-        try:
-            fd = _open_private(lock)
-        except OSError as exc:
-            raise MapError(f"cannot write {lock}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise MapInUse(f"{path} is in use by another dracd (pid {owner})") from None
-        if _same_file(fd, lock):
-            break
-        os.close(fd)
-    try:
-        with open(lock, "w", encoding="ascii") as handle:
-            handle.write(f"{os.getpid()}\n")
-    except OSError as exc:
-        os.close(fd)
-        raise MapError(f"cannot write {lock}: {exc.strerror}") from None
-    return fd
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (info.st_dev, info.st_ino) == (held.st_dev, held.st_ino)
-
-
-def unlock_map(path: Path, fd: int) -> None:
-    """A clean stop: remove ``<map>.lock`` while its lock is still held (a dracd starting
-    meanwhile either fails on the lock or, once it is released, finds the file gone and
-    makes a new one), then release it, leaving only the map. When the file cannot be
-    removed (``user:`` without the right to), it stays, harmless."""
-    lock = lock_path(path)
-    try:
-        if _same_file(fd, lock):
-            os.unlink(lock)
-    except OSError as exc:
-        log.debug("%s stays: %s", lock, exc.strerror)
-    os.close(fd)
-
-
-def _open_private(lock: Path) -> int:
-    """``lock`` opened read-only (the lock never stops the file system from going read-only)
-    and private: anyone who could open it could hold its flock while dracd is down and keep
-    every start out. One that others may open (as older dracd versions left it) is replaced;
-    whoever holds its flock keeps only the old inode."""
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(lock, flags, 0o600)
-    info = os.fstat(fd)
-    if info.st_mode & 0o077 or info.st_uid != os.geteuid():
-        os.close(fd)
-        os.unlink(lock)
-        fd = os.open(lock, flags | os.O_EXCL, 0o600)
-    return fd
 
 
 class Daemon:

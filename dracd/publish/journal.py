@@ -49,6 +49,7 @@ from pathlib import Path
 
 from ..keys import HOSTS4, valid_code
 from .files import fsync_dir, unlink_quietly
+from .lock import hold
 from .maps import MapError
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Journal:
         self._map_slot = NO_MAP
         #: The digest recover() found: the map dracd last put in place before it stopped.
         self._recorded_map: bytes | None = None
+        #: Descriptors holding flock(LOCK_EX) on the journal files while they are in use,
+        #: so that a second dracd refuses the map even if its lock file was deleted (lock.py).
+        self._held: list[int] = []
 
     @property
     def active(self) -> bool:
@@ -189,6 +193,7 @@ class Journal:
                 finally:
                     os.close(fd)
             fsync_dir(self.state_path.parent)
+            self._held = [hold(path) for path in self.paths]
         except OSError as exc:
             self.close()
             raise JournalError(f"cannot write {self.paths[0]}: {exc.strerror}") from exc
@@ -280,6 +285,9 @@ class Journal:
     def close(self, *, clean: bool = False) -> None:
         """Stop appending; ``clean``: the map on disk holds everything, remove the files."""
         self._open = False
+        held, self._held = self._held, []
+        for fd in held:
+            os.close(fd)
         if clean:
             for path in (self.state_path, *self.paths):
                 unlink_quietly(path)
