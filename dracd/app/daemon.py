@@ -32,6 +32,7 @@ from ..publish.lock import MapInUse as MapInUse  # where cli.py and the tests lo
 from ..publish.lock import lock_map, unlock_map
 from ..publish.maps import MapError, MapWriter, open_writer, unsafe_directory
 from ..publish.recovery import recover
+from ..relay.clock import ClockSteps, after_restart, last_written
 from ..relay.policy import load_allow
 from ..relay.shared import SharedTable
 from ..relay.table import Clock, RelayTable
@@ -151,7 +152,9 @@ class Daemon:
             on_ready()
 
     async def _start(self) -> None:
+        written = last_written([self.config.map.path, *self.journal.paths])  # before they are rewritten
         self.load_table()
+        after_restart(self.table, written, self.config.lifetime)
         # A map reloaded just as we would write it needs only the entries expired meanwhile.
         self.committer.write_now(full=False)
         self.committer.start()
@@ -218,11 +221,14 @@ class Daemon:
         log.info("running as user %s (uid %d, gid %d)", run_as.name, run_as.uid, run_as.gid)
 
     async def _expire_loop(self) -> None:
+        steps = ClockSteps(self.table, lambda: self.config.lifetime)
         while True:
             next_expiry = self.table.next_expiry()
             delay = EXPIRY_TICK if next_expiry is None else next_expiry - self.table.clock()
             await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
             self.committer.check_map()  # replaced or deleted by someone else? (recovery.take_in_replacement)
+            if steps.check():  # the wall clock stepped back: entries pulled in
+                self.committer.request()
             total = 0
             while gone := self.table.expire(limit=EXPIRY_BATCH):
                 total += len(gone)
