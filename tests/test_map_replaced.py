@@ -138,3 +138,16 @@ def test_a_replaced_map_is_noticed_merged_and_rewritten(running: Running, name: 
     assert running.process.log().count(said) == 1, running.process.log()
     running.add("192.0.2.200")
     assert expected | {"192.0.2.200"} <= set(read_map(running.map_path))
+
+
+def test_a_map_replaced_just_before_a_stop_is_merged_by_the_final_write(tmp_path: Path) -> None:
+    server = Running(tmp_path)
+    server.process.start_ready(15)
+    try:
+        for address in ACKED:
+            server.add(address)
+        moved_in(server.map_path)
+        assert server.process.stop() == 0  # at once: the final write, not the tick, may meet it first
+    finally:
+        server.process.kill()
+    assert set(ACKED) | {ADMIN} <= set(read_map(server.map_path)), server.process.log()

@@ -125,6 +125,8 @@ class Committer:
         map, or (``full=False``) the changes if the map is one this writer wrote. Starts
         the journal if it is not running; ``final``: the map alone, then the journal is
         removed, as the map holds everything (a clean stop)."""
+        if self._map_replaced():  # say a stop just after someone replaced the map: merge it first
+            recovery.take_in_replacement(self.table, self.writer.path, *recovery.read_replacement(self.writer))
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
         job = self._job(full)
