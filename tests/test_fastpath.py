@@ -25,7 +25,8 @@ from dracclient.drac import DRACPROG, AddStat, encode_add_args
 from dracclient.record import RecordReader, encode_record
 from dracclient.rpc import decode_reply, encode_call
 from dracclient.xdr import XdrError
-from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE, event_loop
+from dracd.app.assemble import event_loop
+from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE
 from dracd.app.cli import main as dracd_main
 from dracd.app.daemon import Daemon
 from dracd.config import Config, ConfigError, config_from_dict

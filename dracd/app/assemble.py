@@ -7,12 +7,14 @@ stack around their own map writer and settings.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dracclient.drac import DRACPROG
 
-from ..config import RedisConfig
+from ..config import Config, ConfigError, RedisConfig
 from ..metrics import Metrics
 from ..programs.admin import AdminService
 from ..programs.drac import DracService, Settings
@@ -53,3 +55,18 @@ def build_stack(writer: MapWriter, settings: Settings, *, map_type: str = "btree
     drac.register(dispatcher, program)
     admin.register(dispatcher, program)
     return Stack(table, metrics, writer, journal, committer, store, settings, drac, admin, dispatcher)
+
+
+def event_loop(config: Config) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop ``event_loop`` asks for: its name and factory. uvloop when asked for
+    (ConfigError if it is not installed) or, with auto, when it is installed."""
+    if config.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.event_loop == "uvloop":
+                raise ConfigError(f"{config.source}: key 'event_loop': uvloop is not installed: "
+                                  "pip install 'dracd[uvloop]'") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
