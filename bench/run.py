@@ -48,7 +48,7 @@ from loadgen import (  # noqa: E402
     run_load,
 )
 
-from dracd.app.cli import event_loop  # noqa: E402
+from dracd.app.assemble import event_loop  # noqa: E402
 from dracd.config import Config  # noqa: E402
 from dracd.keys import KeyStyle  # noqa: E402
 from dracd.publish.maps import open_writer  # noqa: E402

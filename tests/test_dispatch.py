@@ -25,15 +25,12 @@ from dracclient.rpc import AuthFlavor, AuthStat, OpaqueAuth, decode_reply, encod
 from dracclient.xdr import Packer, XdrError
 from dracd.app.daemon import Daemon
 from dracd.keys import KeyStyle
-from dracd.programs.admin import AdminService
-from dracd.programs.drac import DracService, Settings
-from dracd.publish.commit import Committer
-from dracd.publish.journal import Journal
+from dracd.programs.drac import Settings
 from dracd.relay.policy import AllowList, NetRule
-from dracd.relay.table import RelayTable
 from dracd.server.dispatch import CallContext, Dispatcher, check_auth
 from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import LOOPS, ServerThread, test_config
+from tests.fixtures.stack import running_stack
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -176,19 +173,10 @@ def run_dispatcher(tmp_path: Path, messages: list[bytes], *, caller: str = "127.
     writer = EntryMap(map_path or tmp_path / "dracd.db", "btree", KeyStyle())
 
     async def main() -> list[bytes | None]:
-        table = RelayTable()
-        committer = Committer(table, writer, Journal(writer.path))
-        committer.start()
-        try:
-            dispatcher = Dispatcher()
-            drac = DracService(table, committer, Settings(ALLOW, 600))
-            drac.register(dispatcher, DRACPROG)
-            AdminService(drac, str(tmp_path / "dracd.db"), "btree").register(dispatcher, DRACPROG)
+        async with running_stack(writer, Settings(ALLOW, 600)) as stack:
             if setup is not None:
-                setup(dispatcher)
-            return [await dispatcher.handle(m, ipaddress.ip_address(caller), 800, "udp") for m in messages]
-        finally:
-            await committer.close()
+                setup(stack.dispatcher)
+            return [await stack.dispatcher.handle(m, ipaddress.ip_address(caller), 800, "udp") for m in messages]
 
     return asyncio.run(main())
 

@@ -25,14 +25,13 @@ from dracclient.drac import DRACPROG, AddStat, encode_add_args
 from dracclient.record import RecordReader, encode_record
 from dracclient.rpc import decode_reply, encode_call
 from dracclient.xdr import XdrError
-from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE, event_loop
+from dracd.app.assemble import event_loop
+from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE
 from dracd.app.cli import main as dracd_main
 from dracd.app.daemon import Daemon
 from dracd.config import Config, ConfigError, config_from_dict
 from dracd.keys import KeyStyle
 from dracd.programs.drac import DracService, Settings
-from dracd.publish.commit import Committer
-from dracd.publish.journal import Journal
 from dracd.ratelog import RateLimitedLog
 from dracd.relay.policy import AllowList, NetRule
 from dracd.relay.table import RelayTable
@@ -41,6 +40,7 @@ from dracd.server.dispatch import PENDING, AuthRefused, CallContext, Dispatcher,
 from dracd.server.transport import CallerCache, UdpServer, send_datagram
 from tests.fixtures.maps import EntryMap
 from tests.fixtures.server import LOOPS, ServerThread, map_keys
+from tests.fixtures.stack import running_stack
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -242,16 +242,8 @@ ALLOW = AllowList((NetRule(ipaddress.ip_network("127.0.0.1/32")),), "test")
 async def drac_service(writer: EntryMap, settings: Settings, clock: Callable[[], float] = time.time
                        ) -> AsyncIterator[tuple[RelayTable, Dispatcher, DracService]]:
     """The DRAC program on a dispatcher, over a running committer, with no sockets."""
-    table = RelayTable(clock=clock)
-    committer = Committer(table, writer, Journal(writer.path))
-    committer.start()
-    try:
-        dispatcher = Dispatcher()
-        service = DracService(table, committer, settings, dispatcher.metrics)
-        service.register(dispatcher, DRACPROG)
-        yield table, dispatcher, service
-    finally:
-        await committer.close()
+    async with running_stack(writer, settings, clock) as stack:
+        yield stack.table, stack.dispatcher, stack.drac
 
 
 def test_sync_add_with_a_failing_map_answers_add_syserr_from_the_callback(

@@ -30,14 +30,11 @@ from dracclient.drac import (
 from dracclient.record import LAST_FRAGMENT, RecordReader, encode_record
 from dracclient.rpc import AUTH_NONE, AcceptStat, ReplyStat, decode_call, decode_reply, encode_accepted, encode_call
 from dracd.keys import IPAddress, KeyStyle
-from dracd.programs.drac import DracService, Settings
-from dracd.publish.commit import Committer
-from dracd.publish.journal import Journal
+from dracd.programs.drac import Settings
 from dracd.relay.policy import AllowList, NetRule
-from dracd.relay.table import RelayTable
-from dracd.server.dispatch import Dispatcher
 from tests.fixtures.maps import EntryMap, read_entries
 from tests.fixtures.server import ServerThread
+from tests.fixtures.stack import running_stack
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -208,16 +205,9 @@ def serve_in_process(
     writer = EntryMap(tmp_path / "dracd.db", "btree", KeyStyle())
 
     async def main() -> list[bytes | None]:
-        table = RelayTable(lambda: NOW)
-        committer = Committer(table, writer, Journal(writer.path))
-        committer.start()
-        try:
-            dispatcher = Dispatcher()
-            DracService(table, committer, Settings(LOOPBACK_ONLY, LIFETIME)).register(dispatcher, DRACPROG)
-            return [await dispatcher.handle(message, ipaddress.ip_address(caller), 1023, transport)
+        async with running_stack(writer, Settings(LOOPBACK_ONLY, LIFETIME), lambda: NOW) as stack:
+            return [await stack.dispatcher.handle(message, ipaddress.ip_address(caller), 1023, transport)
                     for message, caller, transport in messages]
-        finally:
-            await committer.close()
 
     replies = asyncio.run(main())
     return replies, writer.read()

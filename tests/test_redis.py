@@ -22,6 +22,7 @@ from dracclient.admin import AdminClient, NotFound
 from dracclient.drac import AddStat
 from dracd.app.cli import build_parser, resolve_config
 from dracd.config import ConfigError, RedisConfig, config_from_dict
+from dracd.relay.store import SharedStore
 from dracd.server.netstring import NetstringReader, encode
 from tests.fixtures.redis import Cluster, RedisServer, Sentinel
 from tests.fixtures.server import ServerThread, add_status, map_keys, wait_for
@@ -332,7 +333,7 @@ def test_reload_keeps_the_redis_settings(pair: tuple[ServerThread, ...]) -> None
     a, _ = pair
     assert a.daemon is not None
     a.call(lambda: a.daemon.reload(replace(a.config, redis=None)))  # type: ignore[union-attr]
-    assert a.daemon.shared is not None and add_status(a, "192.0.2.120") == AddStat.ADD_SUCCESS
+    assert isinstance(a.daemon.store, SharedStore) and add_status(a, "192.0.2.120") == AddStat.ADD_SUCCESS
 
 
 def test_two_dracd_processes_share_a_table_with_the_flag(redis_server: RedisServer, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from tests.fixtures.server import private_prog
 pytestmark = pytest.mark.timeout(40)
 
 REPO = Path(__file__).resolve().parent.parent
-UNIT = REPO / "contrib" / "systemd" / "dracd.programs.drac"
+UNIT = REPO / "contrib" / "systemd" / "dracd.service"
 
 Start = Callable[..., DracdProcess]
 
@@ -292,14 +292,14 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze is missing: `make install` installs the systemd package"
     # verify insists that ExecStart= exists: point it at this checkout's dracd.
     text = UNIT.read_text().replace("/usr/local/bin/dracd", str(DRACD))
-    copy = tmp_path / "dracd.programs.drac"
+    copy = tmp_path / "dracd.service"
     copy.write_text(text)
     # --man=no: the man pages in Documentation= need not be installed here.
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0, output
-    assert "dracd.programs.drac" not in output, output
+    assert "dracd.service" not in output, output
 
 
 def test_unit_descriptor_limit_covers_the_default_limits_on_many_endpoints() -> None:

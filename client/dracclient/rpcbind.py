@@ -51,14 +51,15 @@ def _rpcb(prog: int, vers: int, netid: str, uaddr: str, owner: str) -> bytes:
     return Packer().uint(prog).uint(vers).string(netid).string(uaddr).string(owner).bytes()
 
 
-def _bool(results: bytes) -> bool:
+def _uint(results: bytes, what: str) -> int:
+    """The one unsigned int an rpcbind reply holds (SET, UNSET: a bool; GETPORT: a port)."""
     try:
         reader = Unpacker(results)
         value = reader.uint()
         reader.done()
     except XdrError as exc:
-        raise BadReply(f"bad rpcbind reply: {exc}") from None
-    return value != 0
+        raise BadReply(f"bad {what} reply: {exc}") from None
+    return value
 
 
 def _local_call(proc: int, args: bytes, timeout: float, socket_path: str) -> bytes:
@@ -75,7 +76,7 @@ def register(
 ) -> bool:
     """RPCBPROC_SET on the local rpcbind. False if rpcbind refuses (e.g. already registered)."""
     args = _rpcb(prog, vers, netid, uaddr, str(os.getuid()))
-    return _bool(_local_call(RPCBPROC_SET, args, timeout, socket_path))
+    return _uint(_local_call(RPCBPROC_SET, args, timeout, socket_path), "rpcbind") != 0
 
 
 def unregister(
@@ -83,7 +84,7 @@ def unregister(
 ) -> bool:
     """RPCBPROC_UNSET on the local rpcbind; an empty netid removes every netid."""
     args = _rpcb(prog, vers, netid, "", str(os.getuid()))
-    return _bool(_local_call(RPCBPROC_UNSET, args, timeout, socket_path))
+    return _uint(_local_call(RPCBPROC_UNSET, args, timeout, socket_path), "rpcbind") != 0
 
 
 def netid_route(netid: str, host: str | None) -> tuple[str, Transport]:
@@ -159,12 +160,7 @@ def getport_args(prog: int, vers: int, proto: str) -> bytes:
 
 def parse_getport(results: bytes) -> int | None:
     """The port a GETPORT reply names, or None if not registered."""
-    try:
-        reader = Unpacker(results)
-        port = reader.uint()
-        reader.done()
-    except XdrError as exc:
-        raise BadReply(f"bad GETPORT reply: {exc}") from None
+    port = _uint(results, "GETPORT")
     if port > 0xFFFF:
         raise BadReply(f"bad GETPORT reply: port {port}")
     return port or None

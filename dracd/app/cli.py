@@ -14,7 +14,6 @@ import logging.handlers
 import os
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from ..config import Config, ConfigError, add_options, apply_options, load_confi
 from ..publish.maps import MapError
 from ..server.registration import AlreadyRegistered
 from ..server.transport import AdminSocketInUse
+from .assemble import event_loop
 from .daemon import Daemon, MapInUse, unsafe_map_directory
 from .privileges import PrivilegeError
 from .process import Pidfile, PidfileError, show_name
@@ -80,21 +80,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.expire_minutes is not None:
         config = replace(config, lifetime=args.expire_minutes)
     return config
-
-
-def event_loop(config: Config) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """The event loop ``event_loop`` asks for: its name and factory. uvloop when asked for
-    (ConfigError if it is not installed) or, with auto, when it is installed."""
-    if config.event_loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if config.event_loop == "uvloop":
-                raise ConfigError(f"{config.source}: key 'event_loop': uvloop is not installed: "
-                                  "pip install 'dracd[uvloop]'") from None
-        else:
-            return "uvloop", uvloop.new_event_loop
-    return "asyncio", asyncio.new_event_loop
 
 
 def setup_logging(level: str, *, syslog: bool = False, address: str = "/dev/log") -> None:

@@ -22,26 +22,21 @@ from dracclient.adminproto import DRACVERS_ADMIN
 from ..config import Config, needs_restart
 from ..config.hostpaths import allow_reason, map_reason
 from ..keys import KeyStyle
-from ..metrics import Metrics
-from ..programs.admin import AdminService
-from ..programs.drac import DracService, Settings
+from ..programs.drac import Settings
 from ..programs.socketmap import SocketmapServer
-from ..publish.commit import Committer
-from ..publish.journal import Journal
 from ..publish.lock import MapInUse as MapInUse  # where cli.py and the tests look for it
 from ..publish.lock import lock_map, unlock_map
-from ..publish.maps import MapError, MapWriter, open_writer, unsafe_directory
+from ..publish.maps import MapError, open_writer, unsafe_directory
 from ..publish.recovery import recover
 from ..relay.clock import ClockSteps, after_restart, last_written
 from ..relay.policy import load_allow
-from ..relay.shared import SharedTable
-from ..relay.table import Clock, RelayTable
-from ..server.dispatch import Dispatcher
+from ..relay.table import Clock
 from ..server.registration import Registration, entries_for
 from ..server.stream import RPC_RECORDS, StreamLimits, StreamServer, fit_descriptors
 from ..server.transport import Listener, UdpServer, bind_listeners, bind_unix, serve_udp
 from ..server.wrappers import from_setting as wrappers_from
 from ..server.wrappers import name_patterns
+from .assemble import build_stack
 from .privileges import PrivilegeError, RunAs, drop, resolve, start_guard
 from .process import remove_left_pidfile
 from .prometheus import Endpoint
@@ -76,26 +71,19 @@ def unsafe_map_directory(config: Config) -> str | None:
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
-        self.table = RelayTable(clock)
-        self.metrics = Metrics()
-        self.metrics.table_entries.read = self.table.__len__
-        self.writer: MapWriter = open_writer(config.map.type, config.map.path, key_style(config))
-        self.journal = Journal(config.map.path)
-        self.committer = Committer(self.table, self.writer, self.journal, self.metrics)
         log.info("map %s: %s", config.map.path, map_reason(config.map.path))
         log.info("%s", allow_reason(config.allow_file, config.map.path))
         wrappers, why = wrappers_from(config.tcp_wrappers)
         log.info("%s", why)
         for problem in name_patterns() if wrappers is not None else ():
             log.warning("%s", problem)
-        self.settings = Settings.from_config(config, load_allow(config.allow_path), wrappers)
-        self.service = DracService(self.table, self.committer, self.settings, self.metrics)
-        self.shared = SharedTable(config.redis, self.table, self.committer) if config.redis is not None else None
-        self.service.shared = self.shared
-        self.admin = AdminService(self.service, str(config.map.path), config.map.type)
-        self.dispatcher = Dispatcher(self.metrics)
-        self.service.register(self.dispatcher, config.program)
-        self.admin.register(self.dispatcher, config.program)
+        stack = build_stack(open_writer(config.map.type, config.map.path, key_style(config)),
+                            Settings.from_config(config, load_allow(config.allow_path), wrappers),
+                            map_type=config.map.type, program=config.program, redis=config.redis, clock=clock)
+        self.stack = stack
+        self.table, self.metrics, self.settings = stack.table, stack.metrics, stack.settings
+        self.writer, self.journal, self.committer = stack.writer, stack.journal, stack.committer
+        self.store, self.dispatcher = stack.store, stack.dispatcher
         self.listeners: list[Listener] = []
         self.registration: Registration | None = None
         self._streams: list[StreamServer] = []
@@ -143,8 +131,7 @@ class Daemon:
             await self._start()
         except BaseException:
             await self._close_listeners()
-            if self.shared is not None:
-                await self.shared.close()
+            await self.store.close()
             await self.committer.close()
             self._release_lock()
             raise
@@ -158,10 +145,7 @@ class Daemon:
         # A map reloaded just as we would write it needs only the entries expired meanwhile.
         self.committer.write_now(full=False)
         self.committer.start()
-        if self.shared is not None:
-            await self.shared.start()
-            # The shared entries reach the map before any MTA is told we are ready.
-            await self.committer.commit()
+        await self.store.start()
         self.listeners = bind_listeners(self.config.listen, self.config.port)
         streams = [x.sock for x in self.listeners if not x.netid.startswith("udp")]
         if self.config.admin_socket is not None:
@@ -268,8 +252,7 @@ class Daemon:
         self._streams.clear()
         if self._expiry_task is not None:
             self._expiry_task.cancel()
-        if self.shared is not None:
-            await self.shared.close()
+        await self.store.close()
         await self.committer.close()
         try:
             self.committer.write_now(final=True)

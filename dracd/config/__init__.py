@@ -7,7 +7,6 @@ the directory of the config file, so a config can travel with its data.
 from __future__ import annotations
 
 import argparse
-import grp
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,14 +24,32 @@ from dracclient.checks import (
     int_range,
     networks,
     read_yaml,
-    resolve,
     string,
 )
 from dracclient.drac import DRACPROG
-from dracclient.durations import parse_duration
 
 from ..keys import Ipv6Keys
 from .hostpaths import default_map, find_allow
+from .values import (
+    auto_boolean,
+    cli_int,
+    duration,
+    group_ids,
+    host_ports,
+    listen_addresses,
+    metrics_address,
+    optional_path,
+    parse_listen,
+    parse_metrics_listen,
+    parse_redis_url,
+    parse_spec,
+    redis_prefix,
+    relative_path,
+    relative_specs,
+    seconds,
+    socketmap_specs,
+    udp_sources,
+)
 
 DEFAULT_ADMIN_SOCKET = Path("/run/dracd/dracd.sock")
 DEFAULT_LIFETIME = 30 * 60
@@ -40,53 +57,6 @@ DEFAULT_LIFETIME = 30 * 60
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: Berkeley DB access methods a map may use.
 MAP_TYPES = ("btree", "hash")
-
-
-def parse_listen(text: str) -> str:
-    """A listen address: an IPv4 or IPv6 literal (brackets allowed)."""
-    return str(ipaddress.ip_address(text.strip().strip("[]")))
-
-
-def parse_metrics_listen(text: str) -> str:
-    """``ADDR:PORT`` for the Prometheus endpoint, IPv6 in brackets: ``[::1]:9150``."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9150")
-    address = ipaddress.ip_address(host.strip("[]"))
-    return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"
-
-
-@dataclass(frozen=True)
-class SocketmapSpec:
-    """Where to serve socketmap: ``inet:HOST:PORT`` (port 0: any free port) or ``unix:PATH``."""
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: Path | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_spec(text: str) -> SocketmapSpec:
-    """``inet:HOST:PORT`` (IPv6 HOST in brackets or not) or ``unix:PATH``; ValueError otherwise."""
-    kind, sep, rest = text.strip().partition(":")
-    if sep and kind == "unix" and rest:
-        return SocketmapSpec("unix", path=Path(rest))
-    if sep and kind == "inet":
-        host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit() and int(port) <= 65535:
-            try:
-                address = ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                pass
-            else:
-                return SocketmapSpec("inet", host=str(address), port=int(port))
-    raise ValueError(f"{text!r}: expected inet:ADDR:PORT (e.g. inet:127.0.0.1:8800) or unix:PATH")
 
 
 @dataclass(frozen=True)
@@ -100,23 +70,6 @@ class MapConfig:
     #: Like Sendmail's DontBlameSendmail=MapInUnsafeDirPath: accept a map whose
     #: directory (or an ancestor) others may write to without the sticky bit.
     allow_unsafe_directory: bool = False
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 in brackets) for Sentinel and Cluster addresses."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:26379")
-    return host, int(port)
-
-
-def parse_redis_url(text: str) -> str:
-    """A redis-py URL: ``redis://[:PASSWORD@]HOST:PORT/DB``, ``rediss://...`` or ``unix://PATH``."""
-    scheme, sep, rest = text.strip().partition("://")
-    if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
-        raise ValueError(f"{text!r}: expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
-    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -195,84 +148,15 @@ class Config:
         return find_allow(self.allow_file, self.map.path)
 
 
-def _listen(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    expect("an address or a list of addresses", isinstance(items, list) and bool(items), value)
-    return tuple(parse_listen(string(item)) for item in items)
-
-
-def _groups(value: Any) -> tuple[int, ...]:
-    items = value if isinstance(value, list) else [value]
-    gids = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            gids.append(item)
-            continue
-        expect("a group name or number", isinstance(item, str) and item != "", item)
-        try:
-            gids.append(grp.getgrnam(item).gr_gid)
-        except KeyError:
-            raise ValueError(f"no such group {item!r}") from None
-    return tuple(gids)
-
-
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-
-
-def _udp_from(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
-    """``any`` (legacy), ``loopback``, or a list of networks."""
-    if value == "any":
-        return None
-    if value == "loopback":
-        return LOOPBACK
-    if isinstance(value, list):
-        return networks(value)
-    raise ValueError(f"expected any, loopback or a list of networks, got {value!r}")
-
-
-def _optional_path(value: Any) -> str | None:
-    return None if value in (None, "") else string(value)
-
-
-def _metrics_listen(value: Any) -> str | None:
-    if value in (None, ""):
-        return None
-    return parse_metrics_listen(string(value))
-
-
-def _socketmap(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    expect("a list of inet:ADDR:PORT or unix:PATH", isinstance(items, list), value)
-    return tuple(str(parse_spec(string(item))) for item in items)
-
-
-def _addresses(value: Any) -> tuple[tuple[str, int], ...]:
-    items = [value] if isinstance(value, str) else value
-    expect("a list of HOST:PORT", isinstance(items, list) and bool(items), value)
-    return tuple(parse_host_port(string(item)) for item in items)
-
-
-def _timeout(value: Any) -> float:
-    expect("seconds between 0.05 and 60", isinstance(value, int | float) and not isinstance(value, bool)
-            and 0.05 <= value <= 60, value)
-    return float(value)
-
-
-def _prefix(text: str) -> str:
-    # The prefix is matched as a glob (SCAN MATCH, PSUBSCRIBE): no glob characters in it.
-    expect("a string without * ? [ ] or \\", not any(c in text for c in "*?[]\\"), text)
-    return text
-
-
 _REDIS_KEYS: dict[str, Any] = {
     "url": lambda v: parse_redis_url(string(v)),
-    "sentinels": _addresses,
+    "sentinels": host_ports,
     "service": string,
-    "cluster": _addresses,
+    "cluster": host_ports,
     "db": int_range(0, 1_000_000),
     "password": string,
-    "prefix": lambda v: _prefix(string(v)),
-    "timeout": _timeout,
+    "prefix": lambda v: redis_prefix(string(v)),
+    "timeout": seconds,
 }
 
 
@@ -297,34 +181,6 @@ def _redis(value: Any) -> RedisConfig | None:
     if "cluster" in out and out.get("db", 0) != 0:
         raise SubkeyError("redis.db", "a Redis Cluster has only database 0")
     return RedisConfig(**out)
-
-
-def _auto_boolean(value: Any) -> bool | None:
-    expect("true, false or auto", isinstance(value, bool) or value == "auto", value)
-    return None if value == "auto" else bool(value)
-
-
-def _duration(value: Any) -> int:
-    return parse_duration(str(value) if isinstance(value, int) and not isinstance(value, bool) else string(value))
-
-
-def _cli_int(check: Callable[[Any], int]) -> Callable[[str], int]:
-    """An integer option: the text as a number, then the key's own range check."""
-    def convert(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {text!r}") from None
-        return check(number)
-    return convert
-
-
-def _relative(value: Any, base: Path) -> Any:
-    return None if value is None else resolve(base, str(value))
-
-
-def _relative_specs(specs: tuple[str, ...], base: Path) -> tuple[str, ...]:
-    return tuple(f"unix:{resolve(base, spec[5:])}" if spec.startswith("unix:") else spec for spec in specs)
 
 
 @dataclass(frozen=True)
@@ -380,48 +236,48 @@ def _redis_url_option(config: Config, url: str) -> Config:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("map.path", string, resolve=_relative),
+    Key("map.path", string, resolve=relative_path),
     Key("map.type", choice(MAP_TYPES), option=Option("--map-type", "Berkeley DB map type", choices=MAP_TYPES)),
     Key("map.nul_terminated", boolean),
     Key("map.cidr_keys", boolean),
     Key("map.ipv6_keys", lambda v: Ipv6Keys(choice(tuple(Ipv6Keys))(v))),
     Key("map.allow_unsafe_directory", boolean),
-    Key("lifetime", _duration, reloadable=True,
+    Key("lifetime", duration, reloadable=True,
         option=Option("--lifetime", "entry lifetime, e.g. 90s, 30m", metavar="DURATION")),
-    Key("allow_file", string, reloadable=True, resolve=_relative,
+    Key("allow_file", string, reloadable=True, resolve=relative_path,
         option=Option("--allow", "allow file", metavar="FILE")),
     Key("initialize", boolean),
-    Key("listen", _listen, option=Option(
+    Key("listen", listen_addresses, option=Option(
         "--listen", "address to listen on (repeatable; default all IPv4 and IPv6)", kind="append",
         parse=parse_listen, metavar="ADDR")),
     Key("port", int_range(0, 65535), option=Option(
-        "--port", "port for UDP and TCP (0 = any free port)", parse=_cli_int(int_range(0, 65535)), metavar="N")),
+        "--port", "port for UDP and TCP (0 = any free port)", parse=cli_int(int_range(0, 65535)), metavar="N")),
     Key("rpcbind", boolean, option=Option("--no-rpcbind", "do not register with rpcbind", kind="off")),
     Key("program", int_range(1, 0xFFFFFFFF), option=Option(
-        "--program", "", parse=_cli_int(int_range(1, 0xFFFFFFFF)), hidden=True)),
+        "--program", "", parse=cli_int(int_range(1, 0xFFFFFFFF)), hidden=True)),
     Key("log_level", choice(LOG_LEVELS), reloadable=True,
         option=Option("--log-level", "log verbosity (default info)", choices=LOG_LEVELS)),
     Key("syslog", boolean, option=Option(
         "--syslog", "log to syslog, facility mail (default: rpc.dracd yes, dracd stderr)", kind="on")),
-    Key("admin_socket", _optional_path, resolve=_relative, option=Option(
+    Key("admin_socket", optional_path, resolve=relative_path, option=Option(
         "--admin-socket", "UNIX socket for dracctl (default /run/dracd/dracd.sock; '' disables it)",
         parse=str, metavar="PATH")),
-    Key("admin_group", _groups, attribute="admin_groups", reloadable=True),
+    Key("admin_group", group_ids, attribute="admin_groups", reloadable=True),
     Key("admin_allow", networks, reloadable=True),
-    Key("udp_from", _udp_from, reloadable=True),
+    Key("udp_from", udp_sources, reloadable=True),
     Key("max_entries", int_range(1, 100_000_000), reloadable=True),
     Key("rate_per_caller", int_range(0, 1_000_000), reloadable=True),
-    Key("tcp_wrappers", _auto_boolean, reloadable=True),
+    Key("tcp_wrappers", auto_boolean, reloadable=True),
     Key("user", string, option=Option("--user", "run as USER once bound and registered (needs root)", metavar="USER")),
     Key("group", string, option=Option("--group", "with --user: run with this group", metavar="GROUP")),
     Key("max_connections", int_range(1, 65_536)),
     Key("max_record", int_range(1024, 16 * 1024 * 1024)),
-    Key("idle_timeout", _duration),
-    Key("record_timeout", _duration),
-    Key("metrics_listen", _metrics_listen, option=Option(
+    Key("idle_timeout", duration),
+    Key("record_timeout", duration),
+    Key("metrics_listen", metrics_address, option=Option(
         "--metrics-listen", "serve Prometheus metrics there (needs the metrics extra; default off)",
         parse=parse_metrics_listen, metavar="ADDR:PORT")),
-    Key("socketmap", _socketmap, resolve=_relative_specs, option=Option(
+    Key("socketmap", socketmap_specs, resolve=relative_specs, option=Option(
         "--socketmap", "answer socketmap lookups on inet:ADDR:PORT or unix:PATH (repeatable; default none)",
         kind="append", parse=lambda text: str(parse_spec(text)), metavar="SPEC")),
     Key("redis", _redis, option=Option(
@@ -431,7 +287,7 @@ KEYS: tuple[Key, ...] = (
     Key("event_loop", choice(EVENT_LOOPS), option=Option(
         "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
         choices=EVENT_LOOPS)),
-    Key("pidfile", _optional_path, resolve=_relative, option=Option(
+    Key("pidfile", optional_path, resolve=relative_path, option=Option(
         "--pidfile", "write the serving process's pid there, e.g. /run/rpc.dracd.pid (default none)",
         parse=str, metavar="PATH")),
 )

@@ -41,10 +41,15 @@ from dracclient.xdr import Unpacker
 from .. import __version__
 from ..keys import Entry as TableEntry
 from ..keys import IPAddress, canonical, entry_network, key_siblings, relayable
+from ..metrics import Metrics
+from ..publish.maps import MapError
+from ..ratelog import RateLimitedLog
+from ..relay.store import NotShared, Store
 from ..server.dispatch import AuthRefused, CallContext, Dispatcher
-from .drac import DracService
+from .drac import Settings
 
 log = logging.getLogger(__name__)
+write_failures = RateLimitedLog(log)
 
 LIST_IDLE = 60.0
 MAX_LISTINGS = 16
@@ -63,9 +68,11 @@ def _canonical(target: Target) -> TableEntry:
 
 
 class AdminService:
-    def __init__(self, drac: DracService, map_path: str, map_type: str) -> None:
-        self.drac = drac
-        self.table = drac.table
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics, map_path: str, map_type: str) -> None:
+        self.store = store
+        self.table = store.table
+        self.settings = settings
+        self.metrics = metrics
         self.map_path = map_path
         self.map_type = map_type
         self.started = int(time.time())
@@ -82,7 +89,7 @@ class AdminService:
             dispatcher.register(prog, DRACVERS_ADMIN, proc, handler, udp=False)
 
     def _require_admin(self, ctx: CallContext, what: str) -> None:
-        if not self.drac.settings.admin.permits(ctx):
+        if not self.settings.admin.permits(ctx):
             log.warning("admin %s from %s refused: not an admin caller", what, ctx)
             raise AuthRefused()
 
@@ -101,8 +108,10 @@ class AdminService:
             log.warning("admin ADD %s (lifetime %d) from %s refused: %s", target, lifetime, ctx,
                         why or "lifetime over ten years")
             return encode_adminstat(AdminStat.ADMIN_INVAL)
-        expiry = await self.drac.authorize(address, lifetime or self.drac.settings.lifetime)
-        if expiry is None or not await self.drac.commit(ctx, "ADD", address):
+        try:
+            expiry = await self.store.add(address, lifetime or self.settings.lifetime)
+        except (MapError, NotShared) as exc:
+            write_failures.warning("write", "admin ADD %s from %s failed: %s", address, ctx, exc)
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         log.info("admin ADD %s from %s ok, expires %d", address, ctx, expiry)
         return encode_adminstat(AdminStat.ADMIN_OK)
@@ -124,12 +133,12 @@ class AdminService:
     async def delete(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "DEL")
         address = _canonical(decode_target(args))
-        found = await self.drac.revoke(address)
-        if found is None:
-            return encode_adminstat(AdminStat.ADMIN_SYSERR)
-        if not found:
-            return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
-        if not await self.drac.commit(ctx, "DEL", address):
+        try:
+            if not await self.store.remove(address):
+                return encode_adminstat(AdminStat.ADMIN_NOTFOUND)
+            await self.store.written()
+        except (MapError, NotShared) as exc:
+            write_failures.warning("write", "DEL %s from %s failed: %s", address, ctx, exc)
             return encode_adminstat(AdminStat.ADMIN_SYSERR)
         log.info("DEL %s from %s ok", address, ctx)
         return encode_adminstat(AdminStat.ADMIN_OK)
@@ -176,24 +185,28 @@ class AdminService:
     async def flush(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "FLUSH")
         Unpacker(args).done()
-        removed = await self.drac.revoke_all()
-        if removed is None or not await self.drac.commit(ctx, "FLUSH"):
-            return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed or 0)
+        removed = 0
+        try:
+            removed = await self.store.clear()
+            await self.store.written()
+        except (MapError, NotShared) as exc:
+            write_failures.warning("write", "FLUSH from %s failed: %s", ctx, exc)
+            return encode_flush3_res(AdminStat.ADMIN_SYSERR, removed)
         log.info("FLUSH from %s ok: %d entries removed", ctx, removed)
         return encode_flush3_res(AdminStat.ADMIN_OK, removed)
 
     async def status(self, args: bytes, ctx: CallContext) -> bytes:
         self._require_admin(ctx, "STATUS")
         Unpacker(args).done()
-        committer = self.drac.committer
+        committer = self.store.committer
         return encode_status3_res(Status(
             entries=len(self.table),
             map_path=self.map_path,
             map_type=self.map_type,
             last_write=int(committer.last_write or 0),
             last_write_us=int(committer.last_duration * 1e6),
-            lifetime=self.drac.settings.lifetime,
+            lifetime=self.settings.lifetime,
             started=self.started,
             server_version=__version__,
-            counters=tuple(Counter(name, value) for name, value in self.drac.metrics.counters()),
+            counters=tuple(Counter(name, value) for name, value in self.metrics.counters()),
         ))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
 
 from dracclient.drac import (
     DRACPROC_ADD,
@@ -22,18 +21,14 @@ from dracclient.drac import (
 from dracclient.xdr import Unpacker
 
 from ..config import Config
-from ..keys import Entry, IPAddress, canonical, relayable
+from ..keys import IPAddress, canonical, relayable
 from ..metrics import Metrics
-from ..publish.commit import Committer
 from ..publish.maps import MapError
 from ..ratelog import RateLimitedLog
 from ..relay.policy import AdminPolicy, AllowList, Network, in_networks
-from ..relay.table import RelayTable
+from ..relay.store import NotShared, Store
 from ..server.dispatch import PENDING, CallContext, Dispatcher, Pending
 from ..server.wrappers import HostsAccess
-
-if TYPE_CHECKING:
-    from ..relay.shared import SharedTable
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
@@ -95,18 +90,18 @@ class CallerBuckets:
 
 
 class DracService:
-    def __init__(self, table: RelayTable, committer: Committer, settings: Settings,
-                 metrics: Metrics | None = None) -> None:
-        self.table = table
-        self.committer = committer
+    """The DRAC program: checks every ADD's caller and address, puts it in the relay
+    store, and answers once the store has published it."""
+
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.table = store.table
         self.settings = settings
         self.buckets = CallerBuckets()
         self.metrics = metrics if metrics is not None else Metrics()
         #: Failed writes: one line a minute during an outage, not one per ADD (the committer
         #: logs the outage's start and end; its ADDs are counted in the metrics).
         self.write_failures = RateLimitedLog(log)
-        #: The table shared through Redis, written before the local one; None: not shared.
-        self.shared: SharedTable | None = None
         #: refusal() of network callers by (caller, transport): matching the allow list costs
         #: more than the rest of an ADD. Valid for the allow list and udp_from it was made
         #: with (both immutable; SIGHUP replaces them); bounded like CallerBuckets.
@@ -124,28 +119,40 @@ class DracService:
         return b""
 
     # Bytes after the argument are ignored, as rpc.dracd (a libtirpc server) ignores them.
-    def add_v1(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
-        return self._add_now(decode_add_v1(args, trailing=True), ctx)
+    def add_v1(self, args: bytes, ctx: CallContext) -> bytes | Pending:
+        return self._add_call(decode_add_v1(args, trailing=True), ctx)
 
-    def add_v2(self, args: bytes, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
-        return self._add_now(decode_add_v2(args, trailing=True), ctx)
+    def add_v2(self, args: bytes, ctx: CallContext) -> bytes | Pending:
+        return self._add_call(decode_add_v2(args, trailing=True), ctx)
 
-    def _add_now(self, address: IPAddress, ctx: CallContext) -> bytes | Pending | Coroutine[Any, Any, bytes]:
-        """An ADD without a task: checked and put in the table now, answered from the
-        committer's callback once the map holds it. A shared table is written over the
-        network first, so that ADD stays a coroutine."""
-        if self.shared is not None:
-            return self._add_shared(address, ctx)
+    def _add_call(self, address: IPAddress, ctx: CallContext) -> bytes | Pending:
+        """An RPC ADD without a task: checked now, answered through ctx.reply once the
+        store has published it."""
         checked = self._check(address, ctx)
         if isinstance(checked, AddStat):
             self._count(ctx, checked)
             return _ADDSTAT[checked]
-        expiry = self.table.add(checked, self.settings.lifetime)
-        self.committer.on_written(functools.partial(self._written, ctx, checked, expiry))
+        self.store.put(checked, self.settings.lifetime, functools.partial(self._replied, ctx, checked))
         return PENDING
 
-    def _written(self, ctx: CallContext, address: IPAddress, expiry: int, error: MapError | None) -> None:
-        """The committer's answer for one ADD of _add_now: as commit() and _add() log it."""
+    def _replied(self, ctx: CallContext, address: IPAddress, expiry: int, error: Exception | None) -> None:
+        ctx.reply(_ADDSTAT[self._done(ctx, address, expiry, error)])
+
+    async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
+        """An ADD that does not come as an RPC call (the Dovecot policy endpoint): the same
+        checks, store, logging and counting, as a coroutine."""
+        checked = self._check(address, ctx)
+        if isinstance(checked, AddStat):
+            self._count(ctx, checked)
+            return checked
+        try:
+            expiry = await self.store.add(checked, lifetime or self.settings.lifetime)
+        except (MapError, NotShared) as exc:
+            return self._done(ctx, checked, 0, exc)
+        return self._done(ctx, checked, expiry, None)
+
+    def _done(self, ctx: CallContext, address: IPAddress, expiry: int, error: Exception | None) -> AddStat:
+        """Every ADD the store took ends here: logged, counted, its answer."""
         if error is not None:
             self.write_failures.warning("write", "ADD %s from %s failed: %s", address, ctx, error)
             stat = AddStat.ADD_SYSERR
@@ -153,10 +160,7 @@ class DracService:
             log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
             stat = AddStat.ADD_SUCCESS
         self._count(ctx, stat)
-        ctx.reply(_ADDSTAT[stat])
-
-    async def _add_shared(self, address: IPAddress, ctx: CallContext) -> bytes:
-        return _ADDSTAT[await self.add(address, ctx)]
+        return stat
 
     def _count(self, ctx: CallContext, stat: AddStat) -> None:
         self.metrics.adds.inc(_VERS_LABEL.get(ctx.call.vers) or str(ctx.call.vers), ctx.transport, _STAT_NAME[stat])
@@ -196,11 +200,6 @@ class DracService:
         self._refusals[key] = reason
         return reason
 
-    async def add(self, address: IPAddress, ctx: CallContext, lifetime: int | None = None) -> AddStat:
-        stat = await self._add(address, ctx, lifetime)
-        self._count(ctx, stat)
-        return stat
-
     def _check(self, address: IPAddress, ctx: CallContext) -> IPAddress | AddStat:
         """What every ADD checks before it changes the table, in this order: the address
         to add (canonical), or the refusal to answer (counted and logged here)."""
@@ -230,58 +229,3 @@ class DracService:
                             address, ctx, len(self.table))
             return AddStat.ADD_SYSERR
         return address
-
-    async def _add(self, address: IPAddress, ctx: CallContext, lifetime: int | None) -> AddStat:
-        checked = self._check(address, ctx)
-        if isinstance(checked, AddStat):
-            return checked
-        address = checked
-        if self.shared is None:
-            expiry = self.table.add(address, lifetime or self.settings.lifetime)
-        elif (shared_expiry := await self.authorize(address, lifetime or self.settings.lifetime)) is None:
-            return AddStat.ADD_SYSERR
-        else:
-            expiry = shared_expiry
-        if not await self.commit(ctx, "ADD", address):
-            return AddStat.ADD_SYSERR
-        log.info("ADD %s from %s ok, expires %d", address, ctx, expiry)
-        return AddStat.ADD_SUCCESS
-
-    async def authorize(self, address: Entry, lifetime: int) -> int | None:
-        """Put ``address`` in the table for ``lifetime`` seconds, in the shared table first
-        if there is one; its expiry, or None (logged) if the shared table did not take it."""
-        if self.shared is None:
-            return self.table.add(address, lifetime)
-        expiry = int(self.table.clock()) + lifetime
-        if not await self.shared.put(address, expiry):
-            return None
-        self.table.set(address, expiry)
-        return expiry
-
-    async def revoke(self, address: Entry) -> bool | None:
-        """Remove ``address`` (from the shared table first): whether it was there, None if
-        the shared table could not be changed (then nothing changed here either)."""
-        if self.shared is None:
-            return self.table.remove(address)
-        removed = await self.shared.delete(address)
-        if removed is None:
-            return None
-        return self.table.remove(address) or removed > 0
-
-    async def revoke_all(self) -> int | None:
-        """Remove every entry (shared ones too): how many, None if the shared table failed."""
-        if self.shared is None:
-            return self.table.clear()
-        removed = await self.shared.flush()
-        if removed is None:
-            return None
-        return max(self.table.clear(), removed)
-
-    async def commit(self, ctx: CallContext, verb: str, target: object = "") -> bool:
-        """Wait until the map holds the table; False (logged) if it cannot be written."""
-        try:
-            await self.committer.commit()
-        except MapError as exc:
-            self.write_failures.warning("write", "%s %s from %s failed: %s", verb, target, ctx, exc)
-            return False
-        return True

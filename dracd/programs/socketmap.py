@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import SocketmapSpec, parse_spec
+from ..config.values import SocketmapSpec, parse_spec
 from ..keys import IPAddress, parse_key
 from ..ratelog import RateLimitedLog
 from ..relay.table import RelayTable

@@ -23,12 +23,12 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..metrics import Metrics
-from ..relay.table import RelayTable
 from . import recovery
 from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
@@ -61,8 +61,25 @@ class Job:
         return "full" if self.entries is not None else "incremental"
 
 
+class Changes(Protocol):
+    """What the committer reads of the relay table (relay.table.RelayTable): entry codes,
+    the changes since the last take, and a version that every change bumps."""
+
+    version: int
+
+    def __len__(self) -> int: ...
+    def snapshot(self) -> dict[int, int]: ...
+    def codes(self) -> Mapping[int, int]: ...
+    def copy_codes(self) -> dict[int, int]: ...
+    def take_changes(self) -> dict[int, int | None]: ...
+    def pending_changes(self) -> int: ...
+    # For a map someone else replaced (recovery.take_in_replacement): its newer entries go in.
+    clock: Callable[[], float]
+    def set_codes(self, entries: Mapping[int, int]) -> None: ...
+
+
 class Committer:
-    def __init__(self, table: RelayTable, writer: MapWriter, journal: Journal,
+    def __init__(self, table: Changes, writer: MapWriter, journal: Journal,
                  metrics: Metrics | None = None) -> None:
         self.table = table
         self.writer = writer

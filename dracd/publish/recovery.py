@@ -34,9 +34,9 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from ..keys import code_entry, valid_code
-from ..relay.table import RelayTable
+from ..keys import valid_code
 from .files import fsync_dir
 from .journal import (
     BATCH,
@@ -364,7 +364,17 @@ def read_replacement(writer: MapWriter) -> tuple[str, dict[int, int]]:
     return f"{how} ({st.st_size} bytes, {len(entries)} entries)", entries
 
 
-def take_in_replacement(table: RelayTable, path: Path, found: str, entries: Mapping[int, int]) -> None:
+class Merging(Protocol):
+    """What take_in_replacement() needs of the relay table (relay.table.RelayTable)."""
+
+    clock: Callable[[], float]
+
+    def __len__(self) -> int: ...
+    def codes(self) -> Mapping[int, int]: ...
+    def set_codes(self, entries: Mapping[int, int]) -> None: ...
+
+
+def take_in_replacement(table: Merging, path: Path, found: str, entries: Mapping[int, int]) -> None:
     """Merge what read_replacement() found into the running table (the caller then
     writes the whole map), and say so."""
     if not entries and found == "deleted":
@@ -376,8 +386,7 @@ def take_in_replacement(table: RelayTable, path: Path, found: str, entries: Mapp
     taken = newer_entries(ours, entries, now)
     lacking = sum(1 for code in taken if code not in ours)
     missing = sum(1 for code in ours if code not in entries)
-    for code, expiry in taken.items():
-        table.set(code_entry(code), expiry)
+    table.set_codes(taken)
     log.warning("%s was %s since dracd's last write: kept %d of its entries (%d dracd lacked, %d with a later "
                 "expiry); writing the whole map again with the %d entries of dracd's own it lacked",
                 path, found, len(taken), lacking, len(taken) - lacking, missing)

@@ -28,13 +28,13 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..keys import IPAddress, canonical
+from ..server.transport import host_addresses
 
 if TYPE_CHECKING:
     from ..server.dispatch import CallContext
@@ -195,21 +195,6 @@ def load_allow_file(path: Path) -> AllowList:
                 if problem is not None:
                     problems.append(f"{where}: {problem}")
     return AllowList(tuple(rules), str(path), tuple(problems))
-
-
-def host_addresses() -> set[IPAddress]:
-    """The host's own interface addresses."""
-    import psutil
-
-    found: set[IPAddress] = set()
-    for addresses in psutil.net_if_addrs().values():
-        for entry in addresses:
-            if entry.family in (socket.AF_INET, socket.AF_INET6):
-                try:
-                    found.add(ipaddress.ip_address(entry.address.split("%", 1)[0]))
-                except ValueError:
-                    continue
-    return found
 
 
 def default_allow_list() -> AllowList:

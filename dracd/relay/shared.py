@@ -27,12 +27,11 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..config import ConfigError, RedisConfig
 from ..keys import Entry, canonical, entry_network, relayable
-from ..publish.commit import Committer
 from ..ratelog import RateLimitedLog
 from .table import RelayTable
 
@@ -151,10 +150,11 @@ class Backend:
 class SharedTable:
     """The link between one dracd's table and the shared table in Redis."""
 
-    def __init__(self, config: RedisConfig, table: RelayTable, committer: Committer) -> None:
+    def __init__(self, config: RedisConfig, table: RelayTable, changed: Callable[[], None]) -> None:
         self.config = config
         self.table = table
-        self.committer = committer
+        #: Called after a change from Redis reached the table, to publish it.
+        self.changed = changed
         self.backend = Backend(config)
         self.where = describe(config)
         self.connected = False
@@ -368,11 +368,11 @@ class SharedTable:
             self._remove(address)
         elif self.table.get(address) != expiry:
             self.table.set(address, expiry)
-            self.committer.request()
+            self.changed()
 
     def _remove(self, address: Entry) -> None:
         if self.table.remove(address):
-            self.committer.request()
+            self.changed()
 
     async def _resync(self, nodes: list[Any]) -> None:
         started = time.monotonic()
@@ -386,7 +386,7 @@ class SharedTable:
         finally:
             self._dirty = None
         self._identity = identity
-        self.committer.request()
+        self.changed()
         back = self._synced.is_set() and not self.connected
         self.connected = True
         self._synced.set()

@@ -137,6 +137,18 @@ class RelayTable:
             self.version += 1
         return [code_entry(code) for code in gone]
 
+    def set_codes(self, entries: Mapping[int, int]) -> None:
+        """Set expiries by entry code (entries of a map someone else wrote, merged in)."""
+        changed = False
+        for code, expiry in entries.items():
+            if self._expiry.get(code) != expiry:
+                self._changes[code] = self._place(code, expiry)
+                changed = True
+        if changed:
+            self.version += 1
+            if self._slots > 2 * len(self._expiry) + 1024:
+                self._rebuild()
+
     def pull_in(self, latest: int, step: int) -> int:
         """After the wall clock stepped back by ``step`` seconds: every entry due after
         ``latest`` (now + lifetime) moves ``step`` seconds earlier, but not before

@@ -18,8 +18,7 @@ from dracclient import rpcbind
 from dracclient.errors import DracError
 from dracclient.rpccall import Transport, call
 
-from ..relay.policy import host_addresses
-from .transport import Listener
+from .transport import Listener, host_addresses
 
 log = logging.getLogger(__name__)
 

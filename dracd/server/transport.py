@@ -257,3 +257,18 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 def serve_udp(sock: socket.socket, dispatch: Dispatch) -> UdpServer:
     return UdpServer(sock, dispatch)
+
+
+def host_addresses() -> set[IPAddress]:
+    """The host's own interface addresses."""
+    import psutil
+
+    found: set[IPAddress] = set()
+    for addresses in psutil.net_if_addrs().values():
+        for entry in addresses:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    found.add(ipaddress.ip_address(entry.address.split("%", 1)[0]))
+                except ValueError:
+                    continue
+    return found
