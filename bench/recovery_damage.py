@@ -26,13 +26,15 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=1000)
     parser.add_argument("--second", type=int, default=2415)
     parser.add_argument("--rows", help="comma-separated row numbers (from 1); default all")
+    parser.add_argument("--in-flight", action="store_true",
+                        help="kill -9 with ADDs still unanswered (default: right after the last answer)")
     options = parser.parse_args()
     chosen = [int(n) - 1 for n in options.rows.split(",")] if options.rows else range(len(ROWS))
     print("| damage before restart | acknowledged | lost | log |\n|---|---|---|---|")
     for index in chosen:
         name, damage = ROWS[index]
         with tempfile.TemporaryDirectory(prefix="dracd-damage-") as directory:
-            result = run_round(Path(directory), damage, options.first, options.second)
+            result = run_round(Path(directory), damage, options.first, options.second, in_flight=options.in_flight)
             try:
                 result.process.stop()
             finally:
