@@ -365,6 +365,11 @@ def _file_header(path: Path) -> tuple[int, bytes | None] | None:
             head = handle.read(HEADER.size + MAP_SLOT.size)
     except OSError:
         return None
+    return parse_header(head)
+
+
+def parse_header(head: bytes) -> tuple[int, bytes | None] | None:
+    """_file_header() of a file's first bytes."""
     if len(head) < HEADER.size + MAP_SLOT.size:
         return None
     magic, epoch, crc = HEADER.unpack_from(head)

@@ -42,15 +42,12 @@ from .journal import (
     BATCH,
     BATCH_MAGIC,
     CHUNK,
-    HEADER,
     HEADER_SIZE,
-    JOURNAL_MAGIC,
-    MAP_SLOT,
-    NO_MAP,
     RECORD,
     Journal,
     JournalError,
     _unpack_records,
+    parse_header,
 )
 from .maps import MapError, MapWriter
 
@@ -103,15 +100,10 @@ def scan_journal(path: Path) -> FileScan:
     except OSError as exc:
         scan.damage.append(f"unreadable ({exc.strerror})")
         return scan
-    head = data[:HEADER.size + MAP_SLOT.size]
-    if len(head) == HEADER.size + MAP_SLOT.size:
-        magic, epoch, crc = HEADER.unpack_from(head)
-        if magic == JOURNAL_MAGIC and crc == zlib.crc32(head[:16]):
-            scan.epoch = epoch
-            digest, digest_crc = MAP_SLOT.unpack_from(head, HEADER.size)
-            if head[HEADER.size:] != NO_MAP and digest_crc == zlib.crc32(digest):
-                scan.recorded_map = digest
-    if scan.epoch is None:
+    header = parse_header(data[:HEADER_SIZE])
+    if header is not None:
+        scan.epoch, scan.recorded_map = header
+    else:
         scan.damage.append("header damaged (epoch and map note unknown)")
     if len(data) % CHUNK != HEADER_SIZE % CHUNK:
         scan.damage.append(f"truncated or extended to {len(data)} bytes (not the preallocated size)")
