@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 RUN_APT := make gcc python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind libwrap0
 TEST_APT := rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils \
-	systemd man-db redis-server redis-tools
+	systemd man-db redis-server redis-tools faketime
 PYTEST_ARGS ?=
 
 # uv, pinned with its hashes in tools/uv.txt, installs every Python package from

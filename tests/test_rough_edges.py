@@ -186,7 +186,7 @@ def test_a_lock_won_on_a_removed_lock_file_is_not_kept(tmp_path: Path, monkeypat
     """A dracd starting while another stops may open ``<map>.lock`` just before the stopping
     one removes it, and win its lock just after: that lock keeps nobody out, so it takes
     the file that is there now."""
-    from dracd.app import daemon
+    from dracd.publish import lock as daemon
 
     path = tmp_path / "dracd.db"
     lock = tmp_path / "dracd.db.lock"

@@ -188,3 +188,23 @@ def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, in
         host = ipaddress.ip_address("192.0.2.1")
         covering = [t for e, t in model.items() if e == host or (isinstance(e, ipaddress.IPv4Network) and host in e)]
         assert table.lookup(host) == (max(covering) if covering else None)
+
+
+def test_pull_in_after_a_step_back_keeps_each_entry_within_now_plus_lifetime() -> None:
+    """Issue 22, fault 5: after the clock stepped back 4 h, entries due after now + lifetime
+    move in by the step, never before now + lifetime; the others stay; the map is told."""
+    clock = Clock(1_000_000.0)
+    table = RelayTable(clock)
+    table.add(A, 600)            # due at +600
+    table.add(B, 30)             # due at +30
+    table.set(C, 1_000_000 + 9 * 3600)  # an admin's 9 h entry
+    table.take_changes()
+    clock.now -= 4 * 3600
+    now = int(clock.now)
+    assert table.pull_in(now + 600, 4 * 3600) == 3
+    assert table.get(A) == now + 600            # had 600 s left: keeps them
+    assert table.get(B) == now + 600            # had 30 s left: never less than now + lifetime
+    assert table.get(C) == now + 9 * 3600       # its 9 h, not 13 h
+    assert set(entries(table.take_changes())) == {A, B, C}
+    clock.now = now + 9 * 3600
+    assert set(table.expire()) == {A, B, C}

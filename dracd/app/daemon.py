@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from dracclient.adminproto import DRACVERS_ADMIN
 
@@ -26,8 +24,11 @@ from ..config.hostpaths import allow_reason, map_reason
 from ..keys import KeyStyle
 from ..programs.drac import Settings
 from ..programs.socketmap import SocketmapServer
-from ..publish.journal import JournalError
+from ..publish.lock import MapInUse as MapInUse  # where cli.py and the tests look for it
+from ..publish.lock import lock_map, unlock_map
 from ..publish.maps import MapError, open_writer, unsafe_directory
+from ..publish.recovery import recover
+from ..relay.clock import ClockSteps, after_restart, last_written
 from ..relay.policy import load_allow
 from ..relay.table import Clock
 from ..server.registration import Registration, entries_for
@@ -65,83 +66,6 @@ def unsafe_map_directory(config: Config) -> str | None:
         return None
     return (f"{unsafe} is writable by others without the sticky bit, so they could replace "
             f"{config.map.path}; fix its mode or set map.allow_unsafe_directory")
-
-
-class MapInUse(Exception):
-    """Another dracd serves the same map."""
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def lock_map(path: Path) -> int:
-    """Hold ``<map>.lock`` for the daemon's lifetime: a second dracd on the same
-    map (say a mistaken ``dracd -i``) must fail before it touches the map.
-
-    A clean stop removes the file while still holding its lock (:func:`unlock_map`),
-    so a lock won on a file that is no longer at ``lock`` keeps nobody out: take the
-    file that is there now instead."""
-    lock = lock_path(path)
-    while True:
-        try:
-            fd = _open_private(lock)
-        except OSError as exc:
-            raise MapError(f"cannot write {lock}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise MapInUse(f"{path} is in use by another dracd (pid {owner})") from None
-        if _same_file(fd, lock):
-            break
-        os.close(fd)
-    try:
-        with open(lock, "w", encoding="ascii") as handle:
-            handle.write(f"{os.getpid()}\n")
-    except OSError as exc:
-        os.close(fd)
-        raise MapError(f"cannot write {lock}: {exc.strerror}") from None
-    return fd
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        info = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (info.st_dev, info.st_ino) == (held.st_dev, held.st_ino)
-
-
-def unlock_map(path: Path, fd: int) -> None:
-    """A clean stop: remove ``<map>.lock`` while its lock is still held (a dracd starting
-    meanwhile either fails on the lock or, once it is released, finds the file gone and
-    makes a new one), then release it, leaving only the map. When the file cannot be
-    removed (``user:`` without the right to), it stays, harmless."""
-    lock = lock_path(path)
-    try:
-        if _same_file(fd, lock):
-            os.unlink(lock)
-    except OSError as exc:
-        log.debug("%s stays: %s", lock, exc.strerror)
-    os.close(fd)
-
-
-def _open_private(lock: Path) -> int:
-    """``lock`` opened read-only (the lock never stops the file system from going read-only)
-    and private: anyone who could open it could hold its flock while dracd is down and keep
-    every start out. One that others may open (as older dracd versions left it) is replaced;
-    whoever holds its flock keeps only the old inode."""
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(lock, flags, 0o600)
-    info = os.fstat(fd)
-    if info.st_mode & 0o077 or info.st_uid != os.geteuid():
-        os.close(fd)
-        os.unlink(lock)
-        fd = os.open(lock, flags | os.O_EXCL, 0o600)
-    return fd
 
 
 class Daemon:
@@ -184,57 +108,18 @@ class Daemon:
         if self.config.initialize:
             log.info("starting with an empty table (-i)")
             return
-        if self.journal.exists():
-            try:
-                entries = self.journal.recover()
-            except JournalError as exc:
-                log.error("%s; starting from %s instead", exc, self.config.map.path)
-            else:
-                log.warning("dracd did not stop cleanly: %d entries recovered from its journal; "
-                            "rewriting %s", len(entries), self.config.map.path)
-                self.table.load(self._with_other_writers(entries))
-                expired = self.table.expire()
-                log.info("%d entries after recovery (%d already expired)", len(self.table), len(expired))
-                return
+        entries = recover(self.journal, self.writer, self.config.lifetime, self.table.clock)
+        if entries is not None:
+            self.table.load(entries)
+            expired = self.table.expire()
+            log.info("%d entries after recovery (%d already expired)", len(self.table), len(expired))
+            return
         self.table.load(self.writer.read_codes())
         if self.writer.adopt():
             self.committer.adopted()
         expired = self.table.expire()
         log.info("reloaded %d entries from %s (%d already expired)",
                  len(self.table), self.config.map.path, len(expired))
-
-    def _with_other_writers(self, journaled: dict[int, int]) -> dict[int, int]:
-        """The table to restart with after a crash. The journal belongs to the map dracd
-        last put in place: over that map (or one the crash left torn or missing) it is
-        replayed alone, so what dracd deleted stays deleted (the map may lack acknowledged
-        ADDs: the journal has them all). A readable map that is another file (legacy
-        rpc.dracd ran on it meanwhile, or a rename-style writer, or it was set back to an
-        older copy) may hold ADDs that only its writer acknowledged: then every entry of
-        that map stays and the journal's are added, also those the other writer deleted
-        (an acknowledged ADD is never lost; expiry removes it in time); where both have
-        an entry, the later expiry wins."""
-        path = self.config.map.path
-        if self.journal.holds_last_written_map() or not path.exists():
-            return journaled
-        try:
-            theirs = self.writer.read_codes(verify=True)
-        except MapError as exc:
-            log.warning("%s; taken as torn by the crash: rebuilding it from the journal alone", exc)
-            return journaled
-        merged = dict(theirs)
-        lacking = later = 0
-        for code, expiry in journaled.items():
-            known = merged.get(code)
-            if known is None or known < expiry:
-                lacking += known is None
-                later += known is not None
-                merged[code] = expiry
-        only_theirs = sum(1 for code in theirs if code not in journaled)
-        log.warning("%s changed by another writer since dracd's last write (or set back to another copy): "
-                    "kept its %d entries (%d not in the journal) and merged %d entries from the journal "
-                    "(%d it lacked, %d with a later expiry)", path, len(theirs), only_theirs,
-                    lacking + later, lacking, later)
-        return merged
 
     async def start(self, on_ready: Callable[[], None] | None = None) -> None:
         unsafe = unsafe_map_directory(self.config)
@@ -254,7 +139,9 @@ class Daemon:
             on_ready()
 
     async def _start(self) -> None:
+        written = last_written([self.config.map.path, *self.journal.paths])  # before they are rewritten
         self.load_table()
+        after_restart(self.table, written, self.config.lifetime)
         # A map reloaded just as we would write it needs only the entries expired meanwhile.
         self.committer.write_now(full=False)
         self.committer.start()
@@ -318,10 +205,14 @@ class Daemon:
         log.info("running as user %s (uid %d, gid %d)", run_as.name, run_as.uid, run_as.gid)
 
     async def _expire_loop(self) -> None:
+        steps = ClockSteps(self.table, lambda: self.config.lifetime)
         while True:
             next_expiry = self.table.next_expiry()
             delay = EXPIRY_TICK if next_expiry is None else next_expiry - self.table.clock()
             await asyncio.sleep(min(max(delay, 0.0), EXPIRY_TICK))
+            self.committer.check_map()  # replaced or deleted by someone else? (recovery.take_in_replacement)
+            if steps.check():  # the wall clock stepped back: entries pulled in
+                self.committer.request()
             total = 0
             while gone := self.table.expire(limit=EXPIRY_BATCH):
                 total += len(gone)

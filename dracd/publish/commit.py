@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..metrics import Metrics
+from . import recovery
 from .journal import Journal
 from .maps import MapError, MapWriter, StaleMap
 
@@ -72,6 +73,9 @@ class Changes(Protocol):
     def copy_codes(self) -> dict[int, int]: ...
     def take_changes(self) -> dict[int, int | None]: ...
     def pending_changes(self) -> int: ...
+    # For a map someone else replaced (recovery.take_in_replacement): its newer entries go in.
+    clock: Callable[[], float]
+    def set_codes(self, entries: Mapping[int, int]) -> None: ...
 
 
 class Committer:
@@ -138,6 +142,8 @@ class Committer:
         map, or (``full=False``) the changes if the map is one this writer wrote. Starts
         the journal if it is not running; ``final``: the map alone, then the journal is
         removed, as the map holds everything (a clean stop)."""
+        if self._map_replaced():  # say a stop just after someone replaced the map: merge it first
+            recovery.take_in_replacement(self.table, self.writer.path, *recovery.read_replacement(self.writer))
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
         job = self._job(full)
@@ -225,8 +231,11 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             await self._gather()
+            replaced = self._map_replaced()
+            if replaced:
+                await self._take_in_replacement()
             version = self.table.version
-            if version <= self.written_version:
+            if version <= self.written_version and not replaced:
                 self._pending_since = None  # a request with nothing new to write
                 self._settle(version, None)
                 continue
@@ -258,6 +267,24 @@ class Committer:
             self._settle(version, None)
             if self._waiters or self.table.version > self.written_version:
                 self._wake.set()
+
+    def check_map(self) -> None:
+        """A cheap look (one stat) at whether the map in place is still the file this
+        writer last put there; if not, the commit task merges it and writes the map
+        again (dracd.publish.recovery). Called on every expiry tick."""
+        if self._task is not None and self._map_replaced():
+            self._changed()
+            self._wake.set()
+
+    def _map_replaced(self) -> bool:
+        return self.writer.identity() is not None and not self.writer.can_update()
+
+    async def _take_in_replacement(self) -> None:
+        """Someone else replaced, changed or deleted the map: keep its valid entries (in
+        the map thread, so no write of ours runs meanwhile), then a full write follows."""
+        loop = asyncio.get_running_loop()
+        found, entries = await loop.run_in_executor(self._executor, recovery.read_replacement, self.writer)
+        recovery.take_in_replacement(self.table, self.writer.path, found, entries)
 
     async def _journaled(self, changes: dict[int, int | None]) -> None:
         """Flush the changes to the journal while the map takes them."""

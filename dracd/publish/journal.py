@@ -49,6 +49,7 @@ from pathlib import Path
 
 from ..keys import HOSTS4, valid_code
 from .files import fsync_dir, unlink_quietly
+from .lock import hold
 from .maps import MapError
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Journal:
         self._map_slot = NO_MAP
         #: The digest recover() found: the map dracd last put in place before it stopped.
         self._recorded_map: bytes | None = None
+        #: Descriptors holding flock(LOCK_EX) on the journal files while they are in use,
+        #: so that a second dracd refuses the map even if its lock file was deleted (lock.py).
+        self._held: list[int] = []
 
     @property
     def active(self) -> bool:
@@ -134,6 +138,11 @@ class Journal:
             for code in invalid:
                 del entries[code]
         return entries
+
+    def resume(self, epoch: int, recorded_map: bytes | None) -> None:
+        """What a recovery read elsewhere (dracd.publish.recovery) found: the newest epoch
+        in any file, and the map the newest intact header names (None: unknown)."""
+        self.epoch, self._recorded_map = epoch, recorded_map
 
     def holds_last_written_map(self) -> bool:
         """After recover(): whether the map in place is the very file dracd last put
@@ -184,6 +193,7 @@ class Journal:
                 finally:
                     os.close(fd)
             fsync_dir(self.state_path.parent)
+            self._held = [hold(path) for path in self.paths]
         except OSError as exc:
             self.close()
             raise JournalError(f"cannot write {self.paths[0]}: {exc.strerror}") from exc
@@ -275,6 +285,9 @@ class Journal:
     def close(self, *, clean: bool = False) -> None:
         """Stop appending; ``clean``: the map on disk holds everything, remove the files."""
         self._open = False
+        held, self._held = self._held, []
+        for fd in held:
+            os.close(fd)
         if clean:
             for path in (self.state_path, *self.paths):
                 unlink_quietly(path)
@@ -283,7 +296,9 @@ class Journal:
             except OSError:
                 pass
 
-    def _read_state(self) -> tuple[int, dict[int, int]]:
+    def _read_state(self, salvage: bool = False) -> tuple[int, dict[int, int]]:
+        """The state's epoch and entries; ``salvage``: also when only its checksum fails
+        (a recovery reads a damaged state that way, as one source among others)."""
         try:
             data = self.state_path.read_bytes()
         except OSError as exc:
@@ -294,7 +309,7 @@ class Journal:
         size = STATE.size + hosts * 12 + others * RECORD.size
         if magic != STATE_MAGIC or len(data) != size + CRC.size:
             raise JournalError(f"{self.state_path} is not a dracd state file or is truncated")
-        if zlib.crc32(memoryview(data)[:size]) != CRC.unpack_from(data, size)[0]:
+        if not salvage and zlib.crc32(memoryview(data)[:size]) != CRC.unpack_from(data, size)[0]:
             raise JournalError(f"{self.state_path} is damaged (checksum)")
         codes, expiries = array("I"), array("q")
         codes.frombytes(data[STATE.size:STATE.size + hosts * 4])
@@ -350,6 +365,11 @@ def _file_header(path: Path) -> tuple[int, bytes | None] | None:
             head = handle.read(HEADER.size + MAP_SLOT.size)
     except OSError:
         return None
+    return parse_header(head)
+
+
+def parse_header(head: bytes) -> tuple[int, bytes | None] | None:
+    """_file_header() of a file's first bytes."""
     if len(head) < HEADER.size + MAP_SLOT.size:
         return None
     magic, epoch, crc = HEADER.unpack_from(head)

@@ -137,6 +137,35 @@ class RelayTable:
             self.version += 1
         return [code_entry(code) for code in gone]
 
+    def set_codes(self, entries: Mapping[int, int]) -> None:
+        """Set expiries by entry code (entries of a map someone else wrote, merged in)."""
+        changed = False
+        for code, expiry in entries.items():
+            if self._expiry.get(code) != expiry:
+                self._changes[code] = self._place(code, expiry)
+                changed = True
+        if changed:
+            self.version += 1
+            if self._slots > 2 * len(self._expiry) + 1024:
+                self._rebuild()
+
+    def pull_in(self, latest: int, step: int) -> int:
+        """After the wall clock stepped back by ``step`` seconds: every entry due after
+        ``latest`` (now + lifetime) moves ``step`` seconds earlier, but not before
+        ``latest``, so none outlives now + its lifetime. O(distinct seconds due) plus the
+        entries moved. Returns how many moved."""
+        moved = 0
+        for second in [second for second in self._times if second > latest]:
+            target = max(second - step, latest)
+            for code in [code for code in self._wheel[second] if self._expiry.get(code) == second]:
+                self._changes[code] = self._place(code, target)
+                moved += 1
+        if moved:
+            self.version += 1
+            if self._slots > 2 * len(self._expiry) + 1024:
+                self._rebuild()
+        return moved
+
     def snapshot(self) -> dict[int, int]:
         """The whole table (by entry code, see keys.entry_code); also resets the change
         log, as a full write covers it."""
