@@ -26,6 +26,7 @@ from ..config.hostpaths import allow_reason, map_reason
 from ..keys import KeyStyle
 from ..metrics import Metrics
 from ..programs.admin import AdminService
+from ..programs.dovecot import DovecotPolicy
 from ..programs.drac import DracService, Settings
 from ..programs.socketmap import SocketmapServer
 from ..publish.commit import Committer
@@ -149,6 +150,9 @@ def _open_private(lock: Path) -> int:
 
 
 class Daemon:
+    #: Dovecot's auth policy endpoint (dovecot_policy:), once started.
+    dovecot: DovecotPolicy | None = None
+
     def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
         self.table = RelayTable(clock)
@@ -281,8 +285,8 @@ class Daemon:
             streams.append(self._admin_sock)
         limits = stream_limits(self.config)
         # Every stream endpoint at its limit must leave descriptors for the map and journal.
-        limits = replace(limits, max_connections=fit_descriptors(len(streams) + len(self.config.socketmap),
-                                                                 limits.max_connections))
+        endpoints = len(streams) + len(self.config.socketmap) + (self.config.dovecot_policy is not None)
+        limits = replace(limits, max_connections=fit_descriptors(endpoints, limits.max_connections))
         dispatch = self.dispatcher.dispatch
         for listener in self.listeners:
             if listener.netid.startswith("udp"):
@@ -295,6 +299,9 @@ class Daemon:
         if self.config.socketmap:
             self.socketmap = SocketmapServer(self.table, self.config.socketmap, limits)
             await self.socketmap.start()
+        if self.config.dovecot_policy is not None:
+            self.dovecot = DovecotPolicy(self.service, self.config.dovecot_policy, limits, self.config.program)
+            await self.dovecot.start()
         if self.config.metrics_listen is not None:
             self._endpoint = Endpoint(self.metrics, self.config.metrics_listen)
         if self.config.rpcbind:
@@ -361,6 +368,8 @@ class Daemon:
         new = Settings.from_config(config, allow, wrappers)
         # dracd's own uid stays an administrator after the switch to `user:`.
         self.settings.update(replace(new, admin=replace(new.admin, uid=self.settings.admin.uid)))
+        if self.dovecot is not None:
+            self.dovecot.reload(config.dovecot_policy)
         self.config = config
         log.info("reloaded %s: %s (%d rules), lifetime %d s",
                  config.source, allow_reason(config.allow_file, config.map.path), len(allow.rules), config.lifetime)
@@ -393,6 +402,9 @@ class Daemon:
         log.info("stopped")
 
     async def _close_listeners(self) -> None:
+        if self.dovecot is not None:
+            await self.dovecot.close(DRAIN_TIMEOUT)
+            self.dovecot = None
         if self.socketmap is not None:
             await self.socketmap.close()
             self.socketmap = None
