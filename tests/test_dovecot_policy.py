@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -30,6 +31,8 @@ import pytest
 
 from dracd.config import ConfigError, DovecotPolicyConfig, config_from_dict
 from dracd.programs.dovecot import DovecotPolicy
+from tests.fixtures.dovecot import DovecotInstance, Login, policy_conf
+from tests.fixtures.postfix import PostfixInstance, pick_free_port
 from tests.fixtures.server import ServerThread, map_keys, wait_for
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -429,3 +432,172 @@ def test_a_missing_or_weak_secret_stops_the_start(
     server = make_server(dovecot_policy=DovecotPolicyConfig("inet:127.0.0.1:0", write_secret(tmp_path / "s")))
     assert port_of(server) > 0
     assert replace(server.config).dovecot_policy is not None
+
+
+# ----------------------------------------------------------------- with the real Dovecot 2.3
+
+REPLIES = {"pop3": "+OK Logged in.", "imap": "OK Logged in"}
+#: Dovecot's auth_policy_server_timeout_msecs in these tests.
+POLICY_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def policy_port() -> int:
+    """The port Dovecot's auth_policy_server_url names: each test puts its dracd (or
+    nothing, or a listener that hangs) there."""
+    return pick_free_port()
+
+
+@pytest.fixture(scope="module")
+def dovecot(policy_port: int) -> Iterator[DovecotInstance]:
+    """One Dovecot with the auth policy client and no post-login script."""
+    conf = policy_conf(f"http://127.0.0.1:{policy_port}/", header=f"Authorization: Bearer {SECRET}",
+                       timeout_msecs=int(POLICY_TIMEOUT * 1000))
+    with DovecotInstance(postlogin=None, extra_conf=conf) as instance:
+        yield instance
+        assert instance.dns_queries() == [], "Dovecot sent DNS queries"
+
+
+def login(dovecot: DovecotInstance, protocol: str, client: str, **kwargs: str) -> Login:
+    return dovecot.pop3_login(client, **kwargs) if protocol == "pop3" else dovecot.imap_login(client, **kwargs)
+
+
+def relay_code(postfix: PostfixInstance, client: str) -> int:
+    code, text = postfix.probe_relay(client)
+    assert code in (250, 554), f"{client}: unexpected {code} {text}"
+    return code
+
+
+@pytest.fixture
+def dracd_on(policy_server: Callable[..., ServerThread], policy_port: int) -> Callable[..., ServerThread]:
+    """``dracd_on(**changes)``: a dracd serving Dovecot's policy URL (its port freed by
+    the previous test's dracd a moment ago: retried briefly)."""
+    def make(**changes: object) -> ServerThread:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return policy_server(listen=f"inet:127.0.0.1:{policy_port}", **changes)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    return make
+
+
+@pytest.mark.parametrize("client", ["127.0.0.5", "::1"])
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+def test_a_login_authorizes_the_client_and_postfix_relays(
+    dovecot: DovecotInstance, dracd_on: Callable[..., ServerThread],
+    postfix_factory: Callable[..., PostfixInstance], protocol: str, client: str
+) -> None:
+    server = dracd_on(lifetime=1800)
+    postfix = postfix_factory(server.config.map.path)
+    assert relay_code(postfix, client) == 554
+    mark = len(dovecot.log_text())
+
+    result = login(dovecot, protocol, client)
+    assert result.ok and result.reply == REPLIES[protocol], result
+    assert result.after.startswith(("+OK", "OK")), result
+    start = time.monotonic()
+    assert wait_for(lambda: client.encode() in map_keys(server.config.map.path), 5), dovecot.diagnostics()
+    # The report is sent as the login completes: the map has it within a fraction of a second.
+    assert time.monotonic() - start < 1.0
+    keys = map_keys(server.config.map.path)
+    assert list(keys) == [client.encode()]
+    assert abs(int(keys[client.encode()]) - (time.time() + 1800)) < 10
+    assert relay_code(postfix, client) == 250
+    assert relay_code(postfix, "127.0.0.6") == 554
+    assert "Error" not in dovecot.log_text()[mark:] and "Fatal" not in dovecot.log_text()[mark:]
+
+
+def test_failed_logins_add_nothing(dovecot: DovecotInstance, dracd_on: Callable[..., ServerThread]) -> None:
+    server = dracd_on()
+    assert not dovecot.pop3_login("127.0.0.31", password="wrong").ok
+    assert not dovecot.imap_login("127.0.0.32", password="wrong").ok
+    assert not dovecot.imap_login("127.0.0.34", user="mallory").ok
+    # A good login afterwards: its report comes after the failed ones' on the same client.
+    assert dovecot.pop3_login("127.0.0.33").ok
+    assert wait_for(lambda: map_keys(server.config.map.path) != {}, 5)
+    time.sleep(0.3)
+    assert list(map_keys(server.config.map.path)) == [b"127.0.0.33"]
+
+
+def test_a_dovecot_with_the_wrong_secret_adds_nothing(
+    dovecot: DovecotInstance, dracd_on: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    server = dracd_on()
+    write_secret(tmp_path / "dovecot.secret", "another-secret-another-secret-00")
+    server.call(lambda: policy_of(server).reload(server.config.dovecot_policy))
+    mark = len(dovecot.log_text())
+    for protocol, client in (("pop3", "127.0.0.41"), ("imap", "127.0.0.42")):
+        result = login(dovecot, protocol, client)
+        assert result.ok and result.reply == REPLIES[protocol], result
+    # Dovecot got its 401s (and logs them); the logins went on; nothing was added.
+    assert wait_for(lambda: dovecot.log_text()[mark:].count("Policy server HTTP error") >= 2, 5), \
+        dovecot.diagnostics()
+    assert map_keys(server.config.map.path) == {}
+
+
+def test_a_dovecot_without_the_secret_adds_nothing(
+    policy_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    port = pick_free_port()
+    server = policy_server(listen=f"inet:127.0.0.1:{port}")
+    with DovecotInstance(postlogin=None, extra_conf=policy_conf(f"http://127.0.0.1:{port}/", header=None)) as dv:
+        mark = len(dv.log_text())
+        assert dv.imap_login("127.0.0.43").ok
+        assert dv.pop3_login("::1").ok
+        assert wait_for(lambda: dv.log_text()[mark:].count("Policy server HTTP error") >= 2, 5), dv.diagnostics()
+        assert map_keys(server.config.map.path) == {}
+
+
+class Hanging:
+    """A listener on the policy port that accepts connections and requests, never answers."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.sock.settimeout(0.1)
+        self.held: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hanging-policy", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.held.append(conn)  # read nothing, answer nothing
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "hanging"])
+def test_logins_go_on_when_dracd_is_down_or_hangs(
+    dovecot: DovecotInstance, policy_port: int, outage: str
+) -> None:
+    hanging = Hanging(policy_port) if outage == "hanging" else None
+    try:
+        mark = len(dovecot.log_text())
+        for protocol, client in (("pop3", "127.0.0.51"), ("imap", "127.0.0.52"), ("imap", "::1")):
+            result = login(dovecot, protocol, client)
+            assert result.ok and result.reply == REPLIES[protocol], result
+            assert result.after, result
+            # Never slower than Dovecot's policy timeout (the report does not hold the login).
+            assert result.seconds < POLICY_TIMEOUT, f"{protocol} login took {result.seconds:.2f} s"
+        if hanging is not None:
+            assert wait_for(lambda: hanging.held != [], 5), "Dovecot never connected to the hanging listener"
+        else:
+            assert wait_for(lambda: "Policy server HTTP error" in dovecot.log_text()[mark:], 5)
+    finally:
+        if hanging is not None:
+            hanging.close()
