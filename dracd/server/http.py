@@ -180,7 +180,11 @@ class HttpFramer:
             return HttpError(500, "no request to answer").wire
         if status >= 400 and self.conn.their_state is not h11.DONE:
             headers.append((b"connection", b"close"))
-        wire = self.conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b""
+        wire = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
         wire += self.conn.send(h11.Data(data=body)) or b""
         wire += self.conn.send(h11.EndOfMessage()) or b""
         if self.conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
