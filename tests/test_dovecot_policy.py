@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -601,3 +603,17 @@ def test_logins_go_on_when_dracd_is_down_or_hangs(
     finally:
         if hanging is not None:
             hanging.close()
+
+
+def test_check_config_reads_the_secret(tmp_path: Path) -> None:
+    dracd = Path(sys.executable).parent / "dracd"
+    config = tmp_path / "dracd.yaml"
+    for secret, ok in ((write_secret(tmp_path / "good"), True), (write_secret(tmp_path / "weak", "short"), False),
+                       (tmp_path / "absent", False)):
+        config.write_text(json.dumps({"map": {"path": str(tmp_path / "dracd.db")}, "dovecot_policy": {
+            "listen": "inet:127.0.0.1:8090", "secret_file": str(secret)}}))
+        result = subprocess.run([str(dracd), "--check-config", "-c", str(config)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert (result.returncode == 0) == ok, result
+        assert ("Dovecot auth policy server on inet:127.0.0.1:8090" in result.stdout) == ok, result
+        assert ok or str(secret) in result.stderr

@@ -81,6 +81,15 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
+def check_config(config: DovecotPolicyConfig) -> str:
+    """What --check-config says of dovecot_policy; ConfigError if it cannot start."""
+    if config.secret_file is None:
+        raise ConfigError("dovecot_policy needs secret_file: (the Bearer secret Dovecot sends, "
+                          "auth_policy_server_api_header)")
+    read_secret(config.secret_file)
+    return f"Dovecot auth policy server on {config.listen}, secret from {config.secret_file}"
+
+
 def _unauthorized(why: str) -> HttpReply:
     return json_reply(401, {"error": "Unauthorized", "detail": why},
                       headers=((b"www-authenticate", b'Bearer realm="dracd"'),))
@@ -95,9 +104,8 @@ class DovecotPolicy:
 
     def __init__(self, service: DracService, config: DovecotPolicyConfig, limits: StreamLimits,
                  program: int) -> None:
-        if config.secret_file is None:
-            raise ConfigError("dovecot_policy needs secret_file: (the Bearer secret Dovecot sends, "
-                              "auth_policy_server_api_header)")
+        check_config(config)
+        assert config.secret_file is not None
         self.service = service
         self.config = config
         self.limits = limits
