@@ -92,3 +92,14 @@ def test_limits() -> None:
     [request] = framer.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                             b"2\r\n{}\r\n0\r\n\r\n")
     assert bytes(request) == b"{}"
+
+
+def test_pending_is_a_request_begun_and_not_owed() -> None:
+    framer = HttpFramer(LIMITS)
+    assert not framer.pending
+    data = post(b"{}")
+    assert framer.feed(data[:9]) == [] and framer.pending  # the client's clock runs
+    [request] = framer.feed(data[9:] + b"POST")
+    assert not framer.pending  # we owe the answer: our clock, not the client's
+    framer.answer(b"{}")
+    assert framer.next() == [] and framer.pending  # the next one has begun

@@ -104,7 +104,11 @@ class HttpFramer:
         """Part of a request has arrived and we owe nothing: the client's clock runs."""
         if self.owed or self._broken is not None:
             return False
-        return self._request is not None or bool(self.conn.trailing_data[0])
+        if self._request is not None:
+            return True
+        # h11's buffer, without the copy trailing_data makes (called per read and per answer).
+        buffer = getattr(self.conn, "_receive_buffer", None)
+        return len(buffer) > 0 if buffer is not None else bool(self.conn.trailing_data[0])
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._broken is not None:
