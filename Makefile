@@ -29,7 +29,7 @@ SYNC := $(UV) sync --locked --all-packages
 TEST_SYNC := $(SYNC) --all-extras --group test --group lint
 
 .PHONY: install install-man apt-run apt-test venv-run venv-test run test lint lock test-lowest \
-	test-pythons bench bench-quick bench-ceiling profile soak fuzz check-rpcbind clean
+	test-pythons bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean
 
 # What dracd needs to run, nothing more: no test peer, no test tool.
 install: venv-run install-man
@@ -125,6 +125,12 @@ bench: venv-test check-rpcbind
 bench-quick: venv-test check-rpcbind
 	$(BENCH_SYNC)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
+
+# What authorizing a login costs through the real Dovecot: no hook, post-login + dracctl,
+# post-login + dracauth, auth policy (logins/s, CPU per login; bench/results/dovecot_*.json).
+bench-dovecot: venv-test check-rpcbind
+	$(BENCH_SYNC)
+	$(BIN)/python bench/dovecot_logins.py $(BENCH_ARGS)
 
 # The ceilings: minimal servers (reply only; one flush per burst; flush and map) under the same load.
 bench-ceiling: venv-test

@@ -17,5 +17,6 @@ setup(
         "berkeleydb>=18.1.2",
         "pyyaml>=6",
         "psutil>=5.9",
+        "h11>=0.14",
     ],
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.dovecot import POSTLOGIN, DovecotInstance, Login, run_in_namespace, write_dracctl_launcher
+from tests.fixtures.libdrac import build_libdrac
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread, map_keys, private_prog
 
@@ -284,3 +285,75 @@ def test_without_syslog_the_warning_goes_to_stderr(rpcbind: None, dracctl: Path)
     assert lines == []
     assert result.stderr.startswith("drac-postlogin: DRAC add 127.0.0.46 failed: cannot reach dracd on localhost")
     assert result.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------- with libdrac's dracauth
+
+
+@pytest.fixture(scope="module")
+def dracauth() -> Iterator[Path]:
+    """libdrac's dracauth, built from contrib/libdrac where the ``dovecot`` user can run it."""
+    out = Path(tempfile.mkdtemp(prefix="dracd-libdrac-"))
+    out.chmod(0o755)
+    try:
+        yield build_libdrac(out) / "dracauth"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("protocol", "client"), [("imap", "127.0.0.61"), ("pop3", "::1")])
+def test_with_dracauth_a_login_authorizes_the_client_and_postfix_relays(
+    rpcbind: None, dovecot: DovecotInstance, dracauth: Path, make_server: Callable[..., ServerThread],
+    postfix_factory: Callable[..., PostfixInstance], protocol: str, client: str
+) -> None:
+    server = make_server(rpcbind=True, lifetime=LIFETIME)
+    postfix = postfix_factory(server.config.map.path)
+    # No dracctl at all: only dracauth can have added the address.
+    dovecot.configure_drac(program=server.config.program, dracauth=dracauth, dracctl="/nonexistent/dracctl")
+    marks = Marks(dovecot)
+    result = login(dovecot, protocol, client)
+    assert result.ok and result.reply == REPLIES[protocol], result
+    assert result.after.startswith(("+OK", "OK")), result
+    assert list(map_keys(server.config.map.path)) == [client.encode()]  # before the reply
+    assert relay_code(postfix, client) == 250
+    assert marks.syslog_lines() == []
+
+
+def test_with_dracauth_logins_go_on_promptly_when_dracd_is_down(
+    rpcbind: None, dovecot: DovecotInstance, dracauth: Path
+) -> None:
+    dovecot.configure_drac(program=private_prog(), dracauth=dracauth, timeout=2)  # not registered
+    marks = Marks(dovecot)
+    result = dovecot.imap_login("127.0.0.62")
+    assert result.ok and result.reply == REPLIES["imap"], result
+    assert result.seconds < 1.5, result
+    line = dovecot.wait_for_syslog("DRAC add 127.0.0.62 failed: dracauth: ", since=marks.syslog)
+    assert line.startswith(SYSLOG_PREFIX) and SYSLOG_TAG in line, line
+    assert line.endswith("(exit 2)"), line
+
+
+def test_with_dracauth_an_ipv4_mapped_address_is_sent_as_ipv4(
+    rpcbind: None, make_server: Callable[..., ServerThread], dracauth: Path
+) -> None:
+    server = make_server(rpcbind=True)
+    conf = (f"DRACD_SERVER=127.0.0.1\nDRAC_DRACAUTH={dracauth}\nDRAC_PROGRAM={server.config.program}\n"
+            "DRAC_DRACCTL=/nonexistent/dracctl\n")
+    result, lines, _ = hook({"IP": "::ffff:127.0.0.63", "LOCAL_IP": "::ffff:127.0.0.1", "USER": "alice"}, conf)
+    assert (result.returncode, result.stdout) == (7, CONTINUED), result
+    assert lines == [] and result.stderr == ""
+    assert list(map_keys(server.config.map.path)) == [b"127.0.0.63"]
+
+
+def test_dracctl_options_or_several_servers_mean_dracctl(
+    rpcbind: None, make_server: Callable[..., ServerThread], dracauth: Path, dracctl: Path
+) -> None:
+    server = make_server(rpcbind=True)
+    for setting, address in ((f"DRAC_DRACCTL_ARGS='--program {server.config.program}'\nDRACD_SERVER=127.0.0.1\n",
+                              "127.0.0.64"),
+                             (f"DRAC_DRACCTL_ARGS='--program {server.config.program}'\n"
+                              "DRACD_SERVER=127.0.0.1,::1\n", "127.0.0.65")):
+        # A dracauth that would fail (another program number): dracctl must be the one used.
+        conf = f"DRAC_DRACAUTH={dracauth}\nDRAC_PROGRAM={private_prog()}\nDRAC_DRACCTL={dracctl}\n" + setting
+        result, lines, _ = hook({"IP": address, "USER": "alice"}, conf)
+        assert (result.returncode, result.stdout, lines) == (7, CONTINUED, []), result
+    assert sorted(map_keys(server.config.map.path)) == [b"127.0.0.64", b"127.0.0.65"]

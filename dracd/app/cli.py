@@ -247,6 +247,10 @@ def _check(prog: str, config: Config) -> int:
 
             require_redis()
         wrappers, wrappers_reason = wrappers_from(config.tcp_wrappers)  # loads libwrap when on
+        if config.dovecot_policy is not None:
+            from ..programs.dovecot import check_config as check_dovecot
+
+            print(check_dovecot(config.dovecot_policy))
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG

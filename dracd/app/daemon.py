@@ -22,6 +22,7 @@ from dracclient.adminproto import DRACVERS_ADMIN
 from ..config import Config, needs_restart
 from ..config.hostpaths import allow_reason, map_reason
 from ..keys import KeyStyle
+from ..programs.dovecot import DovecotPolicy
 from ..programs.drac import Settings
 from ..programs.socketmap import SocketmapServer
 from ..publish.lock import MapInUse as MapInUse  # where cli.py and the tests look for it
@@ -69,6 +70,9 @@ def unsafe_map_directory(config: Config) -> str | None:
 
 
 class Daemon:
+    #: Dovecot's auth policy endpoint (dovecot_policy:), once started.
+    dovecot: DovecotPolicy | None = None
+
     def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
         log.info("map %s: %s", config.map.path, map_reason(config.map.path))
@@ -153,8 +157,8 @@ class Daemon:
             streams.append(self._admin_sock)
         limits = stream_limits(self.config)
         # Every stream endpoint at its limit must leave descriptors for the map and journal.
-        limits = replace(limits, max_connections=fit_descriptors(len(streams) + len(self.config.socketmap),
-                                                                 limits.max_connections))
+        endpoints = len(streams) + len(self.config.socketmap) + (self.config.dovecot_policy is not None)
+        limits = replace(limits, max_connections=fit_descriptors(endpoints, limits.max_connections))
         dispatch = self.dispatcher.dispatch
         for listener in self.listeners:
             if listener.netid.startswith("udp"):
@@ -167,6 +171,9 @@ class Daemon:
         if self.config.socketmap:
             self.socketmap = SocketmapServer(self.table, self.config.socketmap, limits)
             await self.socketmap.start()
+        if self.config.dovecot_policy is not None:
+            self.dovecot = DovecotPolicy(self.stack.drac, self.config.dovecot_policy, limits, self.config.program)
+            await self.dovecot.start()
         if self.config.metrics_listen is not None:
             self._endpoint = Endpoint(self.metrics, self.config.metrics_listen)
         if self.config.rpcbind:
@@ -237,6 +244,8 @@ class Daemon:
         new = Settings.from_config(config, allow, wrappers)
         # dracd's own uid stays an administrator after the switch to `user:`.
         self.settings.update(replace(new, admin=replace(new.admin, uid=self.settings.admin.uid)))
+        if self.dovecot is not None:
+            self.dovecot.reload(config.dovecot_policy)
         self.config = config
         log.info("reloaded %s: %s (%d rules), lifetime %d s",
                  config.source, allow_reason(config.allow_file, config.map.path), len(allow.rules), config.lifetime)
@@ -268,6 +277,9 @@ class Daemon:
         log.info("stopped")
 
     async def _close_listeners(self) -> None:
+        if self.dovecot is not None:
+            await self.dovecot.close(DRAIN_TIMEOUT)
+            self.dovecot = None
         if self.socketmap is not None:
             await self.socketmap.close()
             self.socketmap = None

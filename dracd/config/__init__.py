@@ -24,6 +24,7 @@ from dracclient.checks import (
     int_range,
     networks,
     read_yaml,
+    resolve,
     string,
 )
 from dracclient.drac import DRACPROG
@@ -57,6 +58,58 @@ DEFAULT_LIFETIME = 30 * 60
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: Berkeley DB access methods a map may use.
 MAP_TYPES = ("btree", "hash")
+
+
+@dataclass(frozen=True)
+class DovecotPolicyConfig:
+    """Dovecot's authentication policy server (auth_policy_server_url): where it listens,
+    ``inet:HOST:PORT`` or ``unix:PATH``, and the file holding the Bearer secret that
+    Dovecot sends (auth_policy_server_api_header); None: given on the command line alone."""
+
+    listen: str
+    secret_file: Path | None = None
+
+
+def _subkeys(section: str, value: dict[Any, Any], known: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """A section's keys parsed by ``known``; errors name ``section.KEY`` (see config_from_dict)."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in known:
+            raise SubkeyError(f"{section}.{key}",
+                              f"unknown key (known: {', '.join(f'{section}.{k}' for k in known)})")
+        try:
+            out[key] = known[key](item)
+        except ValueError as exc:
+            raise SubkeyError(f"{section}.{key}", str(exc)) from None
+    return out
+
+
+def _dovecot_policy(value: Any) -> DovecotPolicyConfig | None:
+    """The ``dovecot_policy`` section (None: off). Its errors name ``dovecot_policy.KEY``."""
+    if value is None:
+        return None
+    expect("a mapping with listen: and secret_file:, or null", isinstance(value, dict), value)
+    known: dict[str, Callable[[Any], Any]] = {
+        "listen": lambda v: str(parse_spec(string(v))), "secret_file": lambda v: Path(string(v))}
+    out = _subkeys("dovecot_policy", value, known)
+    for key in known:
+        if key not in out:
+            raise SubkeyError(f"dovecot_policy.{key}", "required")
+    return DovecotPolicyConfig(**out)
+
+
+def _relative_policy(value: DovecotPolicyConfig | str, base: Path) -> DovecotPolicyConfig | str:
+    if isinstance(value, str):  # --dovecot-policy SPEC
+        return relative_specs((value,), base)[0]
+    listen = relative_specs((value.listen,), base)[0]
+    secret = None if value.secret_file is None else resolve(base, str(value.secret_file))
+    return DovecotPolicyConfig(listen, secret)
+
+
+def _dovecot_policy_option(config: Config, listen: str) -> Config:
+    # The address from the command line; the secret file from the config file.
+    base = config.dovecot_policy
+    return replace(config, dovecot_policy=DovecotPolicyConfig(listen, base.secret_file if base else None))
 
 
 @dataclass(frozen=True)
@@ -133,6 +186,8 @@ class Config:
     socketmap: tuple[str, ...] = ()
     #: The shared table in Redis; None: this dracd's table is its own.
     redis: RedisConfig | None = None
+    #: Dovecot's auth policy client reports logins here; None: off.
+    dovecot_policy: DovecotPolicyConfig | None = None
     #: One of EVENT_LOOPS.
     event_loop: str = "auto"
     #: hosts_access(5) for daemon dracd too; None: auto, on in the Debian layout (wrappers.decide).
@@ -165,14 +220,7 @@ def _redis(value: Any) -> RedisConfig | None:
     if value is None:
         return None
     expect("a mapping (url:, sentinels: with service:, or cluster:) or null", isinstance(value, dict), value)
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if key not in _REDIS_KEYS:
-            raise SubkeyError(f"redis.{key}", f"unknown key (known: {', '.join('redis.' + k for k in _REDIS_KEYS)})")
-        try:
-            out[key] = _REDIS_KEYS[key](item)
-        except ValueError as exc:
-            raise SubkeyError(f"redis.{key}", str(exc)) from None
+    out = _subkeys("redis", value, _REDIS_KEYS)
     given = [key for key in ("url", "sentinels", "cluster") if key in out]
     if len(given) != 1:
         raise ValueError("give exactly one of redis.url, redis.sentinels (with redis.service) or redis.cluster")
@@ -284,6 +332,10 @@ KEYS: tuple[Key, ...] = (
         "--redis", "share the table with other dracd hosts through Redis at redis://HOST:PORT/DB "
         "(needs the redis extra; overrides redis: in the config)", parse=parse_redis_url, metavar="URL",
         apply=_redis_url_option)),
+    Key("dovecot_policy", _dovecot_policy, resolve=_relative_policy, option=Option(
+        "--dovecot-policy", "be Dovecot's auth policy server on inet:ADDR:PORT or unix:PATH "
+        "(dovecot_policy.secret_file: from the config; default off)",
+        parse=lambda text: str(parse_spec(text)), metavar="SPEC", apply=_dovecot_policy_option)),
     Key("event_loop", choice(EVENT_LOOPS), option=Option(
         "--event-loop", "asyncio's loop or uvloop (the uvloop extra); auto: uvloop if installed (default)",
         choices=EVENT_LOOPS)),

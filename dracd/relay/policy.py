@@ -232,7 +232,7 @@ class AdminPolicy:
     uid: int = field(default_factory=os.geteuid)
 
     def permits(self, ctx: CallContext) -> bool:
-        if ctx.transport == "unix":
+        if ctx.transport == "unix" or ctx.cred is not None:  # any UNIX socket: Dovecot's policy one too
             cred = ctx.cred
             return cred is not None and (
                 cred.uid in (0, self.uid) or cred.gid in self.groups or bool(cred.groups & self.groups)

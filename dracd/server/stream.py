@@ -21,6 +21,11 @@ here, once, for all of them:
 A ``asyncio.Protocol`` per connection, no task and no StreamReader: one
 ``data_received`` feeds the framer and dispatches what is whole, and the
 replies of one loop iteration go out in one write.
+
+A *conversation* framing (HTTP/1.1, see http.py) answers in request order: its
+framer hands out one message at a time and frames each reply itself (status,
+keep-alive); the connection is not read while that message is unanswered, and
+the messages already buffered are taken one by one as the replies go out.
 """
 
 from __future__ import annotations
@@ -83,6 +88,18 @@ class Framer(Protocol):
     def feed(self, data: bytes) -> list[bytes]: ...
 
 
+class Conversation(Framer, Protocol):
+    """A framer that answers in order: ``feed`` and ``next`` give at most one message
+    while none is owed; ``answer`` frames the reply to it (then ``closing`` says the
+    connection must close once it is sent); errors carry their own response, ``wire``."""
+
+    closing: bool
+
+    def next(self) -> list[bytes]: ...
+
+    def answer(self, reply: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Framing:
     """How one protocol cuts a byte stream into messages and frames its replies."""
@@ -95,6 +112,8 @@ class Framing:
     errors: tuple[type[Exception], ...]
     #: Sent (framed) before closing a connection whose framing broke; None: just close.
     refusal: bytes | None = None
+    #: The framer is a Conversation: one message at a time, replies framed by it, in order.
+    conversation: bool = False
 
 
 RPC_RECORDS = Framing("rpc", lambda limits: RecordReader(limits.max_record), encode_record, (XdrError,))
@@ -153,6 +172,7 @@ class StreamConnection(asyncio.Protocol):
         self.limits = server.limits
         self.framing = server.framing
         self.framer = server.framing.reader(server.limits)
+        self.conversation = cast(Conversation, self.framer) if server.framing.conversation else None
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.cred: PeerCred | None = None
@@ -206,20 +226,58 @@ class StreamConnection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except self.framing.errors as exc:
-            limited.warning(f"framing-{self.framing.name}-{self.kind}", "closing %s: %s", self, exc)
-            if self.framing.refusal is not None:
-                self._send(self.framing.refusal)
-            self._close_after_flush()
+            self._refuse(exc)
             return
         for message in messages:
             self._dispatch(message)
+        if self.conversation is not None:
+            messages = messages + self._converse()
+            if self.closed:
+                return
+        self._track(now, bool(messages))
+        self._steer_reading()
+
+    def _track(self, now: float, took: bool) -> None:
+        """Start or stop the clock of a message begun and not yet whole."""
         if not self.framer.pending:
             self._record_deadline = None
-        elif self._record_deadline is None or messages:
+        elif self._record_deadline is None or took:
             # A new message began in this read: its clock starts now.
             self._record_deadline = now + self.limits.record_timeout
             self._arm(self._record_deadline)
-        self._steer_reading()
+
+    def _refuse(self, exc: Exception) -> None:
+        limited.warning(f"framing-{self.framing.name}-{self.kind}", "closing %s: %s", self, exc)
+        wire = getattr(exc, "wire", None)
+        if isinstance(wire, bytes):
+            if not self._outbox:
+                self.loop.call_soon(self._flush)
+            self._outbox.append(wire)
+        elif self.framing.refusal is not None:
+            self._send(self.framing.refusal)
+        self._close_after_flush()
+
+    def _converse(self) -> list[bytes]:
+        """A conversation once nothing is owed: close if its last reply said so, else take
+        the messages already buffered, one at a time, while they are answered at once."""
+        conversation = self.conversation
+        assert conversation is not None
+        taken: list[bytes] = []
+        while not self.closed and not self.in_flight:
+            if conversation.closing:
+                self._close_after_flush()
+                break
+            try:
+                messages = conversation.next()
+            except self.framing.errors as exc:
+                self._refuse(exc)
+                break
+            if not messages:
+                break
+            taken += messages
+            for message in messages:
+                self._dispatch(message)
+        return taken
 
     def eof_received(self) -> bool:
         """Half-closed by the client: answer what is in flight, then close."""
@@ -259,12 +317,19 @@ class StreamConnection(asyncio.Protocol):
         self.in_flight -= 1
         if reply is not None:
             self._send(reply)
+        elif self.conversation is not None:
+            self._close_after_flush()  # a conversation cannot go on unanswered
 
     def _respond(self, reply: bytes) -> None:
         self.in_flight -= 1
         if self.closed:
             return
         self._send(reply)
+        if self.conversation is not None and not self._eof:
+            took = bool(self._converse())
+            if self.closed:
+                return
+            self._track(self.loop.time(), took)
         if self._eof and not self.in_flight:
             self._close_after_flush()
         else:
@@ -275,7 +340,8 @@ class StreamConnection(asyncio.Protocol):
         ADDs at once, and one write() of them all is one send() instead of one each."""
         if not self._outbox:
             self.loop.call_soon(self._flush)
-        self._outbox.append(self.framing.frame(reply))
+        conversation = self.conversation
+        self._outbox.append(self.framing.frame(reply) if conversation is None else conversation.answer(reply))
 
     def _flush(self) -> None:
         if self._outbox and self.transport is not None and not self.transport.is_closing():
@@ -285,7 +351,9 @@ class StreamConnection(asyncio.Protocol):
     def _steer_reading(self) -> None:
         """Read while the client takes its replies and owes us few answers."""
         assert self.transport is not None
-        stop = self._write_paused or self.in_flight >= self.limits.max_in_flight
+        # A conversation is not read while a message is owed: its answers go in order.
+        limit = 1 if self.conversation is not None else self.limits.max_in_flight
+        stop = self._write_paused or self.in_flight >= limit
         if stop == self._read_paused or self.closed or self.transport.is_closing():
             return
         self._read_paused = stop
