@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from berkeleydb import db
@@ -362,3 +363,34 @@ def test_in_place_and_copied_updates_always_read_back_exactly(tmp_path: Path, du
         result = subprocess.run(["db5.3_verify", str(path)], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
     assert len(inodes) > 2, "no copy was ever made"
+
+
+def test_a_reader_of_the_replaced_map_finds_it_changed_from_the_moment_of_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postfix's smtpd restarts before its next session once its open map has no name
+    left or another mtime (in seconds). The old inode keeps a name as the spare, so its
+    mtime must have moved before the new map takes the name, not after: a reader that
+    checks in between would serve one more session from the replaced map (seen once in
+    the Postfix end-to-end test: an expired address relayed)."""
+    path = tmp_path / "dracd.db"
+    writer = open_map("btree", path)
+    writer.write({V4: 1})
+    reader = os.open(path, os.O_RDONLY)  # what an MTA opened
+    opened = os.fstat(reader)
+    seen: list[bool] = []
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        real_rename(src, dst)
+        if Path(dst) == path:
+            now = os.fstat(reader)
+            seen.append(now.st_nlink == 0 or int(now.st_mtime) != int(opened.st_mtime))
+
+    monkeypatch.setattr(os, "rename", rename)
+    try:
+        writer.update({V4: None})
+        writer.update({ipaddress.ip_address("192.0.2.9"): 2})
+    finally:
+        os.close(reader)
+    assert seen and all(seen), seen

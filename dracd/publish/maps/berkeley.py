@@ -227,23 +227,26 @@ class BerkeleyMap:
         with self._try_lock() as locked:
             unlink_quietly(self._prev)
             keep = False
+            # Readers tell a replaced map by its open inode losing its last name or
+            # changing mtime (Postfix: mtime differs, in seconds; Sendmail: mtime is later).
+            # The old inode keeps a name as the spare, so its mtime moves on, its content
+            # untouched: once before the new map takes the name (a reader checking right
+            # after the rename must not find its map unchanged) and once after (for a
+            # reader that opened it in between).
             if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
                 try:
                     os.link(self.path, self._prev)
+                    _later_mtime(self._prev)
                     keep = True
                 except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
-                    pass
+                    unlink_quietly(self._prev)
             if not keep and new != self._spare:
                 unlink_quietly(self._spare)  # an older inode: it lacks more than this commit
             os.rename(new, self.path)
             if keep:
                 os.rename(self._prev, self._spare)
-                # Readers tell a replaced map by its open inode losing its last name or
-                # changing mtime (Postfix: mtime differs; Sendmail: mtime is later).
-                # The spare keeps a name, so its mtime moves on, its content untouched.
                 try:
-                    st = os.stat(self._spare)
-                    os.utime(self._spare, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                    _later_mtime(self._spare)
                     self._spare_identity = _identity(self._spare)
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
@@ -436,3 +439,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc.args[-1] if exc.args else exc)
+
+
+def _later_mtime(path: Path) -> None:
+    """Move ``path``'s mtime a second on (the MTAs compare whole seconds)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
