@@ -25,6 +25,7 @@ overlays of that root, driven by this file run as a script:
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.debroot import DebRootError, Root, base_root, build_debs, stub_drac, wait_gone
+from tests.fixtures.debroot import REPO, DebRootError, Root, base_root, build_debs, stub_drac, wait_gone
 from tests.fixtures.namespace import drive, run_driver
 
 pytestmark = pytest.mark.timeout(1800)
@@ -100,7 +101,7 @@ def test_install_client_upgrade_remove_purge(packages: dict[str, Any], tmp_path:
     assert data["after_remove"] == {"map": True, "config": True, "user": True}, data["after_remove"]
     assert data["postmap_after_remove"].isdigit(), "the map lost its entries on remove"
     assert data["after_purge"] == {"map": True, "config": False, "user": False, "drac_dir_owner": "root:root",
-                                   "statoverride": ""}, data["after_purge"]
+                                   "statoverride": "", "drac_dir": ["dracd.db root:root"]}, data["after_purge"]
 
 
 def test_dracd_replaces_debian_drac(packages: dict[str, Any], tmp_path: Path) -> None:
@@ -115,6 +116,15 @@ def test_dracd_replaces_debian_drac(packages: dict[str, Any], tmp_path: Path) ->
     assert DRAC_ENTRY in data["listed"], f"drac's map entry was not reloaded: {data['listed']}\n{log}"
     assert data["adds"] == {caller: want for caller, (_, want) in CALLERS.items()}, f"{data['adds']}\n{log}"
     assert sorted(data["map_keys"]) == sorted([DRAC_ENTRY, CALLERS["127.0.0.2"][0]]), data["map_keys"]
+
+
+def test_map_tests_pass_on_debian_bsddb3(packages: dict[str, Any], tmp_path: Path) -> None:
+    """dracd.maps.berkeley falls back to Debian's bsddb3 (no berkeleydb in Debian); the map tests
+    pass on it as on berkeleydb in the venv."""
+    data = run_driver(__file__, ["bsddb3", *scenario_args(packages)], tmp_path, timeout=600)
+    assert "No module named 'berkeleydb'" in data["berkeleydb"], data["berkeleydb"]
+    assert data["pytest"]["status"] == 0, data["pytest"]["output"]
+    assert " passed" in data["pytest"]["output"], data["pytest"]["output"]
 
 
 # --- the driver, run inside the namespaces -------------------------------------------------------
@@ -215,7 +225,9 @@ def lifecycle(packages: dict[str, Any], scratch: Path, result: dict[str, Any]) -
                              "user": server.run("getent", "passwd", "dracd", check=False).returncode == 0,
                              "drac_dir_owner": server.out("stat", "-c", "%U:%G", "/etc/drac").strip(),
                              "statoverride": server.run("dpkg-statoverride", "--list", "/etc/drac",
-                                                        check=False).stdout.strip()}
+                                                        check=False).stdout.strip(),
+                             "drac_dir": server.out("find", "/etc/drac", "-mindepth", "1", "-printf",
+                                                    "%f %u:%g\\n").splitlines()}
 
 
 def _write_drac_map(path: Path) -> None:
@@ -256,7 +268,23 @@ def drac(packages: dict[str, Any], scratch: Path, result: dict[str, Any]) -> Non
                                   "print(k.decode())").split()
 
 
-SCENARIOS = {"lifecycle": lifecycle, "drac": drac}
+def bsddb3(packages: dict[str, Any], scratch: Path, result: dict[str, Any]) -> None:
+    """tests/test_maps.py on the installed dracd, with Debian's python3-bsddb3 and pytest."""
+    root = Root(Path(packages["base"]), scratch, "bsddb3")
+    server = [Path(p) for p in packages["current"] if Path(p).name.split("_")[0] in ("dracd", "python3-dracclient")]
+    root.copy_in(server, "/tmp/dist/deb")
+    root.out("sh", "-c", "cd /tmp && apt-get install -y -q ./dist/deb/*.deb python3-pytest "
+             "python3-pytest-timeout db5.3-util")
+    src = root.file("/tmp/src")
+    shutil.copytree(REPO / "tests", src / "tests", ignore=shutil.ignore_patterns("__pycache__", "build"))
+    shutil.copy2(REPO / "pyproject.toml", src)
+    result["berkeleydb"] = root.run("python3", "-c", "import berkeleydb", check=False).stderr
+    run = root.run("sh", "-c", "cd /tmp/src && PYTHONPATH=/tmp/src python3 -m pytest -q -p no:cacheprovider "
+                   "-p tests.fixtures.bsddb3_alias tests/test_maps.py", check=False)
+    result["pytest"] = {"status": run.returncode, "output": run.stdout[-6000:] + run.stderr[-3000:]}
+
+
+SCENARIOS = {"lifecycle": lifecycle, "drac": drac, "bsddb3": bsddb3}
 
 
 def driver(name: str, packages: str, out: Path) -> int:
