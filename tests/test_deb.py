@@ -118,13 +118,15 @@ def test_dracd_replaces_debian_drac(packages: dict[str, Any], tmp_path: Path) ->
     assert sorted(data["map_keys"]) == sorted([DRAC_ENTRY, CALLERS["127.0.0.2"][0]]), data["map_keys"]
 
 
-def test_map_tests_pass_on_debian_bsddb3(packages: dict[str, Any], tmp_path: Path) -> None:
+def test_map_tests_on_debian_bsddb3_and_dracd_on_debian_uvloop(packages: dict[str, Any], tmp_path: Path) -> None:
     """dracd.maps.berkeley falls back to Debian's bsddb3 (no berkeleydb in Debian); the map tests
-    pass on it as on berkeleydb in the venv."""
+    pass on it as on berkeleydb in the venv. And bookworm's uvloop serves (event_loop: uvloop)."""
     data = run_driver(__file__, ["bsddb3", *scenario_args(packages)], tmp_path, timeout=600)
     assert "No module named 'berkeleydb'" in data["berkeleydb"], data["berkeleydb"]
     assert data["pytest"]["status"] == 0, data["pytest"]["output"]
     assert " passed" in data["pytest"]["output"], data["pytest"]["output"]
+    assert "event loop: uvloop" in data["log"], data["log"]
+    assert data["uvloop_add"].endswith(": added"), f"{data['uvloop_add']} (uvloop {data['uvloop_version']})"
 
 
 # --- the driver, run inside the namespaces -------------------------------------------------------
@@ -274,7 +276,7 @@ def bsddb3(packages: dict[str, Any], scratch: Path, result: dict[str, Any]) -> N
     server = [Path(p) for p in packages["current"] if Path(p).name.split("_")[0] in ("dracd", "python3-dracclient")]
     root.copy_in(server, "/tmp/dist/deb")
     root.out("sh", "-c", "cd /tmp && apt-get install -y -q ./dist/deb/*.deb python3-pytest "
-             "python3-pytest-timeout db5.3-util")
+             "python3-pytest-timeout db5.3-util python3-uvloop")
     src = root.file("/tmp/src")
     shutil.copytree(REPO / "tests", src / "tests", ignore=shutil.ignore_patterns("__pycache__", "build"))
     shutil.copy2(REPO / "pyproject.toml", src)
@@ -282,6 +284,13 @@ def bsddb3(packages: dict[str, Any], scratch: Path, result: dict[str, Any]) -> N
     run = root.run("sh", "-c", "cd /tmp/src && PYTHONPATH=/tmp/src python3 -m pytest -q -p no:cacheprovider "
                    "-p tests.fixtures.bsddb3_alias tests/test_maps.py", check=False)
     result["pytest"] = {"status": run.returncode, "output": run.stdout[-6000:] + run.stderr[-3000:]}
+    # bookworm's python3-uvloop (0.17; pip's floor is 0.19): dracd serves on it.
+    result["_root"] = root
+    root.file("/tmp/uvloop.yaml").write_text("event_loop: uvloop\nrpcbind: false\nlisten: [127.0.0.1]\n"
+                                              "admin_socket: /run/dracd/dracd.sock\n")
+    root.start_dracd(["/usr/sbin/dracd", "-c", "/tmp/uvloop.yaml"])
+    result["uvloop_add"] = root.out("dracctl", "-S", "/run/dracd/dracd.sock", "add", "192.0.2.7").strip()
+    result["uvloop_version"] = root.out("dpkg-query", "-W", "-f", "${Version}", "python3-uvloop")
 
 
 SCENARIOS = {"lifecycle": lifecycle, "drac": drac, "bsddb3": bsddb3}
