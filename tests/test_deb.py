@@ -66,12 +66,18 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "base": str(base)}
 
 
-def scenario_args(packages: dict[str, Any]) -> list[str]:
-    return [json.dumps(packages)]
+def run_scenario(name: str, packages: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """One scenario in fresh namespaces; its result. Its roots' changes (a few hundred MB
+    each) are deleted once it succeeded, and kept under ``tmp_path`` to look at when not."""
+    data = run_driver(__file__, [name, json.dumps(packages)], tmp_path, timeout=900)
+    for layers in tmp_path.iterdir():
+        if (layers / "upper").is_dir():
+            shutil.rmtree(layers, ignore_errors=True)
+    return data
 
 
 def test_install_client_upgrade_remove_purge(packages: dict[str, Any], tmp_path: Path) -> None:
-    data = run_driver(__file__, ["lifecycle", *scenario_args(packages)], tmp_path, timeout=900)
+    data = run_scenario("lifecycle", packages, tmp_path)
     log = data["log"]
     # 1. install
     assert data["installed"] == ["dracd", "dracd-logwatch", "libdrac-dev", "libdrac1", "python3-dracclient"], data
@@ -105,7 +111,7 @@ def test_install_client_upgrade_remove_purge(packages: dict[str, Any], tmp_path:
 
 
 def test_dracd_replaces_debian_drac(packages: dict[str, Any], tmp_path: Path) -> None:
-    data = run_driver(__file__, ["drac", *scenario_args(packages)], tmp_path, timeout=900)
+    data = run_scenario("drac", packages, tmp_path)
     log = data["log"]
     assert data["drac_state"] == "rc", f"drac must be removed with its conffiles kept: {data['drac_state']}"
     assert data["rpc_dracd_owner"] == "dracd: /usr/sbin/rpc.dracd", data["rpc_dracd_owner"]
@@ -121,7 +127,7 @@ def test_dracd_replaces_debian_drac(packages: dict[str, Any], tmp_path: Path) ->
 def test_map_tests_on_debian_bsddb3_and_dracd_on_debian_uvloop(packages: dict[str, Any], tmp_path: Path) -> None:
     """dracd.maps.berkeley falls back to Debian's bsddb3 (no berkeleydb in Debian); the map tests
     pass on it as on berkeleydb in the venv. And bookworm's uvloop serves (event_loop: uvloop)."""
-    data = run_driver(__file__, ["bsddb3", *scenario_args(packages)], tmp_path, timeout=600)
+    data = run_scenario("bsddb3", packages, tmp_path)
     assert "No module named 'berkeleydb'" in data["berkeleydb"], data["berkeleydb"]
     assert data["pytest"]["status"] == 0, data["pytest"]["output"]
     assert " passed" in data["pytest"]["output"], data["pytest"]["output"]
