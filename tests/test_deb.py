@@ -20,6 +20,12 @@ overlays of that root, driven by this file run as a script:
   edited by the admin, a map and hosts.allow/hosts.deny rules for dracd written; then
   dracd installed over it: drac removed (its conffile kept), the allow file unchanged
   and used, the map reloaded, hosts.deny honoured.
+* bsddb3, on root "bsddb3": tests/test_maps.py on the installed dracd with Debian's
+  python3-bsddb3 and pytest (the venv runs it on PyPI's berkeleydb), and dracd serving
+  on bookworm's python3-uvloop.
+
+The packages are built before the first scenario (~10 s each, two of them) and the base
+root made when missing (debootstrap and downloads, the one step that uses the network).
 """
 
 from __future__ import annotations
