@@ -13,6 +13,11 @@ RUN_APT := make gcc python3-venv python3-dev libdb5.3-dev db5.3-util rpcbind lib
 TEST_APT := rpcsvc-proto libtirpc-dev postfix util-linux mount procps iproute2 libidn12 \
 	m4 libldap-2.5-0 dovecot-core dovecot-pop3d dovecot-imapd libpam0g-dev patch xz-utils \
 	systemd man-db redis-server redis-tools faketime
+# What `make deb` needs to build the Debian packages (debian/) and lint them, and what
+# tests/test_deb.py needs to test them in a debootstrap root.
+DEB_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel \
+	python3-build python3-installer lintian fakeroot dpkg-dev build-essential libtirpc-dev rpcsvc-proto \
+	cpio git debootstrap util-linux mount iproute2
 PYTEST_ARGS ?=
 
 # uv, pinned with its hashes in tools/uv.txt, installs every Python package from
@@ -28,8 +33,8 @@ export BERKELEYDB_DIR := /usr
 SYNC := $(UV) sync --locked --all-packages
 TEST_SYNC := $(SYNC) --all-extras --group test --group lint
 
-.PHONY: install install-man apt-run apt-test venv-run venv-test run test lint lock test-lowest \
-	test-pythons bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean
+.PHONY: install install-man apt-run apt-test apt-deb venv-run venv-test run test lint lock test-lowest \
+	test-pythons bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean deb deb-test
 
 # What dracd needs to run, nothing more: no test peer, no test tool.
 install: venv-run install-man
@@ -46,6 +51,9 @@ apt-run:
 
 apt-test: apt-run
 	@tools/apt-install --test-peers $(TEST_APT)
+
+apt-deb:
+	@tools/apt-install $(DEB_APT)
 
 $(UV): tools/uv.txt | apt-run
 	rm -rf $(UV_HOME)
@@ -85,8 +93,20 @@ run: install check-rpcbind
 	exec $(BIN)/dracd -c etc/dracd.yaml
 
 # pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
-test: venv-test check-rpcbind lint
+# tests/test_deb.py is part of it (apt-deb: its tools), as `make deb-test` runs it alone.
+test: venv-test apt-deb check-rpcbind lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The Debian packages (dracd, python3-dracclient, dracd-logwatch, libdrac1, libdrac-dev) into
+# dist/deb/, built with dpkg-buildpackage in a copy of the tree (.cache/deb-build/), and lintian.
+deb: apt-deb
+	tools/build-deb dist/deb
+
+# Those packages installed, upgraded, removed and purged in clean Debian 12 roots made with
+# debootstrap from this host's apt sources (cached in .cache/debroot/), and Debian's drac
+# replaced by them (tests/test_deb.py; it builds its own copies of the packages).
+deb-test: venv-test apt-deb
+	$(BIN)/python -m pytest tests/test_deb.py $(PYTEST_ARGS)
 
 lint: venv-test
 	$(BIN)/ruff check dracd client logwatch tests bench fuzz setup.py
@@ -159,4 +179,4 @@ soak: venv-test check-rpcbind
 	DRACD_CRASH_ROUNDS=200 $(BIN)/python -m pytest -q -s tests/test_crash.py
 
 clean:
-	rm -rf $(VENV) var build tests/c/build .cache
+	rm -rf $(VENV) var build tests/c/build .cache dist/deb

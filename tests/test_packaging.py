@@ -58,7 +58,19 @@ def test_the_version_is_written_in_one_place() -> None:
     result = subprocess.run(["git", "grep", "-l", "-P", pattern], cwd=REPO, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) - {"uv.lock", "CHANGELOG.md"} == {"client/dracclient/__init__.py"}
+    # The Debian changelog and NEWS name versions as CHANGELOG.md does (debian/rules and the test
+    # below keep the changelog's top entry equal to the line), and the symbols file the version
+    # each libdrac symbol first appeared in.
+    history = {"uv.lock", "CHANGELOG.md", "debian/changelog", "debian/NEWS.Debian", "debian/libdrac1.symbols"}
+    assert set(result.stdout.split()) - history == {"client/dracclient/__init__.py"}
+
+
+def test_the_debian_changelog_is_at_this_version() -> None:
+    """`make deb` refuses a changelog whose newest entry is not this version (debian/rules)."""
+    top = (REPO / "debian" / "changelog").read_text().splitlines()[0]
+    match = re.fullmatch(r"dracd \(([^()]+)-(\d+)\) \S+; urgency=\w+", top)
+    assert match is not None, top
+    assert match.group(1) == VERSION, f"debian/changelog is at {match.group(1)}, the version line says {VERSION}"
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)

@@ -56,7 +56,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from berkeleydb import db
+try:
+    from berkeleydb import db
+except ImportError:  # Debian's python3-bsddb3: the same module under its old name
+    from bsddb3 import db
 
 from ...keys import HOSTS4, KeyStyle, code_entry, parse_key_code, parse_value
 from ...ratelog import RateLimitedLog
