@@ -29,7 +29,7 @@ SYNC := $(UV) sync --locked --all-packages
 TEST_SYNC := $(SYNC) --all-extras --group test --group lint
 
 .PHONY: install install-man apt-run apt-test venv-run venv-test run test lint lock test-lowest \
-	test-pythons bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean
+	test-pythons mutate bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean
 
 # What dracd needs to run, nothing more: no test peer, no test tool.
 install: venv-run install-man
@@ -113,6 +113,13 @@ test-pythons: $(UV) apt-test
 		UV_PROJECT_ENVIRONMENT=$$env UV_PYTHON=$$py $(TEST_SYNC) -q || exit 1; \
 		$$env/bin/python -m pytest -q -m unit -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
 	done
+
+# Mutation testing of the pure core (tools/mutate.py), not part of `make test`: every mutant
+# against its module's unit tests, 2 at a time; survivors must be killed or listed in
+# tools/equivalent_mutants.txt. Report: bench/results/mutate-*.json. MUTATE_ARGS=dracd/keys.py ...
+MUTATE_ARGS ?=
+mutate: venv-test
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 # Benchmark suite (issue 7), not part of `make test`: the full matrix with 3 repetitions
 # (well under an hour), or `make bench-quick` (< 1 min). Results: bench/results/*.json.
