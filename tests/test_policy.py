@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from dracd.relay.policy import default_allow_list, load_allow, load_allow_file, parse_allow_line
+from dracd.relay.policy import NetRule, load_allow, load_allow_file, parse_allow_line
+from tests.fixtures.tools import which
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -61,11 +64,40 @@ def test_bad_line_is_reported_naming_file_and_line_and_allows_nobody(tmp_path: P
     assert not allow.permits(ip("0.0.7.209"))
 
 
+def interface_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The host's addresses as iproute2 lists them: a source independent of dracd's (psutil)."""
+    ip_tool = which("ip")
+    assert ip_tool is not None, "ip (iproute2) is needed to list this host's addresses"
+    listing = json.loads(subprocess.run([ip_tool, "-j", "address", "show"], capture_output=True, text=True,
+                                        check=True, timeout=10).stdout)
+    return {ipaddress.ip_address(info["local"]) for link in listing for info in link.get("addr_info", [])}
+
+
 def test_default_when_absent_is_loopback_and_own_addresses() -> None:
+    """Exactly one host rule per address: 127.0.0.1, ::1 and every interface address."""
+    own = interface_addresses()
+    assert ip("127.0.0.1") in own and any(address not in (ip("127.0.0.1"), ip("::1")) for address in own), (
+        f"this host has no address but loopback ({own}): the test could not tell own addresses from none")
     allow = load_allow(None)
-    assert allow.permits(ip("127.0.0.1")) and allow.permits(ip("::1"))
-    assert not allow.permits(ip("127.0.0.2")) and not allow.permits(ip("192.0.2.1"))
-    assert default_allow_list().rules == allow.rules
+    for address in own | {ip("127.0.0.1"), ip("::1")}:
+        assert allow.permits(address), address
+        bits = address.max_prefixlen
+        neighbour = ipaddress.ip_address(int(address) ^ 1) if address.version == 4 else ipaddress.IPv6Address(
+            int(address) ^ 1)
+        assert neighbour in own or not allow.permits(neighbour), f"{neighbour}: a host rule, not a /{bits - 1}"
+    assert not allow.permits(ip("127.0.0.2")) and not allow.permits(ip("198.51.100.1"))
+    assert {rule.network for rule in allow.rules if isinstance(rule, NetRule)} == {
+        ipaddress.ip_network(address) for address in own | {ip("127.0.0.1"), ip("::1")}}
+    assert len(allow.rules) == len(own | {ip("127.0.0.1"), ip("::1")}) and not allow.problems
+
+
+@pytest.mark.parametrize(("line", "inside"), [("192.0.2.5/24", "192.0.2.5"), ("2001:db8::5/64", "2001:db8::1")])
+def test_cidr_line_with_host_bits_set_matches_nobody_and_says_so(tmp_path: Path, line: str, inside: str) -> None:
+    path = write(tmp_path, f"{line}\n")
+    allow = load_allow_file(path)
+    assert not allow.permits(ip(inside)) and not allow.permits(ip(line.split("/")[0]))
+    assert len(allow.problems) == 1 and "bits outside the /" in allow.problems[0]
+    assert allow.problems[0].startswith(f"{path}, line 1: ")
 
 
 def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:

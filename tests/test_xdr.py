@@ -59,7 +59,14 @@ def test_packer_encodings_are_big_endian_words() -> None:
 def test_packer_chains_and_starts_empty() -> None:
     assert Packer().bytes() == b""
     packer = Packer()
-    assert packer.uint(1) is packer
+    for add in (packer.uint, packer.int, packer.uhyper, packer.bool):
+        assert add(1) is packer
+
+
+def test_packer_hyper_and_bool_encodings() -> None:
+    """Literal bytes: a bool is the word 0 or 1 (RFC 4506 section 4.4), never another non-zero."""
+    assert Packer().uhyper(0x0102030405060708).bytes() == bytes.fromhex("0102030405060708")
+    assert Packer().bool(True).bool(False).bytes() == bytes.fromhex("00000001" "00000000")
 
 
 @pytest.mark.parametrize("value", [-1, 1 << 32])
@@ -69,6 +76,18 @@ def test_packer_uint_rejects_out_of_range(value: int) -> None:
 
 
 # --- Unpacker: values -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("word", "expected"), [("00000000", False), ("00000001", True)])
+def test_unpacker_bool_reads_0_and_1(word: str, expected: bool) -> None:
+    assert Unpacker(bytes.fromhex(word)).bool() is expected
+
+
+@pytest.mark.parametrize("word", ["00000002", "80000000", "ffffffff"])
+def test_unpacker_bool_rejects_any_other_word(word: str) -> None:
+    """A hostile 2 must not decode as False (or True): it is no XDR bool."""
+    with pytest.raises(XdrError, match="neither 0 nor 1"):
+        Unpacker(bytes.fromhex(word)).bool()
 
 
 def test_unpacker_reads_what_packer_wrote() -> None:
