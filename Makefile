@@ -71,7 +71,9 @@ lock: $(UV)
 	rm tools/uv.txt.new
 
 check-rpcbind: apt-run
-	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; sleep 0.5; }
+	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; }
+	@for i in $$(seq 100); do rpcinfo -p >/dev/null 2>&1 && exit 0; sleep 0.1; done; \
+		echo "rpcbind does not answer rpcinfo -p within 10 s"; exit 1
 
 run: install check-rpcbind
 	@mkdir -p var
@@ -84,9 +86,20 @@ run: install check-rpcbind
 	@echo "Stop with Ctrl-C."
 	exec $(BIN)/dracd -c etc/dracd.yaml
 
-# pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
+# Two passes: every test not marked serial on TEST_WORKERS processes (pytest-xdist; one file
+# stays on one worker, so a file's module fixtures are built once), then the serial ones alone.
+# pytest exits 5 when it collected nothing: one pass may (PYTEST_ARGS chose only serial tests,
+# or none), both must not. TEST_WORKERS=0: everything in one process, in file order.
+TEST_WORKERS ?= 2
 test: venv-test check-rpcbind lint
+ifeq ($(TEST_WORKERS),0)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+else
+	@status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || status=$$?; \
+	serial=0; $(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || serial=$$?; \
+	if [ $$status$$serial = 55 ]; then echo "no tests collected"; exit 5; fi; \
+	for s in $$status $$serial; do case $$s in 0|5) ;; *) exit $$s;; esac; done
+endif
 
 lint: venv-test
 	$(BIN)/ruff check dracd client logwatch tests bench fuzz setup.py
