@@ -17,6 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dracclient.drac import (
+    DRACPROC_ADD,
+    DRACPROC_NULL,
+    DRACPROG,
+    DRACVERS,
+    DRACVERS6,
     AddStat,
     decode_add_v1,
     decode_add_v2,
@@ -253,6 +258,24 @@ def test_v2_word_range_edges(word: str, byte: int) -> None:
 def test_v2_argument_wrong_length(length: int) -> None:
     with pytest.raises(XdrError):
         decode_add_v2(bytes(length))
+
+
+def test_trailing_bytes_after_an_add_argument_are_refused_unless_asked_to_ignore_them() -> None:
+    """A libtirpc server (legacy rpc.dracd) ignores them: ``trailing=True`` does too."""
+    v1, v2 = bytes.fromhex("c0000207") + b"\0\0\0\0", encode_add_args(ipaddress.IPv6Address("2001:db8::7")) + bytes(4)
+    for decode, args in ((decode_add_v1, v1), (decode_add_v2, v2)):
+        with pytest.raises(XdrError, match="trailing"):
+            decode(args)
+    assert decode_add_v1(v1, trailing=True) == ipaddress.IPv4Address("192.0.2.7")
+    assert decode_add_v2(v2, trailing=True) == ipaddress.IPv6Address("2001:db8::7")
+
+
+def test_program_numbers_and_result_codes_are_drac_x_s() -> None:
+    """docs/drac.x, as literals: what every DRAC client and server on the wire agrees on."""
+    assert (DRACPROG, DRACVERS, DRACVERS6, DRACPROC_NULL, DRACPROC_ADD) == (900101, 1, 2, 0, 1)
+    assert [(stat.name, stat.value) for stat in AddStat] == [
+        ("ADD_SUCCESS", 0), ("ADD_PERM", 1), ("ADD_SYSERR", 2), ("ADD_UNKOWN", 3)]
+    assert encode_addstat(AddStat.ADD_SYSERR) == bytes.fromhex("00000002")
 
 
 def test_addstat_round_trip_and_unknowns() -> None:
