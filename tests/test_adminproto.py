@@ -148,3 +148,34 @@ def test_status_holds_4096_counters_and_strings_of_4096_bytes_and_no_more() -> N
     for name_length, text_length in ((4097, 1), (1, 4097)):
         with pytest.raises(XdrError, match="4097 bytes exceeds limit 4096"):
             ap.decode_status3_res(status_bytes(1, name_length=name_length, text_length=text_length))
+
+
+def test_fixed_encodings_as_literal_words() -> None:
+    def words(*values: int) -> bytes:
+        return b"".join(v.to_bytes(4, "big") for v in values)
+
+    v4, net6 = ipaddress.IPv4Address("192.0.2.7"), ipaddress.IPv6Network("2001:db8::/48")
+    assert ap.encode_target(v4) == words(4, 0xC0000207, 32)
+    assert ap.encode_target(net6) == words(16, 0x20010DB8, 0, 0, 0, 48)
+    assert ap.encode_add3(v4, 3600) == words(4, 0xC0000207, 32, 3600)
+    assert ap.encode_adminstat(ap.AdminStat.ADMIN_INVAL) == words(3)
+    assert ap.encode_get3_res(ap.AdminStat.ADMIN_NOTFOUND) == words(1, 0, 0)
+    assert ap.encode_get3_res(ap.AdminStat.ADMIN_OK, 0x1_0000_0002) == words(0, 1, 2)
+    assert ap.encode_list3_args(0x1_0000_0002, 3, 4) == words(1, 2, 3, 4)
+    assert ap.encode_flush3_res(ap.AdminStat.ADMIN_OK, 9) == words(0, 9)
+
+
+@pytest.mark.parametrize(("decode", "data"), [
+    (ap.decode_target, ap.encode_target(ipaddress.IPv4Address("192.0.2.7"))),
+    (ap.decode_add3, ap.encode_add3(ipaddress.IPv4Address("192.0.2.7"), 3600)),
+    (ap.decode_adminstat, ap.encode_adminstat(ap.AdminStat.ADMIN_OK)),
+    (ap.decode_get3_res, ap.encode_get3_res(ap.AdminStat.ADMIN_OK, 5)),
+    (ap.decode_list3_args, ap.encode_list3_args(1, 2, 3)),
+    (ap.decode_flush3_res, ap.encode_flush3_res(ap.AdminStat.ADMIN_OK, 2)),
+    (ap.decode_list3_res, ap.encode_list3_res(ap.ListPage(ap.AdminStat.ADMIN_OK, 1, 0, [], False))),
+])
+def test_every_decoder_refuses_trailing_bytes(decode: object, data: bytes) -> None:
+    assert callable(decode)
+    decode(data)
+    with pytest.raises(XdrError, match="4 trailing bytes"):
+        decode(data + bytes(4))

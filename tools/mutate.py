@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import ctypes
 import json
 import os
 import select
@@ -200,6 +201,8 @@ def make_copy(base: Path) -> Path:
 def _child(copy: Path, path: str, source: str, tests: list[str], log: Path) -> None:
     """In the forked child: write the mutant, run the tests, exit with pytest's status
     (or 99 if the module under test was not the copy's)."""
+    # Dies with the parent (an interrupted `make mutate` leaves no test run behind).
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     target = copy / path
     target.write_text(source)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
