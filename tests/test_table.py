@@ -159,14 +159,17 @@ _entries = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "expire", "tick", "clear", "limited"]),
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "expire", "tick", "clear", "limited", "take"]),
                           st.integers(0, len(_entries) - 1), st.integers(0, 5)), max_size=60))
 def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, int]]) -> None:
-    """The compact table (codes, timer wheel, lazy leftovers) against the obvious model."""
+    """The compact table (codes, timer wheel, lazy leftovers) against the obvious model,
+    change log and version included: the version moves on every change and only then."""
     clock = Clock(100)
     table, model = RelayTable(clock), {}
+    changes: dict[Entry, int | None] = {}
     for op, index, amount in ops:
         entry = _entries[index]
+        before, version = dict(model), table.version
         if op == "add":
             assert table.add(entry, amount) == clock.now + amount
             model[entry] = clock.now + amount
@@ -177,17 +180,28 @@ def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, in
         elif op == "clear":
             assert table.clear() == len(model)
             model.clear()
+        elif op == "take":
+            assert entries(table.take_changes()) == changes and table.pending_changes() == 0
+            changes.clear()
         else:
             due = {e for e, t in model.items() if t <= clock.now}
             gone = table.expire(limit=1 if op == "limited" else None)
             assert set(gone) <= due and (op == "limited" or set(gone) == due)
+            assert op != "limited" or len(gone) == min(1, len(due))
             for e in gone:
                 del model[e]
+        for e in before.keys() | model.keys():
+            if before.get(e) != model.get(e):
+                changes[e] = model.get(e)
+        assert (table.version > version) == (model != before) and table.version >= version
+        assert table.pending_changes() == len(changes)
         assert len(table) == len(model) and all(table.get(e) == t for e, t in model.items())
+        assert set(table) == set(model) and all(e in table for e in model)
         assert table.next_expiry() == (min(model.values()) if model else None)
         host = ipaddress.ip_address("192.0.2.1")
         covering = [t for e, t in model.items() if e == host or (isinstance(e, ipaddress.IPv4Network) and host in e)]
         assert table.lookup(host) == (max(covering) if covering else None)
+    assert entries(table.take_changes()) == changes
 
 
 def test_pull_in_after_a_step_back_keeps_each_entry_within_now_plus_lifetime() -> None:
@@ -208,3 +222,17 @@ def test_pull_in_after_a_step_back_keeps_each_entry_within_now_plus_lifetime() -
     assert set(entries(table.take_changes())) == {A, B, C}
     clock.now = now + 9 * 3600
     assert set(table.expire()) == {A, B, C}
+
+
+def test_clear_logs_every_removal_and_moves_the_version() -> None:
+    table = RelayTable(Clock(1000))
+    table.set(A, 2000)
+    table.set(ipaddress.ip_network("192.0.2.0/24"), 2001)
+    table.take_changes()
+    version = table.version
+    assert table.clear() == 2
+    assert table.version > version and len(table) == 0 and table.next_expiry() is None
+    assert entries(table.take_changes()) == {A: None, ipaddress.ip_network("192.0.2.0/24"): None}
+    assert table.lookup(ipaddress.ip_address("192.0.2.9")) is None
+    version = table.version
+    assert table.clear() == 0 and table.version == version and table.take_changes() == {}
