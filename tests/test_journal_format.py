@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import zlib
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,93 @@ def test_a_journal_that_is_not_open_takes_no_commit_and_no_switch(tmp_path: Path
     assert not journal.wants_compaction()
     journal.close(clean=True)
     assert not journal.exists()
+
+
+# --- the file format, byte by byte ----------------------------------------------------------
+
+
+def test_journal_file_layout_as_written(tmp_path: Path) -> None:
+    """Header (magic, epoch, CRC of both, then the map slot), 64 KiB preallocated, and a batch
+    (magic "TABJ", epoch, count, CRC) of 26-byte records: code big-endian in 18 bytes, expiry."""
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({code("192.0.2.1"): 1000})
+    journal.commit({code("192.0.2.2"): 2000, code("2001:db8::1"): None})
+    data = journal.paths[0].read_bytes()
+    assert len(data) == 32 + 65536
+    head = b"DRACDJ01" + (1).to_bytes(8, "little")
+    assert data[:32] == head + zlib.crc32(head).to_bytes(4, "little") + bytes(12)
+    records = (code("192.0.2.2").to_bytes(18, "big") + (2000).to_bytes(8, "little", signed=True)
+               + code("2001:db8::1").to_bytes(18, "big") + (-1).to_bytes(8, "little", signed=True))
+    crc = zlib.crc32(records, zlib.crc32((1).to_bytes(4, "little") + (2).to_bytes(4, "little")))
+    batch = b"TABJ" + (1).to_bytes(4, "little") + (2).to_bytes(4, "little") + crc.to_bytes(4, "little")
+    assert data[32:32 + 16 + 52] == batch + records
+    assert not data[32 + 16 + 52:].strip(b"\0")
+    other = journal.paths[1].read_bytes()  # the spare file: a header of epoch 0, nothing more
+    spare = b"DRACDJ01" + bytes(8)
+    assert other == spare + zlib.crc32(spare).to_bytes(4, "little") + bytes(12)
+
+
+def test_state_file_layout_as_written(tmp_path: Path) -> None:
+    """Magic, covered epoch, counts; IPv4 hosts as two arrays (codes, expiries); other
+    entries as records; a CRC of everything before it."""
+    journal = Journal(tmp_path / "dracd.db")
+    net = code("198.51.100.0/24")
+    journal.write_state({code("192.0.2.1"): 1000, net: 3000, code("192.0.2.2"): 2000}, 7)
+    data = journal.state_path.read_bytes()
+    body = (b"DRACDST1" + (7).to_bytes(8, "little") + (2).to_bytes(8, "little") + (1).to_bytes(8, "little")
+            + (0xC0000201).to_bytes(4, "little") + (0xC0000202).to_bytes(4, "little")
+            + (1000).to_bytes(8, "little") + (2000).to_bytes(8, "little")
+            + net.to_bytes(18, "big") + (3000).to_bytes(8, "little"))
+    assert data == body + zlib.crc32(body).to_bytes(4, "little")
+    assert Journal(tmp_path / "dracd.db")._read_state() == (7, {code("192.0.2.1"): 1000, net: 3000,
+                                                                code("192.0.2.2"): 2000})
+
+
+@pytest.mark.parametrize("damage", ["trailing byte", "short by one", "count too high", "magic"])
+def test_a_state_file_that_is_not_exactly_as_written_is_refused(tmp_path: Path, damage: str) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.write_state({code("192.0.2.1"): 1000, code("2001:db8::1"): 2000}, 3)
+    data = bytearray(journal.state_path.read_bytes())
+    if damage == "trailing byte":
+        data += b"\0"
+    elif damage == "short by one":
+        del data[-1]
+    elif damage == "count too high":
+        data[16] += 1
+    else:
+        data[0] ^= 0x20
+    journal.state_path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="not a dracd state file or is truncated|damaged"):
+        Journal(tmp_path / "dracd.db").recover()
+
+
+def test_the_smallest_state_file(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.write_state({}, 0)
+    assert journal.state_path.stat().st_size == 32 + 4
+    assert Journal(tmp_path / "dracd.db").recover() == {}
+    journal.state_path.write_bytes(journal.state_path.read_bytes()[:35])
+    with pytest.raises(JournalError, match="truncated"):
+        Journal(tmp_path / "dracd.db").recover()
+
+
+# --- compaction threshold ------------------------------------------------------------------
+
+
+def test_compaction_is_wanted_past_16_mib_or_four_times_the_state(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({})
+    assert not journal.wants_compaction()
+    journal._offset = 16 * 1024 * 1024
+    assert not journal.wants_compaction()
+    journal._offset += 1
+    assert journal.wants_compaction()
+    # A big state: four times its size is the threshold.
+    journal.write_state({code(f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}"): 1000 for n in range(1, 400_001)}, 0)
+    state_bytes = 32 + 400_000 * 12
+    journal._offset = 4 * state_bytes
+    assert not journal.wants_compaction()
+    journal._offset += 1
+    assert journal.wants_compaction()
+    journal.close()
+    assert not journal.wants_compaction()
