@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import json
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dracd.relay.policy import NetRule, load_allow, load_allow_file, parse_allow_line
+from dracd.relay.policy import NetRule, inet_addr, load_allow, load_allow_file, parse_allow_line
 from tests.fixtures.tools import which
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -103,3 +108,81 @@ def test_cidr_line_with_host_bits_set_matches_nobody_and_says_so(tmp_path: Path,
 def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_allow(tmp_path / "missing.allow")
+
+
+# --- DRAC's inet_addr(), against glibc's own ---------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_libc.inet_addr.argtypes = [ctypes.c_char_p]
+_libc.inet_addr.restype = ctypes.c_uint32
+
+
+def glibc_inet_addr(text: str) -> int:
+    """glibc's inet_addr(), in host order: INADDR_NONE (255.255.255.255) for a failure, as
+    for "255.255.255.255" itself; DRAC could not tell them apart, and neither can a rule."""
+    return int(socket.ntohl(_libc.inet_addr(text.encode())))
+
+
+def as_drac_read(text: str) -> int:
+    value = inet_addr(text)
+    return 0xFFFFFFFF if value is None else value
+
+
+INET_ADDR_EDGES = [
+    "0", "1", "4294967294", "4294967295", "4294967296", "255.16777215", "255.16777216", "256.1", "1.65535",
+    "1.2.65535", "1.2.65536", "1.2.3.255", "1.2.3.256", "255.255.255.255", "255.255.255.254", "1.2.3.4.5",
+    "1..2", ".1", "1.", "", "010", "08", "0377.0377.0377.0376", "0400.1", "00", "0.0.0.0", "192.168.010.1",
+    "10.1", "10.0.1", "127.1", "1.2.3", "9.9.9.9", "07777777777", "037777777777", "040000000000",
+]
+
+
+@pytest.mark.parametrize("text", INET_ADDR_EDGES)
+def test_inet_addr_reads_as_glibc_does(text: str) -> None:
+    assert as_drac_read(text) == glibc_inet_addr(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789.", max_size=16))
+def test_inet_addr_reads_any_digits_and_dots_as_glibc_does(text: str) -> None:
+    assert as_drac_read(text) == glibc_inet_addr(text)
+
+
+@pytest.mark.parametrize(("line", "permitted", "refused"), [
+    ("255.255.255.0 192.0.2.0", ["192.0.2.0", "192.0.2.255"], ["192.0.3.0", "192.0.1.255"]),
+    ("255.255.255.255 192.0.2.7 trailing words", ["192.0.2.7"], ["192.0.2.6", "192.0.2.8"]),
+    ("0.0.0.0 0.0.0.0", ["192.0.2.7", "255.255.255.255", "0.0.0.1"], ["2001:db8::1"]),
+    ("255.255.255.0\t192.0.2.0", ["192.0.2.9"], ["192.0.3.9"]),
+    ("255.255.255.0 192.0.2.0;x", ["192.0.2.9"], ["192.0.3.9"]),
+    ("255.0 10.1", [], ["10.0.0.1", "10.0.0.2"]),  # 255.0.0.0 and 10.0.0.1: bits outside the mask, nobody
+    ("192.0.2.0/24 # a comment", ["192.0.2.0", "192.0.2.255"], ["192.0.3.0"]),
+    ("  192.0.2.0/24", ["192.0.2.1"], ["192.0.3.1"]),
+    ("2001:db8::/32", ["2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"], ["2001:db9::", "2001:db7::"]),
+    ("0.0.0.0/0", ["192.0.2.1", "::ffff:192.0.2.1"], ["2001:db8::1"]),
+])
+def test_allow_lines_at_their_edges(tmp_path: Path, line: str, permitted: list[str], refused: list[str]) -> None:
+    allow = load_allow_file(write(tmp_path, line + "\n"))
+    for address in permitted:
+        assert allow.permits(ip(address)), (line, address)
+    for address in refused:
+        assert not allow.permits(ip(address)), (line, address)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("255.255.255.0 192.0.2.77", "bits outside mask 255.255.255.0"),
+    ("255.255.255.0 192.0.2.0 x", None),
+    ("255.255.255.0 192.0.2.0", None),
+    ("255.255.255.0 192.0.02.0", "'192.0.02.0' reads as 192.0.2.0"),
+    ("999.1.1.1 192.0.2.0", "mask '999.1.1.1' is not an address"),
+    ("255.255.255.255 999.1.1.1", "address '999.1.1.1' is not an address"),
+    ("999.1.1.1 192.0.2.1", "so the line allows 192.0.2.1 alone"),
+    ("192.0.2.0/24 extra", "'extra' after the network is ignored"),
+    ("192.0.2.0/24", None),
+    (" 255.255.255.0 192.0.2.0", "skipped: it starts with a blank"),
+    ("# 255.255.255.0 192.0.2.0", None),
+])
+def test_each_line_s_problem_is_named(tmp_path: Path, line: str, problem: str | None) -> None:
+    allow = load_allow_file(write(tmp_path, line + "\n"))
+    if problem is None:
+        assert allow.problems == ()
+    else:
+        assert len(allow.problems) == 1 and problem in allow.problems[0], allow.problems
