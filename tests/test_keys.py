@@ -117,6 +117,14 @@ def test_parse_key_code_filters_broadcast_multicast_and_wildcard_at_their_edges(
         assert valid_code(code) and code_entry(code) == ipaddress.IPv4Address(code)
 
 
+@pytest.mark.parametrize(("network", "keys"), [
+    ("2a02::/48", ["2a02:0:0", "2a02:"]), ("2001:db8::/48", ["2001:db8:0", "2001:db8:"]),
+    ("2001:db8::/64", ["2001:db8:0:0", "2001:db8:"]), ("2001:db8:1::/64", ["2001:db8:1:0", "2001:db8:1:"]),
+    ("2001:db8:1:2::/64", ["2001:db8:1:2"]), ("2001:db8:1:2:3:4:5::/112", ["2001:db8:1:2:3:4:5"])])
+def test_postfix_network_keys_literally(network: str, keys: list[str]) -> None:
+    assert postfix_network_keys(ipaddress.IPv6Network(network)) == keys
+
+
 @pytest.mark.parametrize(("key", "network"), [
     (b"192.0.255", "192.0.255.0/24"), (b"255", "255.0.0.0/8"), (b"10.255", "10.255.0.0/16"),
     (b"2001:db8:ffff", "2001:db8:ffff::/48"), (b"ipv6:2001:db8:ffff", "2001:db8:ffff::/48")])
@@ -230,7 +238,8 @@ def sample_hosts(network: ipaddress.IPv6Network, rng: random.Random) -> list[ipa
 
 
 @pytest.mark.parametrize("text", ["2001:db8:1:2::/64", "2001:db8::/64", "2001:db8:5::/64", "2001:db8::/48",
-                                  "2001:db8:1::/48", "2001:db8:1:2:3::/80", "2001:0:0:5::/64", "2a02:1234:5600::/64"])
+                                  "2001:db8:1::/48", "2001:db8:1:2:3::/80", "2001:0:0:5::/64", "2a02:1234:5600::/64",
+                                  "2a02::/48", "2a02::/64", "2001:db8:1:2:3:4:5::/112"])
 def test_postfix_network_keys_match_hosts_inside_and_never_outside(text: str) -> None:
     network = ipaddress.IPv6Network(text)
     keys = set(postfix_network_keys(network))
