@@ -56,7 +56,7 @@ TESTS: dict[str, list[str]] = {
     "client/dracclient/drac.py": ["tests/test_xdr.py", "tests/test_rpc_codec.py", "tests/test_keys.py"],
     "client/dracclient/rpc.py": ["tests/test_rpc_codec.py"],
     "client/dracclient/adminproto.py": ["tests/test_adminproto.py"],
-    "client/dracclient/checks.py": ["tests/test_config.py"],
+    "client/dracclient/checks.py": ["tests/test_checks.py", "tests/test_config.py"],
     "dracd/keys.py": ["tests/test_keys.py", "tests/test_table.py"],
     "dracd/relay/policy.py": ["tests/test_policy.py"],
     "dracd/relay/table.py": ["tests/test_table.py"],
