@@ -266,5 +266,9 @@ def test_ipv4_networks_match_by_partial_lookup() -> None:
 
 def test_nested_networks_that_share_a_key_are_siblings() -> None:
     assert key_siblings(ipaddress.IPv6Network("2001:db8::/64")) == [ipaddress.IPv6Network("2001:db8::/48")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8::/48")) == [ipaddress.IPv6Network("2001:db8::/64")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1::/64")) == [ipaddress.IPv6Network("2001:db8:1::/80")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1::/80")) == [ipaddress.IPv6Network("2001:db8:1::/64")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1:2::/64")) == []  # one key, its own
     assert key_siblings(N64) == []
     assert key_siblings(N24) == []

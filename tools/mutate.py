@@ -57,7 +57,7 @@ TESTS: dict[str, list[str]] = {
     "client/dracclient/rpc.py": ["tests/test_rpc_codec.py"],
     "client/dracclient/adminproto.py": ["tests/test_adminproto.py"],
     "client/dracclient/checks.py": ["tests/test_checks.py", "tests/test_config.py"],
-    "dracd/keys.py": ["tests/test_keys.py", "tests/test_table.py"],
+    "dracd/keys.py": ["tests/test_keys.py", "tests/test_table.py", "tests/test_journal_format.py"],
     "dracd/relay/policy.py": ["tests/test_policy.py"],
     "dracd/relay/table.py": ["tests/test_table.py"],
     "dracd/server/netstring.py": ["tests/test_netstring.py"],
