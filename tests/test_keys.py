@@ -153,6 +153,13 @@ def test_entry_codes_of_networks_and_their_parts() -> None:
     assert covering_code(ipaddress.ip_address("2001:db8::99"), 6, 48) == entry_code(net6)
     for code in (entry_code(net4), entry_code(net6), 0xC0000201):
         assert code_entry(code) in (net4, net6, ipaddress.ip_address("192.0.2.1")) and valid_code(code)
+    # code_entry() inverts entry_code() for every prefix, /0 included (no entry, but a code all the same).
+    for text in ("0.0.0.0/0", "::/0", "128.0.0.0/1", "8000::/1", "0.0.0.0", "::", "255.255.255.255/32"):
+        entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+        assert code_entry(entry_code(entry)) == entry
+        assert code_network(entry_code(entry)) == (
+            (entry.version, entry.prefixlen) if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network)
+            else None)
 
 
 @pytest.mark.parametrize("code", [
