@@ -166,7 +166,43 @@ def test_entry_codes_of_networks_and_their_parts() -> None:
     0, 0xE0000000, 0xEFFFFFFF, 0xFFFFFFFF, 1 << 32, -1, 130 << 129 | 1 << 128, 0xC0000200 | 33 << 129,
     0xC0000201 | 25 << 129, 0x20010DB8 << 96 | 1 << 128 | 57 << 129, 0x0A000000 | 9 << 129 | 1 << 128])
 def test_valid_code_refuses_what_no_add_makes(code: int) -> None:
-    assert not valid_code(code), hex(code)
+    assert valid_code(code) is False, hex(code)
+
+
+@pytest.mark.parametrize("text", ["192.0.2.1", "2001:db8::1", "192.0.2.0/24", "2001:db8:1::/48", "10.0.0.0/8",
+                                  "2001:db8:1:2:3:4:5::/112"])
+def test_valid_code_takes_what_an_add_makes(text: str) -> None:
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert valid_code(entry_code(entry)) is True
+
+
+@pytest.mark.parametrize("text", ["::ffff:192.0.2.1", "ff02::1", "::", "192.0.2.0/23", "2001:db8::/56",
+                                  "224.0.0.0/8"])
+def test_valid_code_refuses_entries_no_add_makes(text: str) -> None:
+    """A v4-mapped address is stored as its IPv4 form; the rest may never become keys."""
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert valid_code(entry_code(entry)) is False
+
+
+STYLES = [KeyStyle(), KeyStyle(nul=True), KeyStyle(cidr=True), KeyStyle(nul=True, cidr=True),
+          KeyStyle(ipv6=Ipv6Keys.SENDMAIL), KeyStyle(ipv6=Ipv6Keys.BOTH, nul=True)]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("text", ["192.0.2.7", "0.0.0.1", "255.255.255.254", "2001:db8::7", "192.0.2.0/24",
+                                  "2001:db8::/48"])
+def test_code_keys_are_the_keys_of_the_entry(style: KeyStyle, text: str) -> None:
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert style.code_keys(entry_code(entry)) == style.keys(entry)
+
+
+def test_code_keys_of_ipv4_hosts_literally() -> None:
+    assert KeyStyle().code_keys(0xC0000207) == [b"192.0.2.7"]
+    assert KeyStyle(nul=True).code_keys(0xC0000207) == [b"192.0.2.7\0"]
+    assert KeyStyle(cidr=True).code_keys(0xC0000207) == [b"192.0.2.7/32"]
+    assert KeyStyle(nul=True, cidr=True).code_keys(0x01020304) == [b"1.2.3.4/32\0"]
+    assert KeyStyle().code_keys(entry_code(ipaddress.ip_network("10.20.0.0/16"))) == [b"10.20"]
+    assert KeyStyle().code_keys(entry_code(ipaddress.ip_network("10.0.0.0/8"))) == [b"10"]
 
 
 def test_canonical_and_relayable() -> None:
