@@ -172,9 +172,12 @@ def test_compaction_is_wanted_past_16_mib_or_four_times_the_state(tmp_path: Path
     assert not journal.wants_compaction()
     journal._offset += 1
     assert journal.wants_compaction()
-    # A big state: four times its size is the threshold.
-    journal.write_state({code(f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}"): 1000 for n in range(1, 400_001)}, 0)
-    state_bytes = 32 + 400_000 * 12
+    # The state's size is what write_state() wrote (header, 12 bytes a host, 26 a record)...
+    journal.write_state({code("192.0.2.1"): 1000, code("192.0.2.2"): 1000, code("2001:db8::1"): 1000}, 0)
+    assert journal._state_bytes == 32 + 2 * 12 + 26
+    # ... and past 4 MiB of state, four times its size is the threshold (a state that big
+    # is 350k entries: set here rather than written).
+    state_bytes = journal._state_bytes = 5_000_000
     journal._offset = 4 * state_bytes
     assert not journal.wants_compaction()
     journal._offset += 1
