@@ -191,8 +191,8 @@ def make_copy(base: Path) -> Path:
                             check=True, capture_output=True).stdout.decode().split("\0")
     base.mkdir(parents=True)
     for name in listed:
-        if name and (ROOT / name).is_file() and name.split("/")[0] in ("dracd", "client", "logwatch", "tests",
-                                                                       "pyproject.toml"):
+        if name and (ROOT / name).is_file() and name.split("/")[0] in ("dracd", "client", "logwatch", "tests", "etc",
+                                                                       "docs", "contrib", "pyproject.toml"):
             (base / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, base / name)
     return base
@@ -278,8 +278,9 @@ def run_module(path: str, slots: list[Slot], only: set[str] | None, verbose: boo
         time.sleep(0.02)
     baseline = time.monotonic() - slots[0].started
     if status != 0:
-        raise SystemExit(f"mutate: {path}: the tests fail on the unmutated tree (status {status}); "
-                         f"see {slots[0].log}:\n{slots[0].log.read_text()[-3000:]}")
+        print(f"mutate: {path}: the tests fail on the unmutated tree (status {status}):\n"
+              f"{slots[0].log.read_text()[-3000:]}", flush=True)
+        return {"tests": tests, "baseline_failed": status, "mutants": {}}
     timeout = max(10.0, 5 * baseline)
     todo = [m for m in mutants(path) if only is None or m.id in only]
     results: dict[str, str] = {}
@@ -353,7 +354,7 @@ def main() -> int:
             unexplained = [i for i in survived if i not in known]
             stale = [i for i in known if i.startswith(module + ":") and outcomes.get(i) not in (None, "survived")]
             total = len(outcomes)
-            share = 100.0 * len(unexplained) / total if total else 0.0
+            share = 100.0 * len(unexplained) / total if total else 100.0
             result.update(killed=sum(o == "killed" for o in outcomes.values()),
                           timeout=sum(o == "timeout" for o in outcomes.values()),
                           survived=len(survived), equivalent=equivalent, unexplained=unexplained,
