@@ -83,6 +83,15 @@ def test_packer_uint_rejects_out_of_range(value: int) -> None:
 # --- Unpacker: values -------------------------------------------------------
 
 
+def test_unpacker_uhyper_reads_eight_bytes_big_endian() -> None:
+    reader = Unpacker(bytes.fromhex("0102030405060708" "ffffffffffffffff" "00"))
+    assert reader.uhyper() == 0x0102030405060708
+    assert reader.uhyper() == 0xFFFFFFFFFFFFFFFF
+    assert reader.pos == 16 and reader.remaining() == 1
+    with pytest.raises(XdrError, match="need 8 bytes at offset 0, 7 left"):
+        Unpacker(bytes(7)).uhyper()
+
+
 @pytest.mark.parametrize(("word", "expected"), [("00000000", False), ("00000001", True)])
 def test_unpacker_bool_reads_0_and_1(word: str, expected: bool) -> None:
     assert Unpacker(bytes.fromhex(word)).bool() is expected
