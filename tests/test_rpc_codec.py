@@ -255,6 +255,14 @@ def test_peek_xid() -> None:
     assert peek_xid(b"\x12\x34\x56") is None
 
 
+@pytest.mark.parametrize("mtype", [0, 2])
+def test_decode_reply_refuses_what_is_not_a_reply_even_if_the_rest_would_read(mtype: int) -> None:
+    """A call's words after the type (here: an accepted, empty SUCCESS) make no reply."""
+    with pytest.raises(RpcError, match="^not a reply message$"):
+        decode_reply(words(7, mtype, 0, 0, 0, 0))
+    assert decode_reply(words(7, 1, 0, 0, 0, 0)).accept_stat is AcceptStat.SUCCESS
+
+
 def test_prog_mismatch_without_versions_encodes_zeros() -> None:
     assert encode_accepted(9, AcceptStat.PROG_MISMATCH) == words(9, 1, 0, 0, 0, 2, 0, 0)
 
