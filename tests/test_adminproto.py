@@ -159,6 +159,8 @@ def test_fixed_encodings_as_literal_words() -> None:
     assert ap.encode_target(net6) == words(16, 0x20010DB8, 0, 0, 0, 48)
     assert ap.encode_add3(v4, 3600) == words(4, 0xC0000207, 32, 3600)
     assert ap.encode_adminstat(ap.AdminStat.ADMIN_INVAL) == words(3)
+    assert ap.decode_adminstat(words(3)) is ap.AdminStat.ADMIN_INVAL
+    assert ap.decode_get3_res(words(1, 0, 0)) == (ap.AdminStat.ADMIN_NOTFOUND, 0)
     assert ap.encode_get3_res(ap.AdminStat.ADMIN_NOTFOUND) == words(1, 0, 0)
     assert ap.encode_get3_res(ap.AdminStat.ADMIN_OK, 0x1_0000_0002) == words(0, 1, 2)
     assert ap.encode_list3_args(0x1_0000_0002, 3, 4) == words(1, 2, 3, 4)
@@ -173,6 +175,7 @@ def test_fixed_encodings_as_literal_words() -> None:
     (ap.decode_list3_args, ap.encode_list3_args(1, 2, 3)),
     (ap.decode_flush3_res, ap.encode_flush3_res(ap.AdminStat.ADMIN_OK, 2)),
     (ap.decode_list3_res, ap.encode_list3_res(ap.ListPage(ap.AdminStat.ADMIN_OK, 1, 0, [], False))),
+    (ap.decode_status3_res, status_bytes(1)),
 ])
 def test_every_decoder_refuses_trailing_bytes(decode: object, data: bytes) -> None:
     assert callable(decode)
