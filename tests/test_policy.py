@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import ipaddress
 import json
+import logging
 import socket
 import subprocess
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dracd.relay.policy import NetRule, inet_addr, load_allow, load_allow_file, parse_allow_line
+from dracclient.rpc import decode_call, encode_call
+from dracd.relay.policy import AdminPolicy, NetRule, inet_addr, load_allow, load_allow_file, parse_allow_line
+from dracd.server.dispatch import CallContext, PeerCred
 from tests.fixtures.tools import which
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -191,3 +194,58 @@ def test_each_line_s_problem_is_named(tmp_path: Path, line: str, problem: str | 
         assert allow.problems == ()
     else:
         assert len(allow.problems) == 1 and problem in allow.problems[0], allow.problems
+
+
+def test_a_line_is_said_to_start_with_a_blank_only_when_it_does(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="starts with a blank"):
+        parse_allow_line(" 255.255.255.0 192.0.2.0")  # the last line of a file, no newline
+    for line in (" example.org", "bogus", "example.org \n", "\t\n x"):
+        with pytest.raises(ValueError, match="^expected 'NETMASK NETADDR'"):
+            parse_allow_line(line)
+
+
+def test_problems_are_logged_unless_quiet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "bogus\n192.0.2.0/24\n")
+    with caplog.at_level(logging.WARNING, logger="dracd.relay.policy"):
+        quiet = load_allow(path, quiet=True)
+        assert not caplog.records
+        loud = load_allow(path)
+    assert quiet.rules == loud.rules and quiet.problems == loud.problems and len(loud.problems) == 1
+    assert [r.getMessage() for r in caplog.records] == list(loud.problems)
+    assert loud.permits(ip("192.0.2.9")) and loud.source == str(path)
+
+
+# --- the admin policy ------------------------------------------------------------------
+
+
+def context(transport: str, caller: str | None = None, cred: PeerCred | None = None) -> CallContext:
+    return CallContext(None if caller is None else ip(caller), 0, transport, decode_call(encode_call(1, 2, 3, 4)),
+                       cred)
+
+
+@pytest.mark.parametrize(("cred", "permitted"), [
+    (PeerCred(1, 0, 0), True),  # root
+    (PeerCred(1, 4242, 4242), True),  # dracd's own user
+    (PeerCred(1, 1000, 600), True),  # an admin group as primary group
+    (PeerCred(1, 1000, 1000, frozenset({5, 600})), True),  # or as a supplementary one
+    (PeerCred(1, 1000, 1000, frozenset({5, 6})), False),
+    (PeerCred(1, 1, 1), False),
+    (None, False),  # a UNIX socket that could not say who called
+])
+def test_admin_policy_on_a_unix_socket_goes_by_the_kernel_s_word(cred: PeerCred | None, permitted: bool) -> None:
+    policy = AdminPolicy(groups=frozenset({600}), allow=(ipaddress.ip_network("0.0.0.0/0"),), uid=4242)
+    assert policy.permits(context("unix", cred=cred)) is permitted
+    if cred is not None:  # credentials from a UNIX socket of another transport name count the same
+        assert policy.permits(context("tcp", "192.0.2.1", cred=cred)) is permitted
+
+
+def test_admin_policy_over_the_network_takes_tcp_from_the_admin_allow_list_only() -> None:
+    policy = AdminPolicy(allow=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")),
+                         uid=4242)
+    assert policy.permits(context("tcp", "192.0.2.9")) is True
+    assert policy.permits(context("tcp", "::ffff:192.0.2.9")) is True  # seen as the IPv4 caller it is
+    assert policy.permits(context("tcp", "2001:db8::9")) is True
+    assert policy.permits(context("tcp", "198.51.100.1")) is False
+    assert policy.permits(context("udp", "192.0.2.9")) is False  # a UDP source can be forged
+    assert policy.permits(context("tcp")) is False
+    assert AdminPolicy(uid=4242).permits(context("tcp", "127.0.0.1")) is False  # empty by default
