@@ -142,7 +142,9 @@ def test_load_starts_from_the_map_without_a_change_log() -> None:
     now = [100.0]
     table = RelayTable(clock=lambda: now[0])
     net = ipaddress.ip_network("192.0.2.0/24")
+    version = table.version
     table.load(codes({ipaddress.ip_address("198.51.100.1"): 150, ipaddress.ip_address("198.51.100.2"): 90, net: 120}))
+    assert table.version > version  # a new state, though nothing is to be written
     assert entries(table.take_changes()) == {}
     assert table.lookup(ipaddress.ip_address("192.0.2.9")) == 120
     assert table.expire() == [ipaddress.ip_address("198.51.100.2")]
