@@ -160,8 +160,9 @@ _entries = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
             ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/64")]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "expire", "tick", "clear", "limited", "take"]),
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "expire", "tick", "clear", "limited", "take", "merge",
+                                           "step back"]),
                           st.integers(0, len(_entries) - 1), st.integers(0, 5)), max_size=60))
 def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, int]]) -> None:
     """The compact table (codes, timer wheel, lazy leftovers) against the obvious model,
@@ -185,6 +186,15 @@ def test_the_table_behaves_like_a_dict_with_a_clock(ops: list[tuple[str, int, in
         elif op == "take":
             assert entries(table.take_changes()) == changes and table.pending_changes() == 0
             changes.clear()
+        elif op == "merge":  # a map someone else wrote: set these two entries' expiries
+            merged = {_entries[index]: int(clock.now) + amount, _entries[(index + 1) % len(_entries)]: 150}
+            table.set_codes(codes(merged))
+            model.update(merged)
+        elif op == "step back":  # the clock went back 1..6 s: nothing may be due after now + 3
+            latest = int(clock.now) + 3
+            moved = {e: max(t - amount - 1, latest) for e, t in model.items() if t > latest}
+            assert table.pull_in(latest, amount + 1) == len(moved)
+            model.update(moved)
         else:
             due = {e for e, t in model.items() if t <= clock.now}
             gone = table.expire(limit=1 if op == "limited" else None)
@@ -238,3 +248,74 @@ def test_clear_logs_every_removal_and_moves_the_version() -> None:
     assert table.lookup(ipaddress.ip_address("192.0.2.9")) is None
     version = table.version
     assert table.clear() == 0 and table.version == version and table.take_changes() == {}
+
+
+def test_leftovers_of_refreshed_entries_never_count_as_due() -> None:
+    """The wheel keeps a refreshed entry's old second as a leftover: next_expiry() and
+    expire() must skip it, however the expiry is cut in pieces."""
+    table = RelayTable(Clock(0))
+    table.set(A, 10)
+    table.set(C, 10)
+    table.set(B, 10)
+    table.set(A, 20)  # leftover at 10
+    assert table.next_expiry() == 10
+    assert table.expire(10, limit=1) != [] and table.next_expiry() == 10  # one of B, C left at 10
+    assert len(table.expire(10, limit=1)) == 1
+    assert table.next_expiry() == 20 and table.expire(15) == []
+    table.set_codes(codes({A: 30, C: 30}))
+    assert table.next_expiry() == 30 and table.expire(20) == [] and len(table) == 2
+    assert table.pull_in(25, 100) == 2 and table.next_expiry() == 25
+    assert set(table.expire(25)) == {A, C} and table.next_expiry() is None and len(table) == 0
+
+
+def test_set_codes_changes_only_what_differs() -> None:
+    table = RelayTable(Clock(0))
+    net = ipaddress.ip_network("192.0.2.0/24")
+    table.set(A, 10)
+    table.take_changes()
+    version = table.version
+    table.set_codes(codes({A: 10}))
+    assert table.version == version and table.take_changes() == {}
+    table.set_codes(codes({A: 11, net: 12}))
+    assert table.version > version and entries(table.take_changes()) == {A: 11, net: 12}
+    assert table.lookup(ipaddress.ip_address("192.0.2.200")) == 12
+    version = table.version
+    assert table.pull_in(100, 5) == 0 and table.version == version
+
+
+def test_many_refreshes_through_every_path_keep_the_table_exact() -> None:
+    """Past the compaction threshold (leftovers > 2 x entries + 1024) via set, set_codes and
+    pull_in: the table still holds exactly what it was told."""
+    clock = Clock(0)
+    table = RelayTable(clock)
+    hosts = [ipaddress.IPv4Address(0x0A000000 + n) for n in range(50)]
+    for step in range(1, 60):
+        for host in hosts:
+            table.set(host, 1000 + step)
+        table.set_codes(codes({host: 2000 + step for host in hosts}))
+        table.pull_in(1500 + step, 10)
+    # Each round: 1000 + step, then 2000 + step, then pulled in by 10 (not below 1500 + step).
+    assert table.next_expiry() == 2049 and all(table.get(host) == 2049 for host in hosts)
+    assert table._slots <= 2 * len(table) + 1024 + 2 * len(hosts)
+    assert table.expire(2048) == [] and set(table.expire(2049)) == set(hosts) and len(table) == 0
+
+
+def test_pull_in_moves_an_entry_once_though_the_wheel_holds_it_twice() -> None:
+    """Set to 150, refreshed to 100, set to 150 again (a merged map): 150's list holds the
+    code twice. A step back moved it twice and said 2 (found by the model test above)."""
+    table = RelayTable(Clock(100))
+    table.set_codes(codes({A: 150}))
+    table.add(A, 0)
+    table.set_codes(codes({A: 150}))
+    assert table.pull_in(103, 1) == 1 and table.get(A) == 149
+    assert table.expire(148) == [] and table.expire(149) == [A] and table.next_expiry() is None
+
+
+def test_pull_in_moves_each_entry_by_one_step_only() -> None:
+    """Moved from 150 to 149, where it had been before (so 149 is in the wheel and due after
+    ``latest`` too): it was moved again, to 148 (found by the model test above)."""
+    table = RelayTable(Clock(100))
+    table.set_codes(codes({A: 150}))
+    assert table.pull_in(103, 1) == 1 and table.get(A) == 149
+    table.set_codes(codes({A: 150}))
+    assert table.pull_in(103, 1) == 1 and table.get(A) == 149
