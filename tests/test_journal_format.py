@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import zlib
 from pathlib import Path
 
@@ -184,3 +185,36 @@ def test_compaction_is_wanted_past_16_mib_or_four_times_the_state(tmp_path: Path
     assert journal.wants_compaction()
     journal.close()
     assert not journal.wants_compaction()
+
+
+# --- recovery's edges --------------------------------------------------------------------------
+
+
+def test_recovery_of_nothing_is_an_empty_table(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    assert journal.recover() == {} and journal.epoch == 0
+    assert journal.holds_last_written_map() is False  # no map, nothing recorded
+
+
+def test_an_expiry_of_0_is_an_expiry_not_a_deletion(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({})
+    journal.commit({code("192.0.2.1"): 0, code("192.0.2.2"): 5})
+    journal.commit({code("192.0.2.2"): None})
+    assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 0}
+
+
+def test_records_no_add_could_make_are_dropped_and_counted(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({})
+    journal.commit({code("192.0.2.1"): 1000})
+    with caplog.at_level(logging.WARNING, logger="dracd.publish.journal"):
+        assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000}
+        assert not caplog.records
+        # A CRC-correct batch of what no ADD makes: multicast, broadcast, a /23.
+        journal.commit({0xE0000001: 1000, 0xFFFFFFFF: 1000, code("192.0.2.2"): 1000,
+                        entry_code(ipaddress.ip_network("192.0.2.0/24")) - (1 << 129): 1000})
+        assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000, code("192.0.2.2"): 1000}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: ignored 3 records that are no relayable entry"]
