@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -218,3 +220,38 @@ def test_records_no_add_could_make_are_dropped_and_counted(tmp_path: Path,
         assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000, code("192.0.2.2"): 1000}
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path}: ignored 3 records that are no relayable entry"]
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_files_are_private_and_no_descriptor_is_left_behind(tmp_path: Path) -> None:
+    map_path = tmp_path / "dracd.db"
+    map_path.write_bytes(b"map")
+    journal = Journal(map_path)
+    before = open_descriptors()
+    journal.start({code("192.0.2.1"): 1000})
+    held = open_descriptors()
+    for path in (journal.state_path, *journal.paths):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    st = map_path.stat()
+    journal.note_map((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    journal.commit({code("192.0.2.2"): 1000})
+    journal.start({code("192.0.2.1"): 1000, code("192.0.2.2"): 1000})  # a new generation: the old one let go
+    assert open_descriptors() == held
+    journal.close(clean=True)
+    assert open_descriptors() == before
+
+
+def test_a_map_noted_before_start_is_the_one_start_records(tmp_path: Path) -> None:
+    map_path = tmp_path / "dracd.db"
+    map_path.write_bytes(b"map")
+    st = map_path.stat()
+    journal = Journal(map_path)
+    journal.note_map((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))  # no journal file yet
+    journal.start({})
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert recovered.holds_last_written_map() is True
+    journal.close(clean=True)
