@@ -255,3 +255,64 @@ def test_a_map_noted_before_start_is_the_one_start_records(tmp_path: Path) -> No
     recovered.recover()
     assert recovered.holds_last_written_map() is True
     journal.close(clean=True)
+
+
+# --- failures are JournalErrors ---------------------------------------------------------------
+
+
+def test_every_write_that_fails_is_a_journal_error(tmp_path: Path) -> None:
+    missing = Journal(tmp_path / "gone" / "dracd.db")
+    with pytest.raises(JournalError, match="cannot write .*state"):
+        missing.write_state({code("192.0.2.1"): 1000}, 0)
+    with pytest.raises(JournalError, match="cannot write"):
+        missing.start({})
+    assert not missing.active
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({})
+    journal.paths[0].unlink()
+    with pytest.raises(JournalError, match=r"cannot write .*journal\.0"):
+        journal.commit({code("192.0.2.1"): 1000})
+    journal.paths[1].unlink()
+    with pytest.raises(JournalError, match=r"cannot write .*journal\.1"):
+        journal.switch()
+    journal.state_path.unlink()
+    journal.state_path.mkdir()  # unreadable as a file
+    with pytest.raises(JournalError, match="cannot read"):
+        Journal(tmp_path / "dracd.db").recover()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("cut", [0, 1, 19, 20, 31])
+def test_a_header_shorter_than_32_bytes_is_no_header(cut: int) -> None:
+    """20 bytes of magic, epoch and CRC, then the 12-byte map slot."""
+    from dracd.publish.journal import _header, parse_header
+
+    head = _header(5)
+    assert len(head) == 32 and parse_header(head) == (5, None) and parse_header(head + b"x") == (5, None)
+    assert parse_header(head[:cut]) is None
+
+
+def test_a_header_with_a_bad_magic_or_crc_is_no_header() -> None:
+    from dracd.publish.journal import _header, _map_slot, parse_header
+
+    good = _header(7)
+    for at in (0, 8, 16):  # magic, epoch (its CRC no longer fits), CRC
+        bad = bytearray(good)
+        bad[at] ^= 1
+        assert parse_header(bytes(bad)) is None
+    slot = _map_slot(b"12345678")
+    assert parse_header(_header(7, slot)) == (7, b"12345678")
+    damaged = bytearray(_header(7, slot))
+    damaged[20] ^= 1  # the digest no longer matches its CRC
+    assert parse_header(bytes(damaged)) == (7, None)
+
+
+def test_a_batch_that_ends_exactly_at_the_end_of_the_file_is_read(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    journal.start({})
+    journal.commit({code("192.0.2.1"): 1000})
+    path = journal.paths[0]
+    path.write_bytes(path.read_bytes()[:32 + 16 + 26])  # no zeros after it
+    assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000}
+    path.write_bytes(path.read_bytes()[:32 + 16 + 25])  # torn by one byte
+    assert Journal(tmp_path / "dracd.db").recover() == {}
