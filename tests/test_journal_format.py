@@ -279,7 +279,10 @@ def test_every_write_that_fails_is_a_journal_error(tmp_path: Path) -> None:
     journal.state_path.mkdir()  # unreadable as a file
     with pytest.raises(JournalError, match="cannot read"):
         Journal(tmp_path / "dracd.db").recover()
-    assert not list(tmp_path.glob("*.tmp"))
+    (journal.state_path / "x").touch()  # a rename over a non-empty directory fails
+    with pytest.raises(JournalError, match="cannot write"):
+        journal.write_state({code("192.0.2.1"): 1000}, 0)
+    assert not list(tmp_path.glob(".*.tmp")), "the temporary state was left behind"
 
 
 @pytest.mark.parametrize("cut", [0, 1, 19, 20, 31])
