@@ -238,6 +238,7 @@ def test_files_are_private_and_no_descriptor_is_left_behind(tmp_path: Path) -> N
     st = map_path.stat()
     journal.note_map((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     journal.commit({code("192.0.2.2"): 1000})
+    journal.write_state({code("192.0.2.1"): 1000, code("192.0.2.2"): 1000}, journal.switch())
     journal.start({code("192.0.2.1"): 1000, code("192.0.2.2"): 1000})  # a new generation: the old one let go
     assert open_descriptors() == held
     journal.close(clean=True)
@@ -267,6 +268,13 @@ def test_every_write_that_fails_is_a_journal_error(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="cannot write"):
         missing.start({})
     assert not missing.active
+    blocked = Journal(tmp_path / "blocked" / "dracd.db")
+    blocked.paths[1].parent.mkdir()
+    blocked.paths[1].mkdir()  # the second journal file cannot be created
+    before = open_descriptors()
+    with pytest.raises(JournalError, match=r"cannot write .*journal\.0"):
+        blocked.start({})
+    assert not blocked.active and open_descriptors() == before
     journal = Journal(tmp_path / "dracd.db")
     journal.start({})
     journal.paths[0].unlink()
