@@ -327,3 +327,11 @@ def test_a_batch_that_ends_exactly_at_the_end_of_the_file_is_read(tmp_path: Path
     assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000}
     path.write_bytes(path.read_bytes()[:32 + 16 + 25])  # torn by one byte
     assert Journal(tmp_path / "dracd.db").recover() == {}
+
+
+def test_a_temporary_state_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "dracd.db")
+    stale = journal.state_path.with_name(journal.state_path.name + ".tmp")
+    stale.write_bytes(b"half a state")
+    journal.write_state({code("192.0.2.1"): 1000}, 0)
+    assert not stale.exists() and Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000}
