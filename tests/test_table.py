@@ -319,3 +319,12 @@ def test_pull_in_moves_each_entry_by_one_step_only() -> None:
     assert table.pull_in(103, 1) == 1 and table.get(A) == 149
     table.set_codes(codes({A: 150}))
     assert table.pull_in(103, 1) == 1 and table.get(A) == 149
+
+
+def test_codes_is_the_table_itself_and_copy_codes_a_copy() -> None:
+    table = RelayTable(Clock(0))
+    table.set(A, 5)
+    held, copied = table.codes(), table.copy_codes()
+    assert entries(dict(held)) == {A: 5} == entries(copied)
+    table.set(C, 6)
+    assert entries(dict(held)) == {A: 5, C: 6} and entries(copied) == {A: 5}
