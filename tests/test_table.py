@@ -289,15 +289,22 @@ def test_many_refreshes_through_every_path_keep_the_table_exact() -> None:
     clock = Clock(0)
     table = RelayTable(clock)
     hosts = [ipaddress.IPv4Address(0x0A000000 + n) for n in range(50)]
+    net = ipaddress.ip_network("192.0.2.0/24")
+    bystanders = {A: 900, B: 901, net: 902}  # set once, before every compaction; never pulled in
+    for entry, expiry in bystanders.items():
+        table.set(entry, expiry)
     for step in range(1, 60):
         for host in hosts:
             table.set(host, 1000 + step)
         table.set_codes(codes({host: 2000 + step for host in hosts}))
         table.pull_in(1500 + step, 10)
     # Each round: 1000 + step, then 2000 + step, then pulled in by 10 (not below 1500 + step).
-    assert table.next_expiry() == 2049 and all(table.get(host) == 2049 for host in hosts)
+    assert all(table.get(host) == 2049 for host in hosts)
+    assert all(table.get(entry) == expiry for entry, expiry in bystanders.items())
+    assert table.lookup(ipaddress.ip_address("192.0.2.77")) == 902 and table.next_expiry() == 900
     assert table._slots <= 2 * len(table) + 1024 + 2 * len(hosts)
-    assert table.expire(2048) == [] and set(table.expire(2049)) == set(hosts) and len(table) == 0
+    assert set(table.expire(2048)) == set(bystanders) and table.next_expiry() == 2049
+    assert set(table.expire(2049)) == set(hosts) and len(table) == 0
 
 
 def test_pull_in_moves_an_entry_once_though_the_wheel_holds_it_twice() -> None:
@@ -328,3 +335,14 @@ def test_codes_is_the_table_itself_and_copy_codes_a_copy() -> None:
     assert entries(dict(held)) == {A: 5} == entries(copied)
     table.set(C, 6)
     assert entries(dict(held)) == {A: 5, C: 6} and entries(copied) == {A: 5}
+
+
+def test_a_network_s_prefix_is_tried_while_any_network_of_that_length_remains() -> None:
+    table = RelayTable(Clock(0))
+    one, two = ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("198.51.100.0/24")
+    table.set(one, 10)
+    table.set(two, 20)
+    assert table.remove(one)
+    assert table.lookup(ipaddress.ip_address("198.51.100.7")) == 20
+    table.set(one, 30)
+    assert table.expire(25) == [two] and table.lookup(ipaddress.ip_address("192.0.2.7")) == 30
