@@ -34,7 +34,7 @@ SYNC := $(UV) sync --locked --all-packages
 TEST_SYNC := $(SYNC) --all-extras --group test --group lint
 
 .PHONY: install install-man apt-run apt-test apt-deb venv-run venv-test run test lint lock test-lowest \
-	test-pythons bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean deb deb-test
+	test-pythons mutate bench bench-quick bench-dovecot bench-ceiling profile soak fuzz check-rpcbind clean deb deb-test
 
 # What dracd needs to run, nothing more: no test peer, no test tool.
 install: venv-run install-man
@@ -79,7 +79,9 @@ lock: $(UV)
 	rm tools/uv.txt.new
 
 check-rpcbind: apt-run
-	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; sleep 0.5; }
+	@pgrep -x rpcbind >/dev/null || { echo "starting rpcbind"; rpcbind -w; }
+	@for i in $$(seq 100); do rpcinfo -p >/dev/null 2>&1 && exit 0; sleep 0.1; done; \
+		echo "rpcbind does not answer rpcinfo -p within 10 s"; exit 1
 
 run: install check-rpcbind
 	@mkdir -p var
@@ -92,10 +94,21 @@ run: install check-rpcbind
 	@echo "Stop with Ctrl-C."
 	exec $(BIN)/dracd -c etc/dracd.yaml
 
-# pytest exits 5 when it collected nothing: that must fail, so it is not special-cased.
+# Two passes: every test not marked serial on TEST_WORKERS processes (pytest-xdist; one file
+# stays on one worker, so a file's module fixtures are built once), then the serial ones alone.
+# pytest exits 5 when it collected nothing: one pass may (PYTEST_ARGS chose only serial tests,
+# or none), both must not. TEST_WORKERS=0: everything in one process, in file order.
+TEST_WORKERS ?= 2
 # tests/test_deb.py is part of it (apt-deb: its tools), as `make deb-test` runs it alone.
 test: venv-test apt-deb check-rpcbind lint
+ifeq ($(TEST_WORKERS),0)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+else
+	@status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || status=$$?; \
+	serial=0; $(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || serial=$$?; \
+	if [ $$status$$serial = 55 ]; then echo "no tests collected"; exit 5; fi; \
+	for s in $$status $$serial; do case $$s in 0|5) ;; *) exit $$s;; esac; done
+endif
 
 # The Debian packages (dracd, python3-dracclient, dracd-logwatch, libdrac1, libdrac-dev) into
 # dist/deb/, built with dpkg-buildpackage in a copy of the tree (.cache/deb-build/), and lintian.
@@ -133,6 +146,13 @@ test-pythons: $(UV) apt-test
 		UV_PROJECT_ENVIRONMENT=$$env UV_PYTHON=$$py $(TEST_SYNC) -q || exit 1; \
 		$$env/bin/python -m pytest -q -m unit -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
 	done
+
+# Mutation testing of the pure core (tools/mutate.py), not part of `make test`: every mutant
+# against its module's unit tests, 2 at a time; survivors must be killed or listed in
+# tools/equivalent_mutants.txt. Report: bench/results/mutate-*.json. MUTATE_ARGS=dracd/keys.py ...
+MUTATE_ARGS ?=
+mutate: venv-test
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 # Benchmark suite (issue 7), not part of `make test`: the full matrix with 3 repetitions
 # (well under an hour), or `make bench-quick` (< 1 min). Results: bench/results/*.json.

@@ -57,12 +57,6 @@ def entry_network(network: IPNetwork) -> Entry | None:
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def covers(entry: Entry, address: IPAddress) -> bool:
-    if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return entry.version == address.version and address in entry
-    return entry == address
-
-
 def _groups(network: ipaddress.IPv6Network) -> list[str]:
     """The network's whole leading groups, in hex without leading zeros."""
     return [f"{int(group, 16):x}" for group in network.network_address.exploded.split(":")][

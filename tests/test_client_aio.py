@@ -6,6 +6,7 @@ adds run concurrently, and cancellation ends a call at once."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -213,13 +214,19 @@ def test_many_concurrent_adds(server: ServerThread) -> None:
 
 
 def test_cancellation_ends_the_call_at_once(sockets: Sockets) -> None:
-    udp = port_of(sockets("127.0.0.1"))
-    tcp = port_of(sockets("127.0.0.1", kind="tcp-silent"))
+    dead_udp, dead_tcp = sockets("127.0.0.1"), sockets("127.0.0.1", kind="tcp-silent")
+    udp, tcp = port_of(dead_udp), port_of(dead_tcp)
 
     async def main() -> float:
         task = asyncio.create_task(aio.add("192.0.2.7", servers=["127.0.0.1", "127.0.0.1"], port=udp, timeout=5.0))
         other = asyncio.create_task(aio.add("192.0.2.7", port=tcp, transport="tcp", timeout=5.0))
-        await asyncio.sleep(0.3)
+        # Both calls in flight: the datagram has arrived, the connection waits to be accepted.
+        for _ in range(500):
+            if len(select.select([dead_udp, dead_tcp], [], [], 0)[0]) == 2:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the calls did not reach the dead servers within 5 s")
         started = time.monotonic()
         task.cancel()
         other.cancel()

@@ -25,6 +25,7 @@ from tests.fixtures.dovecot import POSTLOGIN, DovecotInstance, Login, run_in_nam
 from tests.fixtures.libdrac import build_libdrac
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread, map_keys, private_prog
+from tests.fixtures.tools import free_port
 
 LIFETIME = 1800
 REPLIES = {"pop3": "+OK Logged in.", "imap": "OK Logged in"}
@@ -119,9 +120,8 @@ def public_dir() -> Iterator[Path]:
 
 
 def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on (tests/fixtures/tools.py: not one another test may pick)."""
+    return free_port()
 
 
 @pytest.mark.parametrize("outage", ["not registered", "port closed", "mute", "dracctl hangs", "no dracctl"])

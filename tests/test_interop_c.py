@@ -85,6 +85,7 @@ def test_unregistered_on_stop(rpcbind: None, make_server: Make, dracadd: Path) -
     assert result.returncode == EXIT_CREATE
 
 
+@pytest.mark.serial  # the system rpcbind's 900101: no other test may hold or expect it meanwhile
 def test_real_program_number_900101(rpcbind: None, make_server: Make, dracadd: Path, tmp_path: Path) -> None:
     """clnt_create(host, 900101, 1, "udp"|"tcp") as legacy clients call it."""
     holders = [m for m in rpcb.dump() if m.prog == DRACPROG]

@@ -32,6 +32,7 @@ def code(text: str) -> int:
     return entry_code(entry)
 
 
+@pytest.mark.unit
 def test_replay_gives_back_every_change(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "dracd.db")
     journal.start({code("192.0.2.1"): 1000, code("192.0.2.2"): 1000})
@@ -43,6 +44,7 @@ def test_replay_gives_back_every_change(tmp_path: Path) -> None:
                          code("198.51.100.0/24"): 2002}
 
 
+@pytest.mark.unit
 def test_a_torn_last_batch_ends_the_replay_there(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "dracd.db")
     journal.start({})
@@ -56,6 +58,7 @@ def test_a_torn_last_batch_ends_the_replay_there(tmp_path: Path) -> None:
     assert Journal(tmp_path / "dracd.db").recover() == {code("192.0.2.1"): 1000}
 
 
+@pytest.mark.unit
 def test_growth_past_the_preallocated_chunk(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "dracd.db")
     journal.start({})
@@ -68,6 +71,7 @@ def test_growth_past_the_preallocated_chunk(tmp_path: Path) -> None:
     assert Journal(tmp_path / "dracd.db").recover() == expected
 
 
+@pytest.mark.unit
 def test_compaction_interrupted_at_each_step_loses_nothing(tmp_path: Path) -> None:
     map_path = tmp_path / "dracd.db"
     journal = Journal(map_path)
@@ -94,6 +98,7 @@ def test_compaction_interrupted_at_each_step_loses_nothing(tmp_path: Path) -> No
         assert Journal(map_path).recover() == table
 
 
+@pytest.mark.unit
 def test_a_reused_file_never_replays_its_stale_batches(tmp_path: Path) -> None:
     map_path = tmp_path / "dracd.db"
     journal = Journal(map_path)
@@ -108,6 +113,7 @@ def test_a_reused_file_never_replays_its_stale_batches(tmp_path: Path) -> None:
     assert Journal(map_path).recover() == state
 
 
+@pytest.mark.unit
 def test_a_damaged_state_is_an_error_not_a_guess(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "dracd.db")
     journal.start({code("192.0.2.1"): 1000, code("2001:db8::1"): 1000})
@@ -121,6 +127,7 @@ def test_a_damaged_state_is_an_error_not_a_guess(tmp_path: Path) -> None:
         Journal(tmp_path / "dracd.db").recover()
 
 
+@pytest.mark.unit
 def test_start_covers_every_older_journal(tmp_path: Path) -> None:
     map_path = tmp_path / "dracd.db"
     journal = Journal(map_path)
@@ -239,6 +246,7 @@ def test_a_journal_that_cannot_be_written_fails_the_add_then_starts_afresh(tmp_p
     assert {code("192.0.2.1"), code("192.0.2.2"), code("192.0.2.3")} <= set(recovered)
 
 
+@pytest.mark.unit
 def test_the_journal_names_the_map_dracd_last_put_in_place(tmp_path: Path) -> None:
     """recover() tells the map dracd last wrote (its inode, size, mtime noted in the
     journal) from a map changed since; a switch carries the note to the new file."""

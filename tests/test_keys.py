@@ -11,13 +11,19 @@ from dracd.keys import (
     Ipv6Keys,
     KeyStyle,
     canonical,
+    code_entry,
+    code_network,
+    covering_code,
+    entry_code,
     entry_network,
     key_siblings,
     parse_key,
+    parse_key_code,
     parse_value,
     postfix_network_keys,
     relayable,
     sendmail_form,
+    valid_code,
 )
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -87,8 +93,116 @@ def test_parse_key_rejects_anything_that_is_not_a_host_or_network_entry(key: byt
 def test_parse_value() -> None:
     assert parse_value(b"1795892048") == 1795892048
     assert parse_value(b"1795892048\0") == 1795892048
-    for bad in (b"", b"12a", b"-1", b"1 ", b"9" * 13):
+    assert parse_value(b"999999999999") == 999_999_999_999  # 12 digits: the longest value read
+    assert parse_value(b"000000000000\0") == 0
+    for bad in (b"", b"12a", b"-1", b"1 ", b"9" * 13, b"1000000000000\0"):
         assert parse_value(bad) is None
+
+
+# The IPv4 edges of the start-up fast path (parse_key_code reads a key without address
+# objects): every one as parse_key reads it, the codes written out.
+FAST_PATH_KEYS = {
+    b"0.0.0.1": 0x00000001, b"0.0.0.0": None, b"223.255.255.255": 0xDFFFFFFF, b"224.0.0.0": None,
+    b"224.0.0.1": None, b"239.255.255.255": None, b"240.0.0.0": 0xF0000000, b"255.255.255.254": 0xFFFFFFFE,
+    b"255.255.255.255": None, b"255.255.255.255\0": None, b"192.0.2.7\0": 0xC0000207, b"192.0.2.07": None,
+}
+
+
+@pytest.mark.parametrize(("key", "code"), FAST_PATH_KEYS.items())
+def test_parse_key_code_filters_broadcast_multicast_and_wildcard_at_their_edges(key: bytes, code: int | None) -> None:
+    assert parse_key_code(key) == code
+    entry = parse_key(key)
+    assert (None if entry is None else entry_code(entry)) == code
+    if code is not None:
+        assert valid_code(code) and code_entry(code) == ipaddress.IPv4Address(code)
+
+
+@pytest.mark.parametrize(("network", "keys"), [
+    ("2a02::/48", ["2a02:0:0", "2a02:"]), ("2001:db8::/48", ["2001:db8:0", "2001:db8:"]),
+    ("2001:db8::/64", ["2001:db8:0:0", "2001:db8:"]), ("2001:db8:1::/64", ["2001:db8:1:0", "2001:db8:1:"]),
+    ("2001:db8:1:2::/64", ["2001:db8:1:2"]), ("2001:db8:1:2:3:4:5::/112", ["2001:db8:1:2:3:4:5"])])
+def test_postfix_network_keys_literally(network: str, keys: list[str]) -> None:
+    assert postfix_network_keys(ipaddress.IPv6Network(network)) == keys
+
+
+@pytest.mark.parametrize(("key", "network"), [
+    (b"192.0.255", "192.0.255.0/24"), (b"255", "255.0.0.0/8"), (b"10.255", "10.255.0.0/16"),
+    (b"2001:db8:ffff", "2001:db8:ffff::/48"), (b"ipv6:2001:db8:ffff", "2001:db8:ffff::/48")])
+def test_partial_keys_up_to_octet_255(key: bytes, network: str) -> None:
+    assert parse_key(key) == ipaddress.ip_network(network)
+    assert parse_key_code(key) == entry_code(ipaddress.ip_network(network))
+
+
+@pytest.mark.parametrize("key", [b"192.0.256", b"256", b"10.2555", b"192.00.2", b"192.0.2.", b"2001:db8:10000",
+                                 b"2001:db8:fffff"])
+def test_partial_keys_past_255_or_misspelt_are_nothing(key: bytes) -> None:
+    assert parse_key(key) is None and parse_key_code(key) is None
+
+
+def test_entry_codes_of_networks_and_their_parts() -> None:
+    """The code layout, with literals: IPv4 hosts are their value, bit 128 marks IPv6, bits 129
+    and up hold a network's prefix length plus one."""
+    net4, net6 = ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/48")
+    assert entry_code(net4) == 0xC0000200 | 25 << 129
+    assert entry_code(net6) == int(net6.network_address) | 1 << 128 | 49 << 129
+    assert entry_code(ipaddress.ip_address("2001:db8::1")) == int(ipaddress.ip_address("2001:db8::1")) | 1 << 128
+    assert code_network(entry_code(net4)) == (4, 24) and code_network(entry_code(net6)) == (6, 48)
+    assert code_network(0xC0000201) is None and code_network(entry_code(ipaddress.ip_address("::2"))) is None
+    assert covering_code(ipaddress.ip_address("192.0.2.99"), 4, 24) == entry_code(net4)
+    assert covering_code(ipaddress.ip_address("192.0.2.99"), 6, 24) is None
+    assert covering_code(ipaddress.ip_address("2001:db8::99"), 6, 48) == entry_code(net6)
+    for code in (entry_code(net4), entry_code(net6), 0xC0000201):
+        assert code_entry(code) in (net4, net6, ipaddress.ip_address("192.0.2.1")) and valid_code(code)
+    # code_entry() inverts entry_code() for every prefix, /0 included (no entry, but a code all the same).
+    for text in ("0.0.0.0/0", "::/0", "128.0.0.0/1", "8000::/1", "0.0.0.0", "::", "255.255.255.255/32"):
+        entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+        assert code_entry(entry_code(entry)) == entry
+        assert code_network(entry_code(entry)) == (
+            (entry.version, entry.prefixlen) if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network)
+            else None)
+
+
+@pytest.mark.parametrize("code", [
+    0, 0xE0000000, 0xEFFFFFFF, 0xFFFFFFFF, 1 << 32, -1, 130 << 129 | 1 << 128, 0xC0000200 | 33 << 129,
+    0xC0000201 | 25 << 129, 0x20010DB8 << 96 | 1 << 128 | 57 << 129, 0x0A000000 | 9 << 129 | 1 << 128])
+def test_valid_code_refuses_what_no_add_makes(code: int) -> None:
+    assert valid_code(code) is False, hex(code)
+
+
+@pytest.mark.parametrize("text", ["192.0.2.1", "2001:db8::1", "192.0.2.0/24", "2001:db8:1::/48", "10.0.0.0/8",
+                                  "2001:db8:1:2:3:4:5::/112"])
+def test_valid_code_takes_what_an_add_makes(text: str) -> None:
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert valid_code(entry_code(entry)) is True
+
+
+@pytest.mark.parametrize("text", ["::ffff:192.0.2.1", "ff02::1", "::", "192.0.2.0/23", "2001:db8::/56",
+                                  "224.0.0.0/8"])
+def test_valid_code_refuses_entries_no_add_makes(text: str) -> None:
+    """A v4-mapped address is stored as its IPv4 form; the rest may never become keys."""
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert valid_code(entry_code(entry)) is False
+
+
+STYLES = [KeyStyle(), KeyStyle(nul=True), KeyStyle(cidr=True), KeyStyle(nul=True, cidr=True),
+          KeyStyle(ipv6=Ipv6Keys.SENDMAIL), KeyStyle(ipv6=Ipv6Keys.BOTH, nul=True)]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("text", ["192.0.2.7", "0.0.0.1", "255.255.255.254", "2001:db8::7", "192.0.2.0/24",
+                                  "2001:db8::/48"])
+def test_code_keys_are_the_keys_of_the_entry(style: KeyStyle, text: str) -> None:
+    entry = ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    assert style.code_keys(entry_code(entry)) == style.keys(entry)
+
+
+def test_code_keys_of_ipv4_hosts_literally() -> None:
+    assert KeyStyle().code_keys(0xC0000207) == [b"192.0.2.7"]
+    assert KeyStyle(nul=True).code_keys(0xC0000207) == [b"192.0.2.7\0"]
+    assert KeyStyle(cidr=True).code_keys(0xC0000207) == [b"192.0.2.7/32"]
+    assert KeyStyle(nul=True, cidr=True).code_keys(0x01020304) == [b"1.2.3.4/32\0"]
+    assert KeyStyle().code_keys(entry_code(ipaddress.ip_network("10.20.0.0/16"))) == [b"10.20"]
+    assert KeyStyle().code_keys(entry_code(ipaddress.ip_network("10.0.0.0/8"))) == [b"10"]
 
 
 def test_canonical_and_relayable() -> None:
@@ -167,7 +281,8 @@ def sample_hosts(network: ipaddress.IPv6Network, rng: random.Random) -> list[ipa
 
 
 @pytest.mark.parametrize("text", ["2001:db8:1:2::/64", "2001:db8::/64", "2001:db8:5::/64", "2001:db8::/48",
-                                  "2001:db8:1::/48", "2001:db8:1:2:3::/80", "2001:0:0:5::/64", "2a02:1234:5600::/64"])
+                                  "2001:db8:1::/48", "2001:db8:1:2:3::/80", "2001:0:0:5::/64", "2a02:1234:5600::/64",
+                                  "2a02::/48", "2a02::/64", "2001:db8:1:2:3:4:5::/112"])
 def test_postfix_network_keys_match_hosts_inside_and_never_outside(text: str) -> None:
     network = ipaddress.IPv6Network(text)
     keys = set(postfix_network_keys(network))
@@ -194,5 +309,9 @@ def test_ipv4_networks_match_by_partial_lookup() -> None:
 
 def test_nested_networks_that_share_a_key_are_siblings() -> None:
     assert key_siblings(ipaddress.IPv6Network("2001:db8::/64")) == [ipaddress.IPv6Network("2001:db8::/48")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8::/48")) == [ipaddress.IPv6Network("2001:db8::/64")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1::/64")) == [ipaddress.IPv6Network("2001:db8:1::/80")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1::/80")) == [ipaddress.IPv6Network("2001:db8:1::/64")]
+    assert key_siblings(ipaddress.IPv6Network("2001:db8:1:2::/64")) == []  # one key, its own
     assert key_siblings(N64) == []
     assert key_siblings(N24) == []

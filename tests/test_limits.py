@@ -16,7 +16,8 @@ from dracclient.drac import DRACPROC_ADD, AddStat, encode_add_args
 from dracclient.record import encode_record
 from dracclient.rpc import encode_call
 from dracd.config import ConfigError, load_config
-from tests.fixtures.server import LOOPS, ServerThread, add_status, map_keys
+from tests.fixtures.server import LOOPS, ServerThread, add_status, map_keys, wait_for
+from tests.fixtures.tools import accept_queue
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -61,7 +62,7 @@ def test_silent_connections_cannot_lock_others_out(make_server: Make, loop: str)
     server = make_server(max_connections=3, event_loop=loop)
     held = [tcp(server) for _ in range(3)]
     try:
-        time.sleep(0.2)  # let the server accept all three
+        assert wait_for(lambda: accept_queue(server.port) == 0, 5.0), "the server did not accept all three"
         # A new client still gets served: the quietest connection makes room.
         assert add_status(server, "192.0.2.3", transport="tcp") == AddStat.ADD_SUCCESS
         assert closed_by_server(held[0], 5) < 2

@@ -22,6 +22,7 @@ dropped, host inserted; tests/vectors/logwatch/capture/convert.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from dracd_logwatch.config import LogwatchConfig, config_from_dict, validate
 from dracd_logwatch.daemon import Watcher
 from dracd_logwatch.target import Target
 from tests.fixtures.dovecot import DovecotInstance
-from tests.fixtures.journald import WRITER, ForwardingJournald, PrivateJournald
+from tests.fixtures.journald import ForwardingJournald, PrivateJournald
 
 #: The process of Dovecot 2.3 that sends its syslog lines (Debian's dovecot-core).
 DOVECOT_LOG = "/usr/lib/dovecot/log"
@@ -195,13 +196,15 @@ def test_a_dovecot_log_file_others_may_write_warns(tmp_path: Path, caplog: pytes
 
 # -- the credential-checking syslog socket -------------------------------------------------------
 
-#: ``python -c SENDER SOCKET DATAGRAM``: one datagram, as syslog(3) sends it, then stay alive a
-#: moment (a daemon does; the receiver reads the sender's /proc/PID/exe).
+#: ``python -c SENDER SOCKET DATAGRAM``: one datagram, as syslog(3) sends it, then "sent" on
+#: stdout, and stay alive until stdin closes (a daemon does; the receiver reads the sender's
+#: /proc/PID/exe): see sending().
 SENDER = r"""
-import socket, sys, time
+import socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.sendto(sys.argv[2].encode(), sys.argv[1])
-time.sleep(1)
+print("sent", flush=True)
+sys.stdin.read()
 """
 
 
@@ -215,9 +218,19 @@ def daemon(short_dir: Path) -> Path:
     return path
 
 
-def send_as_nobody(program: Path, sock: Path, datagram: str) -> None:
-    result = run_as_nobody([str(program), "-c", SENDER, str(sock), datagram])
-    assert result.returncode == 0, result.stderr
+@contextlib.contextmanager
+def sending(program: Path, sock: Path, datagram: str, *, as_nobody: bool = False) -> Iterator[None]:
+    """``program`` (run by nobody if ``as_nobody``) has sent ``datagram`` to ``sock`` when the
+    block starts, and stays alive until it ends: end it once the receiver is known to have
+    read the datagram (it, or a datagram sent after it, had its effect)."""
+    proc = subprocess.Popen([*(NOBODY if as_nobody else []), str(program), "-c", SENDER, str(sock), datagram],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "sent\n", proc.communicate(timeout=30)
+        yield
+    finally:
+        _, stderr = proc.communicate(timeout=30)  # closes stdin: the sender exits
+    assert proc.returncode == 0, stderr
 
 
 def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_dir: Path,
@@ -234,8 +247,8 @@ def test_nobodys_logger_cannot_write_to_the_plain_socket(tmp_path: Path, short_d
             result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
                                                              "--id=4242", "-t", "ipop3d",
                                                              UW_LOGIN.format("203.0.113.12")])
+            # Refused by the kernel at sendto(): no datagram exists that could still arrive.
             assert result.returncode != 0 and "Permission denied" in result.stderr, result
-            await asyncio.sleep(0.2)
         finally:
             await watcher.stop()
 
@@ -269,11 +282,11 @@ def test_credential_checking_socket_takes_only_listed_executables(
                 result = await asyncio.to_thread(run_as_nobody, ["logger", "--socket-errors=on", "-u", str(sock),
                                                                  *args])
                 assert result.returncode == 0, result.stderr  # delivered, and refused by the reader
-            # The listed executable, run by nobody too, with a tag PID that is not its own.
-            await asyncio.to_thread(send_as_nobody, daemon, sock,
-                                    f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.13')}")
-            await until(lambda: target.added == ["192.0.2.13"], "the listed executable's login sent")
-            await asyncio.sleep(0.2)
+            # The listed executable, run by nobody too, with a tag PID that is not its own. Read in
+            # order: once it is sent, the four before it have been read (and refused).
+            with sending(daemon, sock, f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.13')}",
+                         as_nobody=True):
+                await until(lambda: target.added == ["192.0.2.13"], "the listed executable's login sent")
         finally:
             await watcher.stop()
 
@@ -335,13 +348,11 @@ def test_credential_checking_socket_users(tmp_path: Path, short_dir: Path, daemo
         watcher = Watcher(cfg, target=target)
         await watcher.start()
         try:
-            await asyncio.to_thread(send_as_nobody, daemon, sock,
-                                    f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('203.0.113.18')}")
-            result = await asyncio.to_thread(subprocess.run, [str(daemon), "-c", SENDER, str(sock),
-                                             f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.18')}"],
-                                             capture_output=True, timeout=30, check=False)
-            assert result.returncode == 0, result.stderr
-            await until(lambda: target.added == ["192.0.2.18"], "root's login sent")
+            # nobody's datagram, then root's: once root's is sent, nobody's has been read (and refused).
+            with sending(daemon, sock, f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('203.0.113.18')}",
+                         as_nobody=True), \
+                    sending(daemon, sock, f"<22>Dec  6 19:00:00 ipop3d[1]: {UW_LOGIN.format('192.0.2.18')}"):
+                await until(lambda: target.added == ["192.0.2.18"], "root's login sent")
         finally:
             await watcher.stop()
 
@@ -425,12 +436,11 @@ def test_nobodys_logger_through_real_journald_authorizes_nothing(
                     f"MESSAGE={UW_LOGIN.format('203.0.113.22')}\nSYSLOG_IDENTIFIER=ipop3d\nSYSLOG_PID=4242\n"
                     f"_PID=4242\n_EXE={daemon}\n_COMM=ipop3d\n"))
                 # The listed daemon itself, run by nobody (users: [root]).
-                await asyncio.to_thread(subprocess.run, journald.command(
-                    [*NOBODY, daemon, "-c", WRITER, "syslog", "ipop3d", UW_LOGIN.format("203.0.113.23")]),
-                    capture_output=True, timeout=30, check=True)
+                await asyncio.to_thread(journald.write, daemon, "syslog", "ipop3d", UW_LOGIN.format("203.0.113.23"),
+                                        prefix=NOBODY)
+                # Entries are followed in order: once this one is sent, those before it were refused.
                 await asyncio.to_thread(journald.write, daemon, "syslog", "ipop3d", UW_LOGIN.format("192.0.2.20"))
                 await until(lambda: target.added == ["192.0.2.20"], "the listed daemon's login sent")
-                await asyncio.sleep(0.2)
             finally:
                 await watcher.stop()
 
@@ -459,10 +469,10 @@ def test_journald_without_executables_warns_at_start(tmp_path: Path, caplog: pyt
 #: Dovecot 2.3.19.1's datagram, as its log process sends it to /dev/log (no PID; captured from
 #: the Dovecot of tests/fixtures/dovecot.py), sent from a process that stays alive a moment.
 DOVECOT_DATAGRAM = r"""
-import socket, sys, time
+import socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.sendto(b"<22>Dec  6 19:01:26 dovecot: " + sys.argv[1].encode(), "/run/systemd/journal/dev-log")
-time.sleep(0.5)
+sys.stdin.read()
 """
 
 
@@ -475,9 +485,10 @@ def test_journald_relays_dovecots_and_loggers_lines_alike(tmp_path: Path, short_
     says so."""
     with ForwardingJournald(tmp_path / "journald.log") as journald:
         sender = subprocess.Popen(journald.command([sys.executable, "-c", DOVECOT_DATAGRAM,
-                                                    DOVECOT_LOGIN.format("192.0.2.30")]))
-        assert sender.wait(timeout=30) == 0
-        relayed = journald.forwarded()
+                                                    DOVECOT_LOGIN.format("192.0.2.30")]), stdin=subprocess.PIPE)
+        relayed = journald.forwarded()  # journald has read it: the sender may go
+        sender.communicate(timeout=30)
+        assert sender.returncode == 0
         result = subprocess.run(journald.command([*NOBODY, "logger", "--socket-errors=on", "-u",
                                                   "/run/systemd/journal/dev-log", "-p", "mail.info", "-t", "dovecot",
                                                   DOVECOT_LOGIN.format("203.0.113.30")]),

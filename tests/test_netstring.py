@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dracd.server.netstring import MAX_LENGTH, NetstringError, NetstringReader, NetstringTooLong, encode
+from dracd.server.netstring import NetstringError, NetstringReader, NetstringTooLong, encode
 
 # In-process only: `make test-pythons` runs these on every Python here.
 pytestmark = pytest.mark.unit
@@ -17,7 +17,7 @@ def test_encode() -> None:
 
 @pytest.mark.parametrize("piece", [1, 3, 4096])
 def test_pieces(piece: int) -> None:
-    payloads = [b"drac 192.0.2.7", b"", b"x" * MAX_LENGTH, b"drac ipv6:2001:db8:0:0:0:0:0:7"]
+    payloads = [b"drac 192.0.2.7", b"", b"x" * 10000, b"drac ipv6:2001:db8:0:0:0:0:0:7"]
     stream = b"".join(encode(p) for p in payloads)
     reader = NetstringReader()
     out = []
@@ -49,12 +49,14 @@ def test_bad_prefix_detected_before_the_colon() -> None:
         NetstringReader().feed(b"GET ")
 
 
-@pytest.mark.parametrize("data", [b"10001:", b"99999999", b"123456"])
+@pytest.mark.parametrize("data", [b"10001:", b"99999999", b"123456", b"123456:", b"100000:x"])
 def test_too_long(data: bytes) -> None:
     reader = NetstringReader()
     with pytest.raises(NetstringTooLong):
         for byte in data:
             reader.feed(bytes([byte]))
+    with pytest.raises(NetstringTooLong):
+        NetstringReader().feed(data)  # all at once, colon included
 
 
 def test_custom_limit() -> None:
@@ -62,3 +64,21 @@ def test_custom_limit() -> None:
     assert reader.feed(b"5:abcde,") == [b"abcde"]
     with pytest.raises(NetstringTooLong):
         reader.feed(b"6:")
+
+
+def test_the_default_limit_is_postfix_s_10000_bytes() -> None:
+    """socketmap_table(5): 10000, written here as a literal, not taken from the module."""
+    reader = NetstringReader()
+    assert reader.feed(b"10000:" + b"x" * 10000 + b",") == [b"x" * 10000]
+    with pytest.raises(NetstringTooLong, match="10001 bytes exceeds 10000"):
+        reader.feed(b"10001:")
+
+
+def test_a_broken_reader_raises_the_same_error_again_whatever_comes() -> None:
+    reader = NetstringReader()
+    with pytest.raises(NetstringError) as first:
+        reader.feed(b"1:ab,")
+    for more in (b"", b"1:a,", b"x"):
+        with pytest.raises(NetstringError) as again:
+            reader.feed(more)
+        assert again.value is first.value

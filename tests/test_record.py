@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dracclient.record import LAST_FRAGMENT, MAX_FRAGMENT, RecordReader, RecordTooLarge, encode_record
+from dracclient.record import LAST_FRAGMENT, RecordReader, RecordTooLarge, encode_record
 from dracclient.xdr import XdrError
 
 # In-process only: `make test-pythons` runs these on every Python here.
@@ -37,10 +37,16 @@ def test_encode_splits_into_fragments_with_only_the_last_marked() -> None:
     assert encode_record(b"abcdef", fragment_size=3) == mark(3, False) + b"abc" + mark(3, True) + b"def"
 
 
-@pytest.mark.parametrize("size", [0, -1, MAX_FRAGMENT + 1])
-def test_encode_rejects_bad_fragment_size(size: int) -> None:
-    with pytest.raises(ValueError):
-        encode_record(b"x", fragment_size=size)
+@pytest.mark.parametrize("size", [0, -1, 0x8000_0000])
+@pytest.mark.parametrize("data", [b"x", b""])
+def test_encode_rejects_bad_fragment_size(size: int, data: bytes) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        encode_record(data, fragment_size=size)
+
+
+def test_encode_takes_the_extreme_fragment_sizes() -> None:
+    assert encode_record(b"ab", fragment_size=1) == bytes.fromhex("00000001") + b"a" + bytes.fromhex("80000001") + b"b"
+    assert encode_record(b"ab", fragment_size=0x7FFF_FFFF) == bytes.fromhex("80000002") + b"ab"
 
 
 def test_round_trip() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -211,8 +210,11 @@ def test_another_instance_starting_later_gets_the_shared_table(
     client.set("other:192.0.2.51", 9999999999)
     client.set("site1:not-an-address", 9999999999)
     client.set("site1:0.0.0.0", 9999999999)
-    time.sleep(0.3)
-    assert len(map_keys(b.config.map.path)) == 1
+    # A valid key set after them: once B has it, B has seen (and must have ignored) those
+    # before it, as keyspace notifications arrive in order on one connection.
+    client.set("site1:192.0.2.52", 9999999999)
+    assert wait_for(lambda: in_map(b, "192.0.2.52"), 10.0)
+    assert set(map_keys(b.config.map.path)) == {b"192.0.2.50", b"192.0.2.52"}
 
 
 def test_dracd_without_redis_starts_and_catches_up_when_it_appears(

@@ -112,14 +112,50 @@ def test_decode_call_every_truncation_raises_xdr_error() -> None:
 
 
 def test_decode_call_auth_body_limit() -> None:
-    at_limit = encode_call(1, 2, 3, 4, cred=OpaqueAuth(1, b"a" * MAX_AUTH_BYTES))
-    assert len(decode_call(at_limit).cred.body) == MAX_AUTH_BYTES
-    over = encode_call(1, 2, 3, 4, cred=OpaqueAuth(1, b"a" * (MAX_AUTH_BYTES + 4)))
-    with pytest.raises(XdrError, match="exceeds limit"):
-        decode_call(over)
-    over_verf = encode_call(1, 2, 3, 4, verf=OpaqueAuth(1, b"a" * (MAX_AUTH_BYTES + 1)))
-    with pytest.raises(XdrError):
-        decode_call(over_verf)
+    """RFC 5531's opaque_auth body<400>, as a literal: 400 bytes are a call, 401 are not."""
+    assert MAX_AUTH_BYTES == 400
+    for cred, verf in ((OpaqueAuth(1, b"a" * 400), AUTH_NONE), (AUTH_NONE, OpaqueAuth(1, b"v" * 400)),
+                       (OpaqueAuth(1, b"a" * 400), OpaqueAuth(1, b"v" * 400))):
+        call = decode_call(encode_call(1, 2, 3, 4, b"args", cred=cred, verf=verf))
+        assert (call.cred, call.verf, call.args) == (cred, verf, b"args")
+    for cred, verf in ((OpaqueAuth(1, b"a" * 401), AUTH_NONE), (AUTH_NONE, OpaqueAuth(1, b"v" * 401))):
+        with pytest.raises(XdrError, match="exceeds limit 400"):
+            decode_call(encode_call(1, 2, 3, 4, cred=cred, verf=verf))
+
+
+def call_bytes(cred_length: int, verf_length: int, args: bytes) -> bytes:
+    return encode_call(7, 900101, 1, 1, args, cred=OpaqueAuth(1, bytes(i % 255 + 1 for i in range(cred_length))),
+                       verf=OpaqueAuth(2, b"\xff" * verf_length))
+
+
+@pytest.mark.parametrize("cred_length", [0, 1, 2, 3, 4, 255, 256, 399, 400])
+@pytest.mark.parametrize("verf_length", [0, 1, 3, 4, 400])
+@pytest.mark.parametrize("args", [b"", b"\0\0\0\1"])
+def test_the_fast_path_takes_every_well_formed_call_as_the_careful_one_does(
+        cred_length: int, verf_length: int, args: bytes) -> None:
+    """The server's hot path (rpc._fast_call) decodes each well-formed call itself, down to
+    the edges (no arguments, bodies of 0 and 400 bytes), exactly as the field-by-field path."""
+    data = call_bytes(cred_length, verf_length, args)
+    fast = rpc._fast_call(data)
+    assert fast is not None, "a well-formed call left the fast path"
+    assert fast == rpc._careful_call(data) == decode_call(data)
+    assert fast.args == args and len(fast.verf.body) == verf_length
+
+
+@pytest.mark.parametrize(("cred_length", "verf_length", "at"), [(1, 0, 33), (1, 0, 35), (0, 1, 41), (0, 1, 43),
+                                                                (5, 3, 39), (5, 3, 51)])
+def test_non_zero_padding_anywhere_is_refused_by_both_paths(cred_length: int, verf_length: int, at: int) -> None:
+    data = bytearray(call_bytes(cred_length, verf_length, b""))
+    assert data[at] == 0
+    data[at] = 0x80
+    assert rpc._fast_call(bytes(data)) is None
+    with pytest.raises(XdrError, match="padding"):
+        decode_call(bytes(data))
+
+
+def test_a_version_mismatch_says_which_version() -> None:
+    with pytest.raises(RpcVersionMismatch, match=r"^RPC version 3, expected 2$"):
+        decode_call(words(1, 0, 3, 900101, 1, 1, 0, 0, 0, 0))
 
 
 def test_decode_call_rejects_non_zero_auth_padding() -> None:
@@ -215,12 +251,33 @@ def test_rpc_error_hierarchy() -> None:
 
 def test_peek_xid() -> None:
     assert peek_xid(b"\x12\x34\x56\x78rest") == 0x12345678
+    assert peek_xid(b"\x12\x34\x56\x78") == 0x12345678
     assert peek_xid(b"\x12\x34\x56") is None
 
 
+@pytest.mark.parametrize("mtype", [0, 2])
+def test_decode_reply_refuses_what_is_not_a_reply_even_if_the_rest_would_read(mtype: int) -> None:
+    """A call's words after the type (here: an accepted, empty SUCCESS) make no reply."""
+    with pytest.raises(RpcError, match="^not a reply message$"):
+        decode_reply(words(7, mtype, 0, 0, 0, 0))
+    assert decode_reply(words(7, 1, 0, 0, 0, 0)).accept_stat is AcceptStat.SUCCESS
+
+
+def test_prog_mismatch_without_versions_encodes_zeros() -> None:
+    assert encode_accepted(9, AcceptStat.PROG_MISMATCH) == words(9, 1, 0, 0, 0, 2, 0, 0)
+
+
 def test_message_type_values() -> None:
+    """RFC 5531's numbers, as literals."""
     assert (MsgType.CALL, MsgType.REPLY) == (0, 1)
     assert [s.value for s in AcceptStat] == [0, 1, 2, 3, 4, 5]
+    assert [(s.name, s.value) for s in AuthStat] == [
+        ("AUTH_OK", 0), ("AUTH_BADCRED", 1), ("AUTH_REJECTEDCRED", 2), ("AUTH_BADVERF", 3),
+        ("AUTH_REJECTEDVERF", 4), ("AUTH_TOOWEAK", 5), ("AUTH_INVALIDRESP", 6), ("AUTH_FAILED", 7)]
+    assert [(f.name, f.value) for f in AuthFlavor] == [
+        ("AUTH_NONE", 0), ("AUTH_SYS", 1), ("AUTH_SHORT", 2), ("AUTH_DH", 3), ("RPCSEC_GSS", 6)]
+    assert [(s.name, s.value) for s in ReplyStat] == [("MSG_ACCEPTED", 0), ("MSG_DENIED", 1)]
+    assert [(s.name, s.value) for s in RejectStat] == [("RPC_MISMATCH", 0), ("AUTH_ERROR", 1)]
 
 
 @pytest.mark.parametrize(

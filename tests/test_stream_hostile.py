@@ -22,7 +22,7 @@ import pytest
 from dracclient.drac import AddStat
 from tests.fixtures.cclient import private_prog
 from tests.fixtures.process import DracdProcess, add_status
-from tests.fixtures.tools import free_port
+from tests.fixtures.tools import accept_queue, free_port, unix_accept_queue
 
 MAX_CONNECTIONS = 20
 RECORD_TIMEOUT = 2.0
@@ -50,6 +50,18 @@ class Server:
         sock.settimeout(timeout)
         sock.connect(address)
         return sock
+
+    def took_the_burst(self, endpoint: str, timeout: float = 10.0) -> bool:
+        """Wait until the listener of ``endpoint`` has no connection left to accept."""
+        family, address = self.endpoints()[endpoint]
+        deadline = time.monotonic() + timeout
+        while True:
+            left = unix_accept_queue(address) if isinstance(address, str) else accept_queue(address[1])
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
     def answers(self) -> bool:
         """Everybody else is still served: an ADD over UDP and over TCP."""
@@ -155,7 +167,7 @@ def test_the_descriptor_limit_leaves_a_reserve_for_the_map_and_journal(tmp_path:
         try:
             for endpoint in ("rpc", "socketmap", "rpc", "admin", "rpc"):
                 held += burst(server, endpoint, 150)
-                time.sleep(0.5)
+                assert server.took_the_burst(endpoint), f"{endpoint}: the burst is not accepted within 10 s"
                 assert server.answers(), server.process.log()[-2000:]
             assert server.descriptors() <= 128
             assert "open-files limit" in server.process.log()

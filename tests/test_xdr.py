@@ -17,6 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dracclient.drac import (
+    DRACPROC_ADD,
+    DRACPROC_NULL,
+    DRACPROG,
+    DRACVERS,
+    DRACVERS6,
     AddStat,
     decode_add_v1,
     decode_add_v2,
@@ -59,7 +64,14 @@ def test_packer_encodings_are_big_endian_words() -> None:
 def test_packer_chains_and_starts_empty() -> None:
     assert Packer().bytes() == b""
     packer = Packer()
-    assert packer.uint(1) is packer
+    for add in (packer.uint, packer.int, packer.uhyper, packer.bool):
+        assert add(1) is packer
+
+
+def test_packer_hyper_and_bool_encodings() -> None:
+    """Literal bytes: a bool is the word 0 or 1 (RFC 4506 section 4.4), never another non-zero."""
+    assert Packer().uhyper(0x0102030405060708).bytes() == bytes.fromhex("0102030405060708")
+    assert Packer().bool(True).bool(False).bytes() == bytes.fromhex("00000001" "00000000")
 
 
 @pytest.mark.parametrize("value", [-1, 1 << 32])
@@ -69,6 +81,27 @@ def test_packer_uint_rejects_out_of_range(value: int) -> None:
 
 
 # --- Unpacker: values -------------------------------------------------------
+
+
+def test_unpacker_uhyper_reads_eight_bytes_big_endian() -> None:
+    reader = Unpacker(bytes.fromhex("0102030405060708" "ffffffffffffffff" "00"))
+    assert reader.uhyper() == 0x0102030405060708
+    assert reader.uhyper() == 0xFFFFFFFFFFFFFFFF
+    assert reader.pos == 16 and reader.remaining() == 1
+    with pytest.raises(XdrError, match="need 8 bytes at offset 0, 7 left"):
+        Unpacker(bytes(7)).uhyper()
+
+
+@pytest.mark.parametrize(("word", "expected"), [("00000000", False), ("00000001", True)])
+def test_unpacker_bool_reads_0_and_1(word: str, expected: bool) -> None:
+    assert Unpacker(bytes.fromhex(word)).bool() is expected
+
+
+@pytest.mark.parametrize("word", ["00000002", "80000000", "ffffffff"])
+def test_unpacker_bool_rejects_any_other_word(word: str) -> None:
+    """A hostile 2 must not decode as False (or True): it is no XDR bool."""
+    with pytest.raises(XdrError, match="neither 0 nor 1"):
+        Unpacker(bytes.fromhex(word)).bool()
 
 
 def test_unpacker_reads_what_packer_wrote() -> None:
@@ -234,6 +267,24 @@ def test_v2_word_range_edges(word: str, byte: int) -> None:
 def test_v2_argument_wrong_length(length: int) -> None:
     with pytest.raises(XdrError):
         decode_add_v2(bytes(length))
+
+
+def test_trailing_bytes_after_an_add_argument_are_refused_unless_asked_to_ignore_them() -> None:
+    """A libtirpc server (legacy rpc.dracd) ignores them: ``trailing=True`` does too."""
+    v1, v2 = bytes.fromhex("c0000207") + b"\0\0\0\0", encode_add_args(ipaddress.IPv6Address("2001:db8::7")) + bytes(4)
+    for decode, args in ((decode_add_v1, v1), (decode_add_v2, v2)):
+        with pytest.raises(XdrError, match="trailing"):
+            decode(args)
+    assert decode_add_v1(v1, trailing=True) == ipaddress.IPv4Address("192.0.2.7")
+    assert decode_add_v2(v2, trailing=True) == ipaddress.IPv6Address("2001:db8::7")
+
+
+def test_program_numbers_and_result_codes_are_drac_x_s() -> None:
+    """docs/drac.x, as literals: what every DRAC client and server on the wire agrees on."""
+    assert (DRACPROG, DRACVERS, DRACVERS6, DRACPROC_NULL, DRACPROC_ADD) == (900101, 1, 2, 0, 1)
+    assert [(stat.name, stat.value) for stat in AddStat] == [
+        ("ADD_SUCCESS", 0), ("ADD_PERM", 1), ("ADD_SYSERR", 2), ("ADD_UNKOWN", 3)]
+    assert encode_addstat(AddStat.ADD_SYSERR) == bytes.fromhex("00000002")
 
 
 def test_addstat_round_trip_and_unknowns() -> None:

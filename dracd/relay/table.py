@@ -154,12 +154,14 @@ class RelayTable:
         ``latest`` (now + lifetime) moves ``step`` seconds earlier, but not before
         ``latest``, so none outlives now + its lifetime. O(distinct seconds due) plus the
         entries moved. Returns how many moved."""
-        moved = 0
-        for second in [second for second in self._times if second > latest]:
-            target = max(second - step, latest)
-            for code in [code for code in self._wheel[second] if self._expiry.get(code) == second]:
-                self._changes[code] = self._place(code, target)
-                moved += 1
+        # Decided before anything moves, so an entry moved to a second that is itself
+        # due after ``latest`` is not moved again; and once, though a code refreshed away
+        # and back is in its second's list twice.
+        targets = {code: max(second - step, latest) for second in self._times if second > latest
+                   for code in self._wheel[second] if self._expiry.get(code) == second}
+        for code, target in targets.items():
+            self._changes[code] = self._place(code, target)
+        moved = len(targets)
         if moved:
             self.version += 1
             if self._slots > 2 * len(self._expiry) + 1024:
