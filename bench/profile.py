@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proto", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--no-spy", action="store_true", help="no py-spy runs: only the plain run (and --strace)")
     parser.add_argument("--strace", action="store_true", help="one more run under strace -f -c: syscalls per ADD")
     parser.add_argument("--rewrite", type=int, metavar="N", help="profile a full write of an N-entry map instead")
     args = parser.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.proto} n={args.n} w={args.window}"
     report = [f"dracd profile: {name}, {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"]
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        for idle in (False, True):
+        for idle in () if args.no_spy else (False, True):
             map_path = Path(work) / f"dracd-{idle}.db"
             raw = Path(work) / f"profile-{idle}.txt"
             server = Server(map_path).start()
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         report += plain_run(args, Path(work))
         if args.strace:
             report += strace_run(args, Path(work))
+    if args.no_spy:  # a quick look, not a profile: printed, not saved
+        print("\n".join(report))
+        return 0
     return save("\n".join(report) + "\n", RESULTS / f"profile_{args.proto}_n{args.n}_w{args.window}.txt")
 
 
@@ -117,16 +121,18 @@ def thread_cpu(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for thread in psutil.Process(pid).threads():
         out[thread.id] = thread.user_time + thread.system_time
+        out[-thread.id] = thread.system_time
     return out
 
 
 def cpu_split(before: dict[int, float], after: dict[int, float], pid: int, adds: int) -> str:
     """Server CPU per ADD: the event-loop thread (the process's first) and all the others."""
     main = after.get(pid, 0.0) - before.get(pid, 0.0)
-    others = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid != pid)
+    others = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid > 0 and tid != pid)
+    system = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid < 0)
     per = 1e6 / max(adds, 1)
-    return (f"server CPU {(main + others) * per:.0f} us/ADD: event-loop thread {main * per:.0f}, "
-            f"other threads {others * per:.0f}")
+    return (f"server CPU {(main + others) * per:.0f} us/ADD ({system * per:.0f} system): event-loop thread "
+            f"{main * per:.0f}, other threads {others * per:.0f}")
 
 
 def median_ms(latencies: Any) -> float:
