@@ -127,20 +127,35 @@ class BerkeleyMap:
         unlink_quietly(self._spare)
 
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
-        records: Records = {key: None if expiry is None else self.style.value(expiry)
-                            for code, expiry in changes.items() for key in self.style.code_keys(code)}
-        if self._can_update_in_place(len(records)):
-            try:
-                self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
-            except (OSError, db.DBError) as exc:
-                log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
-                self._spare_lacks = None
-                self._drop_cache()
-            else:
-                self._keep_spare(records)
-                return
+        records = self._records(changes)
+        if self._in_place(records, durable):
+            return
         self._replace(lambda table: _apply(table, records), copy=True)
         self._keep_spare(records)
+
+    def update_in_place(self, changes: Mapping[int, int | None]) -> bool:
+        """``update_codes(changes, durable=False)`` if the spare can take the changes in
+        place, and True; else nothing is done and False (no spare yet, it lags too far,
+        someone has it open, the map is not ours, updating it failed): then update_codes
+        copies. Never copies the map, so it is cheap enough for the event-loop thread."""
+        return self._in_place(self._records(changes), False)
+
+    def _records(self, changes: Mapping[int, int | None]) -> Records:
+        return {key: None if expiry is None else self.style.value(expiry)
+                for code, expiry in changes.items() for key in self.style.code_keys(code)}
+
+    def _in_place(self, records: Records, durable: bool) -> bool:
+        if not self._can_update_in_place(len(records)):
+            return False
+        try:
+            self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
+        except (OSError, db.DBError) as exc:
+            log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
+            self._spare_lacks = None
+            self._drop_cache()
+            return False
+        self._keep_spare(records)
+        return True
 
     def _can_update_in_place(self, changes: int) -> bool:
         lacks = self._spare_lacks
