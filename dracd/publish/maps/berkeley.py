@@ -98,6 +98,8 @@ class BerkeleyMap:
         self._env: db.DBEnv | None = None
         #: (device, inode, size, mtime) of the spare as this writer left it.
         self._spare_identity: tuple[int, int, int, int] | None = None
+        #: Whether the last _install kept the replaced inode as the spare.
+        self._spare_kept = False
         self._lock_log = RateLimitedLog(log)
 
     def write_codes(self, entries: Mapping[int, int]) -> None:
@@ -165,7 +167,7 @@ class BerkeleyMap:
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
-        self._spare_lacks = lacks if os.path.lexists(self._spare) else None
+        self._spare_lacks = lacks if self._spare_kept else None
 
     def _refresh_spare(self, records: Records, durable: bool) -> None:
         """Bring the spare up to date in place and rename it over the map."""
@@ -239,8 +241,8 @@ class BerkeleyMap:
 
     def _install(self, new: Path, durable: bool = True) -> None:
         """Rename ``new`` over the map; the map's inode stays as the spare."""
+        self._spare_kept = False
         with self._try_lock() as locked:
-            unlink_quietly(self._prev)
             keep = False
             # Readers tell a replaced map by its open inode losing its last name or
             # changing mtime (Postfix: mtime differs, in seconds; Sendmail: mtime is later).
@@ -250,7 +252,11 @@ class BerkeleyMap:
             # reader that opened it in between).
             if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
                 try:
-                    os.link(self.path, self._prev)
+                    try:
+                        os.link(self.path, self._prev)
+                    except FileExistsError:  # left by a stop between the link and the rename
+                        unlink_quietly(self._prev)
+                        os.link(self.path, self._prev)
                     _later_mtime(self._prev)
                     keep = True
                 except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
@@ -261,8 +267,8 @@ class BerkeleyMap:
             if keep:
                 os.rename(self._prev, self._spare)
                 try:
-                    _later_mtime(self._spare)
-                    self._spare_identity = _identity(self._spare)
+                    self._spare_identity = _later_mtime(self._spare)
+                    self._spare_kept = True
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
         self._written = _identity(self.path)
@@ -456,7 +462,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc.args[-1] if exc.args else exc)
 
 
-def _later_mtime(path: Path) -> None:
-    """Move ``path``'s mtime a second on (the MTAs compare whole seconds)."""
+def _later_mtime(path: Path) -> tuple[int, int, int, int]:
+    """Move ``path``'s mtime a second on (the MTAs compare whole seconds); its identity then."""
     st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    mtime = st.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(st.st_atime_ns, mtime))
+    return st.st_dev, st.st_ino, st.st_size, mtime
