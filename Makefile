@@ -158,9 +158,11 @@ mutate: venv-test
 # (well under an hour), or `make bench-quick` (< 1 min). Results: bench/results/*.json.
 BENCH_ARGS ?=
 BENCH_SYNC := $(TEST_SYNC) --group bench
+# LEGACY=/path/to/rpc.dracd: the side-by-side mode (issue 21) against that binary instead of the matrix.
+LEGACY ?=
 bench: venv-test check-rpcbind
 	$(BENCH_SYNC)
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/run.py $(if $(LEGACY),--legacy $(LEGACY)) $(BENCH_ARGS)
 
 bench-quick: venv-test check-rpcbind
 	$(BENCH_SYNC)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -144,3 +145,90 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+#: The program number of a legacy rpc.dracd: rpcgen compiles 900101 in.
+LEGACY_PROG = 900101
+
+
+class LegacyServer:
+    """Any rpc.dracd-compatible binary, started as inetd would start it: fd 0 is a UDP socket
+    already bound to 127.0.0.1:port. rpcgen's main() then serves that socket and registers
+    nothing with rpcbind, so the benchmark needs no rpcbind and never clashes with a dracd
+    registered on 900101. The binary gets the map path as its one argument (DRAC's
+    ``rpc.dracd [-i] [-e minutes] [dbfile]``) and, with no allow file, trusts loopback.
+    Ready when it answers a NULL call; stopped with SIGTERM (DRAC closes the database)."""
+
+    prog = LEGACY_PROG
+
+    def __init__(self, binary: Path, map_path: Path, log_path: Path | None = None) -> None:
+        self.binary = binary
+        self.map_path = map_path
+        self.log_path = log_path or map_path.with_name("legacy.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self.port = 0
+        self.startup = 0.0
+
+    def start(self, timeout: float = 30.0) -> LegacyServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+            started = time.monotonic()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen([str(self.binary), str(self.map_path)], stdin=sock.fileno(),
+                                             stdout=log, stderr=log, cwd=self.map_path.parent)
+        finally:
+            sock.close()
+        self.ps = psutil.Process(self.proc.pid)
+        null = struct.pack(">IIIIIIIIII", 0x5000_0001, 0, 2, self.prog, 1, 0, 0, 0, 0, 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("127.0.0.1", self.port))
+            probe.settimeout(0.05)
+            deadline = started + timeout
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode} before answering")
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"{self.binary} did not answer a NULL call within {timeout:g} s")
+                probe.send(null)
+                try:
+                    if probe.recv(512)[:4] == null[:4]:
+                        break
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+        self.startup = time.monotonic() - started
+        return self
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of the server so far (from /proc, via psutil)."""
+        assert self.ps is not None
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def peak_rss(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -5,6 +5,12 @@ fsync and epoll spend off the CPU.
 
     python bench/profile.py [--n 100000] [--window 16] [--proto udp]
     python bench/profile.py --rewrite 1000000    # a full map write, three times
+    python bench/profile.py --n 20000 --window 1 --strace   # one login at a time (issue 21)
+
+Each run also splits the server's CPU per ADD between the event-loop thread and
+the other threads (the map and journal executors), from /proc; ``--strace``
+adds a run under ``strace -f -c``: the system calls per ADD, by count and time
+(strace slows the server down many times: the counts are the point).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import collections
 import datetime as dt
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 from _proc import PROG, Server
 from loadgen import run_load
 
@@ -65,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proto", choices=("udp", "tcp"), default="udp")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--no-spy", action="store_true", help="no py-spy runs: only the plain run (and --strace)")
+    parser.add_argument("--strace", action="store_true", help="one more run under strace -f -c: syscalls per ADD")
     parser.add_argument("--rewrite", type=int, metavar="N", help="profile a full write of an N-entry map instead")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if spy is None:
+    if spy is None and not args.no_spy:
         print("profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 69
     if args.rewrite:
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.proto} n={args.n} w={args.window}"
     report = [f"dracd profile: {name}, {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"]
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        for idle in (False, True):
+        for idle in () if args.no_spy else (False, True):
             map_path = Path(work) / f"dracd-{idle}.db"
             raw = Path(work) / f"profile-{idle}.txt"
             server = Server(map_path).start()
@@ -86,14 +97,90 @@ def main(argv: list[str] | None = None) -> int:
                            "--nonblocking", *(["--idle"] if idle else [])]
                 recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
+                before = thread_cpu(server.proc.pid)
                 load = run_load(server.port, PROG, args.proto, args.n, args.window, 1, 60)
+                split = cpu_split(before, thread_cpu(server.proc.pid), server.proc.pid, len(load.acked))
                 recorder.send_signal(signal.SIGINT)
                 recorder.wait(30)
             finally:
                 server.stop()
             report += ["", f"--- {'with' if idle else 'without'} idle samples; load: {len(load.acked):,} acked, "
-                       f"{load.rate:,.0f} adds/s ---", *summarize(raw, args.top)]
+                       f"{load.rate:,.0f} adds/s, p50 {median_ms(load.latencies):.2f} ms; {split} (under py-spy) ---",
+                       *summarize(raw, args.top)]
+        report += plain_run(args, Path(work))
+        if args.strace:
+            report += strace_run(args, Path(work))
+    if args.no_spy:  # a quick look, not a profile: printed, not saved
+        print("\n".join(report))
+        return 0
     return save("\n".join(report) + "\n", RESULTS / f"profile_{args.proto}_n{args.n}_w{args.window}.txt")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, from /proc/PID/task."""
+    out: dict[int, float] = {}
+    for thread in psutil.Process(pid).threads():
+        out[thread.id] = thread.user_time + thread.system_time
+        out[-thread.id] = thread.system_time
+    return out
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float], pid: int, adds: int) -> str:
+    """Server CPU per ADD: the event-loop thread (the process's first) and all the others."""
+    main = after.get(pid, 0.0) - before.get(pid, 0.0)
+    others = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid > 0 and tid != pid)
+    system = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid < 0)
+    per = 1e6 / max(adds, 1)
+    return (f"server CPU {(main + others) * per:.0f} us/ADD ({system * per:.0f} system): event-loop thread "
+            f"{main * per:.0f}, other threads {others * per:.0f}")
+
+
+def median_ms(latencies: Any) -> float:
+    return statistics.median(latencies) * 1000 if len(latencies) else float("nan")
+
+
+def plain_run(args: argparse.Namespace, work: Path) -> list[str]:
+    """The same load without a profiler attached: the figures the profile is to explain."""
+    server = Server(work / "dracd-plain.db").start()
+    try:
+        assert server.proc is not None
+        before = thread_cpu(server.proc.pid)
+        load = run_load(server.port, PROG, args.proto, args.n, args.window, 1, 60)
+        split = cpu_split(before, thread_cpu(server.proc.pid), server.proc.pid, len(load.acked))
+    finally:
+        server.stop()
+    return ["", f"--- no profiler: {len(load.acked):,} acked, {load.rate:,.0f} adds/s, "
+            f"p50 {median_ms(load.latencies):.2f} ms; {split} ---"]
+
+
+def strace_run(args: argparse.Namespace, work: Path) -> list[str]:
+    """System calls per ADD (all threads), from strace -f -c on the server under the same load."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return ["", "--- strace: not installed ---"]
+    n = min(args.n, 5000)
+    server = Server(work / "dracd-strace.db").start()
+    out = work / "strace.txt"
+    try:
+        assert server.proc is not None
+        tracer = subprocess.Popen([strace, "-f", "-c", "-o", str(out), "-p", str(server.proc.pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        load = run_load(server.port, PROG, args.proto, n, args.window, 1, 120)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    finally:
+        server.stop()
+    adds = max(len(load.acked), 1)
+    lines = ["", f"--- strace -f -c: {len(load.acked):,} ADDs; system calls per ADD (all threads), "
+             "and strace's time per call ---", "  calls/ADD  us/call  syscall"]
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            calls = int(fields[3])
+            lines.append(f"  {calls / adds:9.2f}  {int(fields[2]):7d}  {fields[-1]}")
+    return lines
 
 
 def profile_rewrite(spy: str, n: int, workdir: Path, top: int) -> int:

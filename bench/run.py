@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _proc import PROG, Server  # noqa: E402
+from _proc import PROG, LegacyServer, Server  # noqa: E402
 from loadgen import (  # noqa: E402
     BASE,
     NullProber,
@@ -195,23 +196,31 @@ class LoadCase:
         return f"load {self.proto}{extra} n={self.n} w={self.window} k={self.clients}"
 
 
-def load_once(workroot: Path, case: LoadCase, time_limit: float, probes: int, loop: str) -> dict[str, Any]:
+def load_once(workroot: Path, case: LoadCase, time_limit: float, probes: int, loop: str,
+              legacy: Path | None = None) -> dict[str, Any]:
+    """One load run against dracd, or against the rpc.dracd-compatible binary ``legacy``."""
     proto, n = case.proto, case.n
-    with Workdir(workroot, f"{proto}-{n}") as work:
+    with Workdir(workroot, f"{'legacy' if legacy else 'dracd'}-{proto}-{n}") as work:
         map_path = work / "dracd.db"
         if case.prefill:
             prewrite(map_path, case.prefill, int(time.time()) + HOUR // 2)
-        server = Server(map_path, loop=loop).start()
+        server: Server | LegacyServer
+        if legacy is not None:
+            server = LegacyServer(legacy, map_path).start()
+            prog = server.prog
+        else:
+            server = Server(map_path, loop=loop).start()
+            prog = PROG
         try:
             cpu0 = server.cpu()
-            load = run_load(server.port, PROG, proto, n, case.window, case.clients, time_limit,
+            load = run_load(server.port, prog, proto, n, case.window, case.clients, time_limit,
                             offset=case.offset, rate=case.rate)
             cpu_load = server.cpu() - cpu0
             checked = time.monotonic()
             missing = missing_from_map(map_path, load.acked)
             check_s = time.monotonic() - checked
             fresh = max(case.offset + n, case.prefill) + 1000
-            visibility = [probe_visibility(server.port, PROG, map_path, fresh + i) for i in range(probes)]
+            visibility = [probe_visibility(server.port, prog, map_path, fresh + i) for i in range(probes)]
             rss = server.peak_rss()
             cpu_total = server.cpu()
         finally:
@@ -235,6 +244,7 @@ def load_once(workroot: Path, case: LoadCase, time_limit: float, probes: int, lo
             "map_check_s": check_s,
             "server_cpu_s_during_load": cpu_load,
             "server_cpu_s_total": cpu_total,
+            "server_cpu_us_per_add": cpu_load / len(load.acked) * 1e6 if load.acked else None,
             "server_peak_rss_mb": rss / 2**20,
             "server_startup_s": server.startup,
             "server_exit_status": status,
@@ -392,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=3, help="ADD-to-visible probes per load run")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="where the maps are written")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
+    parser.add_argument("--legacy", type=Path, metavar="BINARY",
+                        help="side-by-side mode: the issue 21 scenarios against this rpc.dracd-compatible binary "
+                        "and against dracd, interleaved, in one invocation; prints the ratio table")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"),
                         help="dracd's event loop (--event-loop; default: uvloop if installed, as dracd's auto)")
     args = parser.parse_args(argv)
@@ -406,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     # Resolved here, as dracd resolves auto, and passed on: the record says which loop ran.
     loop = info["event_loop"] = event_loop(replace(Config(), event_loop=args.loop or "auto"))[0]
     mode = "quick" if quick else "full"
+    if args.legacy is not None:
+        return side_by_side(args, info, when, reps, time_limit, loop)
     log(f"dracd bench ({mode}): {info['cpu']}, {info['cores']} cores, load average {info['load_average_start']}, "
         f"reps {reps}, time limit {time_limit:g} s per run, budget {budget:g} s, event loop {loop}")
 
@@ -503,6 +518,113 @@ def main(argv: list[str] | None = None) -> int:
         print("PROBLEMS:\n  " + "\n  ".join(bad))
         return 1
     return 0
+
+
+# ---------------------------------------------------------------- side by side (issue 21)
+
+
+#: The loads of issue 21's table: one login at a time; 16 in flight from one client; 64 over two.
+SIDE_CASES = (LoadCase("udp", 20_000, 1, 1), LoadCase("udp", 100_000, 16, 1), LoadCase("udp", 100_000, 64, 2))
+
+
+def side_by_side(args: argparse.Namespace, info: dict[str, Any], when: dt.datetime, reps: int,
+                 time_limit: float, loop: str) -> int:
+    """Each repetition runs every case against the legacy binary and then dracd, so load from
+    other work on the machine falls on both alike; the same load generator, the same checks."""
+    legacy = args.legacy.resolve()
+    if not (legacy.is_file() and os.access(legacy, os.X_OK)):
+        print(f"--legacy {legacy}: not an executable file", file=sys.stderr)
+        return 2
+    info["legacy_binary"] = str(legacy)
+    info["legacy_sha256"] = hashlib.sha256(legacy.read_bytes()).hexdigest()
+    cases = [c for c in SIDE_CASES if not args.only or any(text in c.name for text in args.only)]
+    log(f"side by side: {legacy} vs dracd ({loop}), {reps} rep(s), time limit {time_limit:g} s per run, "
+        f"load average {info['load_average_start']}")
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(c.name, who): [] for c in cases
+                                                          for who in ("legacy", "dracd")}
+    for rep in range(reps):
+        for case in cases:
+            for who in ("legacy", "dracd"):
+                log(f"rep {rep + 1} {who}: {case.name} ...")
+                try:
+                    r = load_once(args.workdir, case, time_limit, args.probes, loop,
+                                  legacy=legacy if who == "legacy" else None)
+                except Exception as exc:  # noqa: BLE001 - a broken run is reported, the rest goes on
+                    log(f"  FAILED {type(exc).__name__}: {exc}")
+                    r = {"error": f"{type(exc).__name__}: {exc}"}
+                else:
+                    log(f"  {r['acked']}/{case.n} acked, {r['adds_per_s']:,.0f} adds/s, p50 {r['p50_ms']:.2f} ms, "
+                        f"CPU {r['server_cpu_us_per_add'] or 0:.0f} us/ADD, missing {r['missing_from_map']}, "
+                        f"failures {r['failures']}")
+                runs[(case.name, who)].append(r)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results: dict[str, Any] = {"load": []}
+    for case in cases:
+        for who in ("legacy", "dracd"):
+            results["load"].append({"name": f"{who} {case.name}", "server": who, **asdict(case),
+                                    "time_limit_s": time_limit, "runs": runs[(case.name, who)]})
+    document: dict[str, Any] = {
+        "suite": "dracd bench side by side (issue 21)",
+        "mode": "sidebyside",
+        "started_utc": when.isoformat(timespec="seconds"),
+        "machine": info,
+        "settings": {"reps": reps, "time_limit_s": time_limit, "program": PROG, "map_type": "btree",
+                     "lifetime": "1h", "legacy": str(legacy)},
+        "skipped": [],
+        "results": results,
+    }
+    summarize(document)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / result_name(info, "sidebyside", when)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    tmp.rename(out)
+    print(render_side(document, cases))
+    print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    bad: list[str] = document["verdict"]
+    if bad:
+        print("PROBLEMS:\n  " + "\n  ".join(bad))
+        return 1
+    return 0
+
+
+def render_side(document: dict[str, Any], cases: Sequence[LoadCase]) -> str:
+    m = document["machine"]
+    by_name = {s["name"]: s for s in document["results"]["load"]}
+    lines = [
+        f"side by side, {document['started_utc']}: {m['legacy_binary']} vs dracd {m['dracd_revision'][:12]}"
+        f"{' (dirty)' if m['dracd_tree_dirty'] else ''} on {m['event_loop']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_start']} at start, "
+        f"{m['load_average_end']} at end; maps on {m['workdir_filesystem']}; "
+        f"{document['settings']['reps']} rep(s), median [min-max]; runs stop after "
+        f"{document['settings']['time_limit_s']:g} s",
+        "",
+    ]
+    head = ("load", "legacy adds/s", "p50 ms", "CPU us/ADD", "dracd adds/s", "p50 ms", "CPU us/ADD",
+            "ratio adds/s", "bad")
+    rows = []
+    for case in cases:
+        cells: list[str] = [case.name.removeprefix("load ")]
+        medians = []
+        bad = 0
+        for who in ("legacy", "dracd"):
+            s = by_name[f"{who} {case.name}"]
+            st = s["summary"]
+            good = [r for r in s["runs"] if "error" not in r]
+            bad += sum(r["failures"] + r["missing_from_map"] for r in good) + (len(s["runs"]) - len(good))
+            rate = _cell(st.get("adds_per_s"), thousands=True, ranged=True)
+            timed_out = sum(1 for r in good if not r["complete"])
+            if timed_out:
+                rate += f" ({timed_out}/{len(good)} time)"
+            cells += [rate, _cell(st.get("p50_ms"), 2, ranged=True), _cell(st.get("server_cpu_us_per_add"), 0,
+                                                                           ranged=True)]
+            medians.append((st.get("adds_per_s") or {}).get("median"))
+        ratio = f"{medians[1] / medians[0]:.2f}x" if medians[0] and medians[1] else "-"
+        rows.append((*cells, ratio, str(bad)))
+    lines += _table(head, rows)
+    lines.append("verdict: " + ("every reply ADD_SUCCESS and every acknowledged address in the map, both servers"
+                                if not document["verdict"] else f"{len(document['verdict'])} PROBLEMS"))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- summary

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from berkeleydb import db
 
-from dracd.keys import Ipv6Keys, KeyStyle
+from dracd.keys import Ipv6Keys, KeyStyle, entry_code
 from dracd.publish.maps import MapError, StaleMap
 from tests.fixtures.maps import open_map
 from tests.fixtures.mounts import set_readonly, tmpfs
@@ -236,6 +236,27 @@ def test_updates_reuse_the_previous_inode_once_nobody_has_it_open(tmp_path: Path
     assert writer.read() == {ipaddress.ip_address("192.0.2.8"): 3}
 
 
+def test_where_names_cannot_be_exchanged_the_spare_comes_back_by_link_and_renames(tmp_path: Path) -> None:
+    # renameat2(RENAME_EXCHANGE) swaps the spare in (issue 21); a file system without it
+    # (NFS) answers EINVAL and the writer goes back to a link and two renames.
+    path = tmp_path / "dracd.db"
+    spare = tmp_path / ".dracd.db.spare"
+    writer = open_map("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    writer.update({V4: 2})
+    first, second = spare.stat().st_ino, path.stat().st_ino
+    writer._exchange_works = False
+    writer.update({ipaddress.ip_address("192.0.2.8"): 3})
+    assert path.stat().st_ino == first and spare.stat().st_ino == second
+    assert records(path) == {b"192.0.2.7": b"2", b"192.0.2.8": b"3"}
+    assert sorted(os.listdir(tmp_path)) == [".dracd.db.spare", "dracd.db"]
+    writer._exchange_works = True
+    writer.update({V4: None})
+    assert path.stat().st_ino == second and spare.stat().st_ino == first
+    assert records(path) == {b"192.0.2.8": b"3"}
+    assert sorted(os.listdir(tmp_path)) == [".dracd.db.spare", "dracd.db"]
+
+
 def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     writer = open_map("btree", path, KeyStyle())
@@ -259,6 +280,36 @@ def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
         writer.update({V4: expiry})
         inodes.add(path.stat().st_ino)
     assert len(inodes) == 2 and held not in inodes
+
+
+def test_an_update_in_place_only_ever_takes_the_spare_and_otherwise_changes_nothing(tmp_path: Path) -> None:
+    # The event-loop thread's update (issue 21): the spare in place, or nothing at all.
+    path = tmp_path / "dracd.db"
+    spare = tmp_path / ".dracd.db.spare"
+    writer = open_map("btree", path, KeyStyle())
+    writer.write({V4: 1})
+    first = path.stat().st_ino
+    assert writer.update_in_place({entry_code(V4): 2}) is False  # no spare yet: that would be a copy
+    assert path.stat().st_ino == first and records(path) == {b"192.0.2.7": b"1"}
+    writer.update({V4: 2})  # the copy: the first inode is the spare now
+    second = path.stat().st_ino
+    other = ipaddress.ip_address("192.0.2.8")
+    assert writer.update_in_place({entry_code(other): 3}) is True
+    assert path.stat().st_ino == first and spare.stat().st_ino == second
+    assert records(path) == {b"192.0.2.7": b"2", b"192.0.2.8": b"3"}
+    reader = db.DB()  # an MTA still reads the spare: it is left alone, and so is the map
+    reader.open(str(spare), dbtype=db.DB_BTREE, flags=db.DB_RDONLY)
+    try:
+        assert writer.update_in_place({entry_code(V4): None}) is False
+        assert path.stat().st_ino == first and records(path) == {b"192.0.2.7": b"2", b"192.0.2.8": b"3"}
+        writer.update({V4: None})  # so the change goes to a copy
+        assert path.stat().st_ino not in (first, second) and records(path) == {b"192.0.2.8": b"3"}
+    finally:
+        reader.close()
+    shutil.copy(path, tmp_path / "other")  # someone else's map takes the name: not ours to update
+    os.rename(tmp_path / "other", path)
+    assert writer.update_in_place({entry_code(V4): 4}) is False
+    assert records(path) == {b"192.0.2.8": b"3"}
 
 
 def test_a_full_write_drops_the_spare(tmp_path: Path) -> None:

@@ -62,12 +62,14 @@ def test_concurrent_adds_share_map_rewrites(server: ServerThread) -> None:
     # server never calls, so it could not fail).
     writes: list[str] = []
     writer = server.daemon.writer  # type: ignore[union-attr]
-    for name in ("write_codes", "update_codes"):
+    for name in ("write_codes", "update_codes", "update_in_place"):
         real = getattr(writer, name)
 
-        def counting(*args: object, real: Any = real, name: str = name, **kwargs: object) -> None:
-            writes.append(name)
-            real(*args, **kwargs)
+        def counting(*args: object, real: Any = real, name: str = name, **kwargs: object) -> Any:
+            result = real(*args, **kwargs)
+            if result is not False:  # update_in_place: False when it wrote nothing
+                writes.append(name)
+            return result
 
         setattr(writer, name, counting)
     count = 100  # within the default socket buffer: no datagram is dropped
@@ -80,6 +82,31 @@ def test_concurrent_adds_share_map_rewrites(server: ServerThread) -> None:
     assert len(replies) == count
     assert len(map_keys(server.config.map.path)) == count
     assert 0 < len(writes) < count / 3, f"{len(writes)} map writes for {count} concurrent ADDs"
+
+
+def test_one_add_at_a_time_is_written_on_the_event_loop_thread(server: ServerThread) -> None:
+    # Issue 21: one login at a time, the spare takes the change in place on the loop
+    # thread; waking the map thread for it cost more CPU than the update itself.
+    import threading
+
+    calls: list[tuple[str, str, object]] = []
+    writer = server.daemon.writer  # type: ignore[union-attr]
+    for name in ("update_codes", "update_in_place"):
+        real = getattr(writer, name)
+
+        def recording(*args: object, real: Any = real, name: str = name, **kwargs: object) -> Any:
+            result = real(*args, **kwargs)
+            calls.append((threading.current_thread().name, name, result))
+            return result
+
+        setattr(writer, name, recording)
+    for n in range(6):
+        assert add_status(server, f"192.0.2.{100 + n}") == AddStat.ADD_SUCCESS
+        assert f"192.0.2.{100 + n}".encode() in map_keys(server.config.map.path)
+    # The first ones may copy (no spare yet), in the map thread; then every one is in place.
+    last = calls[-3:]
+    assert [(name, result) for _, name, result in last] == [("update_in_place", True)] * 3, calls
+    assert not any(thread.startswith("dracd-map") for thread, _, _ in last), calls
 
 
 def test_restart_keeps_entries_and_initialize_drops_them(make_server: Make) -> None:

@@ -4,7 +4,8 @@ An ADD changes the table, then waits for a commit that includes its
 change. Only one commit runs at a time; every change that arrives while it
 runs is served by the next one. A commit carries the changes since the
 previous one: they are appended to the journal (dracd.publish.journal) and flushed
-while the map thread brings the map up to date, unflushed; the ADDs are
+while the map thread brings the map up to date, unflushed (a commit of a few
+changes the spare can take in place does both on the loop thread); the ADDs are
 answered once both are done, and the journal notes which map file is now
 dracd's (unflushed), so a start after a crash can tell a map someone else
 changed since from one the crash set back. The whole table is written instead (the map
@@ -43,6 +44,9 @@ GATHER_MAX = 0.002
 FULL_WRITE_CHANGES = 1024
 #: A commit of at most this many changes flushes the journal on the loop thread (see _journaled).
 INLINE_CHANGES = 256
+#: A commit of at most this many changes updates the map on the loop thread too, when the
+#: spare can take them in place (see _journaled).
+INLINE_MAP_CHANGES = 4
 #: How long the loop blocks for a small map update before it awaits it instead (see _journaled).
 MAP_WAIT = 0.002
 
@@ -289,7 +293,12 @@ class Committer:
     async def _journaled(self, changes: dict[int, int | None]) -> None:
         """Flush the changes to the journal while the map takes them."""
         journal = self.journal
-        if len(changes) <= INLINE_CHANGES:
+        if len(changes) <= INLINE_MAP_CHANGES and self.writer.update_in_place(changes):
+            # One login at a time: the spare takes the change in place on this thread, then
+            # the journal's flush; no thread is woken (issue 21: handing the update to the
+            # map thread cost more CPU than the update itself).
+            journal.commit(changes)
+        elif len(changes) <= INLINE_CHANGES:
             # The map thread updates the map while this thread waits for the journal's
             # flush: blocking the loop for ~0.2 ms costs less than waking it from two
             # threads (measured: 0.38 ms a commit, against 0.47 ms both ways round).

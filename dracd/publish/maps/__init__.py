@@ -37,6 +37,10 @@ class MapWriter(Protocol):
         ``durable=False``: readers must see the result, but it need not survive a crash
         (a journal makes it durable)."""
 
+    def update_in_place(self, changes: Mapping[int, int | None]) -> bool:
+        """``update_codes(changes, durable=False)`` if that is cheap (no copy of the map),
+        and True; else change nothing and return False."""
+
     def can_update(self) -> bool:
         """Whether :meth:`update` may be used (this writer wrote the current map)."""
 

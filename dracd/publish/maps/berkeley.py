@@ -45,6 +45,8 @@ it can ever become the spare: two files under one id would share pages.
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
 import fcntl
 import itertools
 import logging
@@ -67,6 +69,13 @@ from ..files import fdatasync, fsync_dir, unlink_quietly
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    _renameat2.restype = ctypes.c_int
 
 _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
@@ -101,6 +110,10 @@ class BerkeleyMap:
         self._env: db.DBEnv | None = None
         #: (device, inode, size, mtime) of the spare as this writer left it.
         self._spare_identity: tuple[int, int, int, int] | None = None
+        #: Whether the last _install kept the replaced inode as the spare.
+        self._spare_kept = False
+        #: renameat2(RENAME_EXCHANGE) works here (until the file system says otherwise).
+        self._exchange_works = True
         self._lock_log = RateLimitedLog(log)
 
     def write_codes(self, entries: Mapping[int, int]) -> None:
@@ -130,20 +143,35 @@ class BerkeleyMap:
         unlink_quietly(self._spare)
 
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
-        records: Records = {key: None if expiry is None else self.style.value(expiry)
-                            for code, expiry in changes.items() for key in self.style.code_keys(code)}
-        if self._can_update_in_place(len(records)):
-            try:
-                self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
-            except (OSError, db.DBError) as exc:
-                log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
-                self._spare_lacks = None
-                self._drop_cache()
-            else:
-                self._keep_spare(records)
-                return
+        records = self._records(changes)
+        if self._in_place(records, durable):
+            return
         self._replace(lambda table: _apply(table, records), copy=True)
         self._keep_spare(records)
+
+    def update_in_place(self, changes: Mapping[int, int | None]) -> bool:
+        """``update_codes(changes, durable=False)`` if the spare can take the changes in
+        place, and True; else nothing is done and False (no spare yet, it lags too far,
+        someone has it open, the map is not ours, updating it failed): then update_codes
+        copies. Never copies the map, so it is cheap enough for the event-loop thread."""
+        return self._in_place(self._records(changes), False)
+
+    def _records(self, changes: Mapping[int, int | None]) -> Records:
+        return {key: None if expiry is None else self.style.value(expiry)
+                for code, expiry in changes.items() for key in self.style.code_keys(code)}
+
+    def _in_place(self, records: Records, durable: bool) -> bool:
+        if not self._can_update_in_place(len(records)):
+            return False
+        try:
+            self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
+        except (OSError, db.DBError) as exc:
+            log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
+            self._spare_lacks = None
+            self._drop_cache()
+            return False
+        self._keep_spare(records)
+        return True
 
     def _can_update_in_place(self, changes: int) -> bool:
         lacks = self._spare_lacks
@@ -153,7 +181,7 @@ class BerkeleyMap:
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
-        self._spare_lacks = lacks if os.path.lexists(self._spare) else None
+        self._spare_lacks = lacks if self._spare_kept else None
 
     def _refresh_spare(self, records: Records, durable: bool) -> None:
         """Bring the spare up to date in place and rename it over the map."""
@@ -227,8 +255,8 @@ class BerkeleyMap:
 
     def _install(self, new: Path, durable: bool = True) -> None:
         """Rename ``new`` over the map; the map's inode stays as the spare."""
+        self._spare_kept = False
         with self._try_lock() as locked:
-            unlink_quietly(self._prev)
             keep = False
             # Readers tell a replaced map by its open inode losing its last name or
             # changing mtime (Postfix: mtime differs, in seconds; Sendmail: mtime is later).
@@ -236,9 +264,16 @@ class BerkeleyMap:
             # untouched: once before the new map takes the name (a reader checking right
             # after the rename must not find its map unchanged) and once after (for a
             # reader that opened it in between).
+            if locked and new == self._spare and self._exchange():
+                self._installed(durable)
+                return
             if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
                 try:
-                    os.link(self.path, self._prev)
+                    try:
+                        os.link(self.path, self._prev)
+                    except FileExistsError:  # left by a stop between the link and the rename
+                        unlink_quietly(self._prev)
+                        os.link(self.path, self._prev)
                     _later_mtime(self._prev)
                     keep = True
                 except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
@@ -249,13 +284,42 @@ class BerkeleyMap:
             if keep:
                 os.rename(self._prev, self._spare)
                 try:
-                    _later_mtime(self._spare)
-                    self._spare_identity = _identity(self._spare)
+                    self._spare_identity = _later_mtime(self._spare)
+                    self._spare_kept = True
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
+        self._installed(durable)
+
+    def _installed(self, durable: bool) -> None:
         self._written = _identity(self.path)
         if durable:
             fsync_dir(self.path.parent)
+
+    def _exchange(self) -> bool:
+        """The spare (brought up to date) and the map swap names in one renameat2(2)
+        RENAME_EXCHANGE, the old inode's mtime moved on before and after as _install
+        does: one rename instead of a link and two renames (issue 21: each is metadata
+        the journal's fdatasync commits). False, nothing done, where the file system or
+        C library cannot, or the map is not ours to touch: then _install's way."""
+        if _renameat2 is None or not self._exchange_works:
+            return False
+        try:
+            _later_mtime(self.path)
+        except OSError:
+            return False
+        try:
+            _exchange_names(self._spare, self.path)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            self._exchange_works = False
+            return False
+        try:
+            self._spare_identity = _later_mtime(self._spare)
+            self._spare_kept = True
+        except OSError:  # not ours after all: let it go
+            unlink_quietly(self._spare)
+        return True
 
     def _copy_current(self, out_fd: int) -> None:
         """Copy the map: under a shared lock if we get one at once, so no other writer is
@@ -444,7 +508,16 @@ def _describe(exc: BaseException) -> str:
     return str(exc.args[-1] if exc.args else exc)
 
 
-def _later_mtime(path: Path) -> None:
-    """Move ``path``'s mtime a second on (the MTAs compare whole seconds)."""
+def _exchange_names(a: Path, b: Path) -> None:
+    assert _renameat2 is not None
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a))
+
+
+def _later_mtime(path: Path) -> tuple[int, int, int, int]:
+    """Move ``path``'s mtime a second on (the MTAs compare whole seconds); its identity then."""
     st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    mtime = st.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(st.st_atime_ns, mtime))
+    return st.st_dev, st.st_ino, st.st_size, mtime
