@@ -236,27 +236,6 @@ def test_updates_reuse_the_previous_inode_once_nobody_has_it_open(tmp_path: Path
     assert writer.read() == {ipaddress.ip_address("192.0.2.8"): 3}
 
 
-def test_where_names_cannot_be_exchanged_the_spare_comes_back_by_link_and_renames(tmp_path: Path) -> None:
-    # renameat2(RENAME_EXCHANGE) swaps the spare in (issue 21); a file system without it
-    # (NFS) answers EINVAL and the writer goes back to a link and two renames.
-    path = tmp_path / "dracd.db"
-    spare = tmp_path / ".dracd.db.spare"
-    writer = open_map("btree", path, KeyStyle())
-    writer.write({V4: 1})
-    writer.update({V4: 2})
-    first, second = spare.stat().st_ino, path.stat().st_ino
-    writer._exchange_works = False
-    writer.update({ipaddress.ip_address("192.0.2.8"): 3})
-    assert path.stat().st_ino == first and spare.stat().st_ino == second
-    assert records(path) == {b"192.0.2.7": b"2", b"192.0.2.8": b"3"}
-    assert sorted(os.listdir(tmp_path)) == [".dracd.db.spare", "dracd.db"]
-    writer._exchange_works = True
-    writer.update({V4: None})
-    assert path.stat().st_ino == second and spare.stat().st_ino == first
-    assert records(path) == {b"192.0.2.8": b"3"}
-    assert sorted(os.listdir(tmp_path)) == [".dracd.db.spare", "dracd.db"]
-
-
 def test_a_spare_someone_still_reads_is_never_changed(tmp_path: Path) -> None:
     path = tmp_path / "dracd.db"
     writer = open_map("btree", path, KeyStyle())

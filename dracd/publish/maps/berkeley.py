@@ -45,8 +45,6 @@ it can ever become the spare: two files under one id would share pages.
 from __future__ import annotations
 
 import collections
-import ctypes
-import errno
 import fcntl
 import itertools
 import logging
@@ -69,13 +67,6 @@ from ..files import fdatasync, fsync_dir, unlink_quietly
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-if _renameat2 is not None:
-    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-    _renameat2.restype = ctypes.c_int
 
 _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
@@ -112,8 +103,6 @@ class BerkeleyMap:
         self._spare_identity: tuple[int, int, int, int] | None = None
         #: Whether the last _install kept the replaced inode as the spare.
         self._spare_kept = False
-        #: renameat2(RENAME_EXCHANGE) works here (until the file system says otherwise).
-        self._exchange_works = True
         self._lock_log = RateLimitedLog(log)
 
     def write_codes(self, entries: Mapping[int, int]) -> None:
@@ -264,9 +253,6 @@ class BerkeleyMap:
             # untouched: once before the new map takes the name (a reader checking right
             # after the rename must not find its map unchanged) and once after (for a
             # reader that opened it in between).
-            if locked and new == self._spare and self._exchange():
-                self._installed(durable)
-                return
             if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
                 try:
                     try:
@@ -288,38 +274,9 @@ class BerkeleyMap:
                     self._spare_kept = True
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
-        self._installed(durable)
-
-    def _installed(self, durable: bool) -> None:
         self._written = _identity(self.path)
         if durable:
             fsync_dir(self.path.parent)
-
-    def _exchange(self) -> bool:
-        """The spare (brought up to date) and the map swap names in one renameat2(2)
-        RENAME_EXCHANGE, the old inode's mtime moved on before and after as _install
-        does: one rename instead of a link and two renames (issue 21: each is metadata
-        the journal's fdatasync commits). False, nothing done, where the file system or
-        C library cannot, or the map is not ours to touch: then _install's way."""
-        if _renameat2 is None or not self._exchange_works:
-            return False
-        try:
-            _later_mtime(self.path)
-        except OSError:
-            return False
-        try:
-            _exchange_names(self._spare, self.path)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            self._exchange_works = False
-            return False
-        try:
-            self._spare_identity = _later_mtime(self._spare)
-            self._spare_kept = True
-        except OSError:  # not ours after all: let it go
-            unlink_quietly(self._spare)
-        return True
 
     def _copy_current(self, out_fd: int) -> None:
         """Copy the map: under a shared lock if we get one at once, so no other writer is
@@ -506,13 +463,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc.args[-1] if exc.args else exc)
-
-
-def _exchange_names(a: Path, b: Path) -> None:
-    assert _renameat2 is not None
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(a))
 
 
 def _later_mtime(path: Path) -> tuple[int, int, int, int]:
