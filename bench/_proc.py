@@ -68,7 +68,49 @@ class NotifySocket:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class Server:
+class _Measured:
+    """A server process under load: its CPU and peak RSS from /proc, stopped with SIGTERM
+    (SIGKILL after ``timeout``)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    ps: psutil.Process | None = None
+    #: Seconds a stop waits after SIGTERM before SIGKILL.
+    stop_timeout = 60.0
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of the server so far (all its threads)."""
+        assert self.ps is not None
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def peak_rss(self) -> int:
+        """VmHWM: the peak resident set size, in bytes."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_timeout if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Server(_Measured):
     """One dracd on 127.0.0.1 (UDP and TCP), no rpcbind, no admin socket."""
 
     def __init__(self, map_path: Path, *, lifetime: str = "1h", log_path: Path | None = None,
@@ -80,8 +122,6 @@ class Server:
                      "--program", str(PROG), "--log-level", "warning", "--lifetime", lifetime,
                      "--admin-socket", "", *(("--event-loop", loop) if loop else ()), *extra, str(map_path)]
         self.notify = NotifySocket()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ps: psutil.Process | None = None
         self.started = 0.0
         #: Seconds from the process start to READY=1.
         self.startup = 0.0
@@ -100,44 +140,19 @@ class Server:
         self.startup = ready - self.started
         return self
 
-    def cpu(self) -> float:
-        """User + system CPU seconds of the server so far (all its threads)."""
-        assert self.ps is not None
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def peak_rss(self) -> int:
-        """VmHWM: the peak resident set size, in bytes."""
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def stop(self, timeout: float | None = None) -> int | None:
+        code = super().stop(timeout)
         self.notify.close()
-        return self.proc.returncode
+        return code
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().kill()
         self.notify.close()
 
     def __enter__(self) -> Server:
@@ -151,7 +166,7 @@ class Server:
 LEGACY_PROG = 900101
 
 
-class LegacyServer:
+class LegacyServer(_Measured):
     """Any rpc.dracd-compatible binary, started as inetd would start it: fd 0 is a UDP socket
     already bound to 127.0.0.1:port. rpcgen's main() then serves that socket and registers
     nothing with rpcbind, so the benchmark needs no rpcbind and never clashes with a dracd
@@ -160,13 +175,12 @@ class LegacyServer:
     Ready when it answers a NULL call; stopped with SIGTERM (DRAC closes the database)."""
 
     prog = LEGACY_PROG
+    stop_timeout = 30.0
 
     def __init__(self, binary: Path, map_path: Path, log_path: Path | None = None) -> None:
         self.binary = binary
         self.map_path = map_path
         self.log_path = log_path or map_path.with_name("legacy.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ps: psutil.Process | None = None
         self.port = 0
         self.startup = 0.0
 
@@ -201,34 +215,3 @@ class LegacyServer:
                     continue
         self.startup = time.monotonic() - started
         return self
-
-    def cpu(self) -> float:
-        """User + system CPU seconds of the server so far (from /proc, via psutil)."""
-        assert self.ps is not None
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def peak_rss(self) -> int:
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

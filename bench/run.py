@@ -504,20 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "results": results,
     }
-    summarize(document)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / result_name(info, mode, when)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=1, default=str) + "\n")
-    tmp.rename(out)
-    table = render(document)
-    print(table)
-    print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-    bad: list[str] = document["verdict"]
-    if bad:
-        print("PROBLEMS:\n  " + "\n  ".join(bad))
-        return 1
-    return 0
+    return publish(document, args.out, result_name(info, mode, when), render)
 
 
 # ---------------------------------------------------------------- side by side (issue 21)
@@ -573,13 +560,21 @@ def side_by_side(args: argparse.Namespace, info: dict[str, Any], when: dt.dateti
         "skipped": [],
         "results": results,
     }
+    return publish(document, args.out, result_name(info, "sidebyside", when),
+                   lambda summarized: render_side(summarized, cases))
+
+
+def publish(document: dict[str, Any], directory: Path, name: str,
+            render_table: Callable[[dict[str, Any]], str]) -> int:
+    """Summarize ``document``, save it as ``directory/name`` and print its table: exit status 1
+    if its verdict names problems."""
     summarize(document)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / result_name(info, "sidebyside", when)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / name
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=1, default=str) + "\n")
     tmp.rename(out)
-    print(render_side(document, cases))
+    print(render_table(document))
     print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     bad: list[str] = document["verdict"]
     if bad:
