@@ -6,51 +6,32 @@ every address acknowledged before the kill is in it after a restart.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
-import select
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from dracclient.drac import DRACPROC_ADD, AddStat, decode_addstat, encode_add_args
-from dracclient.rpc import decode_reply, encode_call
+from tests.fixtures.addload import AddWindow
 from tests.fixtures.process import DracdProcess, read_map
 from tests.fixtures.server import private_prog
 from tests.fixtures.tools import free_port
 
 ROUNDS = int(os.environ.get("DRACD_CRASH_ROUNDS", "8"))
-IN_FLIGHT = 32
 
 
 
 
 def stream_until_killed(process: DracdProcess, port: int, prog: int, first: int, kill_after: float) -> set[str]:
     """Send ADDs with IN_FLIGHT outstanding until ``kill_after`` s, then SIGKILL; the acknowledged addresses."""
-    acked: set[str] = set()
-    sent: dict[int, str] = {}
-    next_n = first
+    window = AddWindow(port, prog, first)
     started = time.monotonic()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("127.0.0.1", port))
+    with window.sock:
         while time.monotonic() - started < kill_after:
-            while len(sent) < IN_FLIGHT:
-                address = str(ipaddress.IPv4Address(0x0A000000 + next_n))
-                sock.send(encode_call(next_n, prog, 1, DRACPROC_ADD, encode_add_args(ipaddress.ip_address(address))))
-                sent[next_n] = address
-                next_n += 1
-            if select.select([sock], [], [], 0.2)[0]:
-                reply = decode_reply(sock.recv(128))
-                address = sent.pop(reply.xid, None)
-                if address is not None and decode_addstat(reply.results) == AddStat.ADD_SUCCESS:
-                    acked.add(address)
-            else:
-                sent.clear()  # lost datagrams (none expected on loopback): send fresh ones
+            window.step(0.2)
         process.send(9)
         process.wait(10)
-    return acked
+    return window.acked
 
 
 def verify(map_path: Path, confdir: Path) -> None:
