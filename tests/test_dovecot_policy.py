@@ -34,8 +34,9 @@ import pytest
 from dracd.config import ConfigError, DovecotPolicyConfig, config_from_dict
 from dracd.programs.dovecot import DovecotPolicy
 from tests.fixtures.dovecot import DovecotInstance, Login, policy_conf
-from tests.fixtures.postfix import PostfixInstance, pick_free_port
+from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread, map_keys, wait_for
+from tests.fixtures.tools import free_port
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -447,7 +448,7 @@ POLICY_TIMEOUT = 1.0
 def policy_port() -> int:
     """The port Dovecot's auth_policy_server_url names: each test puts its dracd (or
     nothing, or a listener that hangs) there."""
-    return pick_free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -544,7 +545,7 @@ def test_a_dovecot_with_the_wrong_secret_adds_nothing(
 def test_a_dovecot_without_the_secret_adds_nothing(
     policy_server: Callable[..., ServerThread], tmp_path: Path
 ) -> None:
-    port = pick_free_port()
+    port = free_port()
     server = policy_server(listen=f"inet:127.0.0.1:{port}")
     with DovecotInstance(postlogin=None, extra_conf=policy_conf(f"http://127.0.0.1:{port}/", header=None)) as dv:
         mark = len(dv.log_text())
