@@ -146,11 +146,12 @@ class Committer:
         map, or (``full=False``) the changes if the map is one this writer wrote. Starts
         the journal if it is not running; ``final``: the map alone, then the journal is
         removed, as the map holds everything (a clean stop)."""
-        if self._map_replaced():  # say a stop just after someone replaced the map: merge it first
+        updatable = self.writer.can_update()
+        if self._replaced(updatable):  # say a stop just after someone replaced the map: merge it first
             recovery.take_in_replacement(self.table, self.writer.path, *recovery.read_replacement(self.writer))
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
-        job = self._job(full)
+        job = self._job(full or not updatable)
         try:
             if job.entries is not None and final:
                 self.writer.write_codes(job.entries)
@@ -168,13 +169,13 @@ class Committer:
         self._done(version, started, job.kind, since)
 
     def _job(self, full: bool) -> Job:
-        """What to write now: the whole table (asked for, nothing written yet, a map
-        someone else replaced, or a change log as big as the table, such as a flush),
-        else the changes since the last write. Taken on the loop thread (the table is
+        """What to write now: the whole table (``full``: asked for, or a map this writer
+        cannot update; nothing written yet; a change log as big as the table, such as a
+        flush), else the changes since the last write. Taken on the loop thread (the table is
         not thread-safe), as codes: turning 100k expired entries into addresses here
         would stall requests."""
         pending = self.table.pending_changes()
-        if (full or self._full_needed or self.written_version < 0 or not self.writer.can_update()
+        if (full or self._full_needed or self.written_version < 0
                 or pending > max(FULL_WRITE_CHANGES, len(self.table))):
             return Job(entries=self.table.snapshot())
         return Job(changes=self.table.take_changes())
@@ -235,7 +236,9 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             await self._gather()
-            replaced = self._map_replaced()
+            # One look at the map per commit: it decides both the merge and a full write.
+            updatable = self.writer.can_update()
+            replaced = self._replaced(updatable)
             if replaced:
                 await self._take_in_replacement()
             version = self.table.version
@@ -244,7 +247,7 @@ class Committer:
                 self._settle(version, None)
                 continue
             started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            job = self._job(full)
+            job = self._job(full or not updatable)
             try:
                 if job.entries is not None:
                     await self._compacted()  # a new generation must not race the state being written
@@ -276,12 +279,13 @@ class Committer:
         """A cheap look (one stat) at whether the map in place is still the file this
         writer last put there; if not, the commit task merges it and writes the map
         again (dracd.publish.recovery). Called on every expiry tick."""
-        if self._task is not None and self._map_replaced():
+        if self._task is not None and self._replaced(self.writer.can_update()):
             self._changed()
             self._wake.set()
 
-    def _map_replaced(self) -> bool:
-        return self.writer.identity() is not None and not self.writer.can_update()
+    def _replaced(self, updatable: bool) -> bool:
+        """The map is not the one this writer last put in place (``updatable``: can_update())."""
+        return not updatable and self.writer.identity() is not None
 
     async def _take_in_replacement(self) -> None:
         """Someone else replaced, changed or deleted the map: keep its valid entries (in
