@@ -191,21 +191,22 @@ def replay(state: StateScan, files: list[FileScan]) -> dict[int, int]:
     return entries
 
 
-def newer_entries(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> dict[int, int]:
+def newer_entries(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> tuple[dict[int, int], int]:
     """The one rule for a map someone else wrote (legacy rpc.dracd after a rollback, an
     admin's db5.3_load or makemap, an older copy put back) and for a map read after
     damage, at start-up and while running: every unexpired, valid entry of ``theirs``
     that ``ours`` lacks or holds with an earlier expiry is taken; ``ours`` keeps the rest
-    (an acknowledged ADD is never lost; expiry removes what the other writer deleted)."""
-    return {code: expiry for code, expiry in theirs.items()
-            if expiry > now and ours.get(code, -1) < expiry and valid_code(code)}
+    (an acknowledged ADD is never lost; expiry removes what the other writer deleted).
+    Also how many of those taken ``ours`` lacked."""
+    taken = {code: expiry for code, expiry in theirs.items()
+             if expiry > now and ours.get(code, -1) < expiry and valid_code(code)}
+    return taken, sum(1 for code in taken if code not in ours)
 
 
 def merge_foreign(ours: Mapping[int, int], theirs: Mapping[int, int], now: float) -> tuple[dict[int, int], int, int]:
     """``ours`` with newer_entries() of ``theirs``; also how many of those ``ours`` lacked
     and how many it had with an earlier expiry."""
-    taken = newer_entries(ours, theirs, now)
-    lacking = sum(1 for code in taken if code not in ours)
+    taken, lacking = newer_entries(ours, theirs, now)
     return {**ours, **taken}, lacking, len(taken) - lacking
 
 
@@ -375,8 +376,7 @@ def take_in_replacement(table: Merging, path: Path, found: str, entries: Mapping
         return
     now = table.clock()
     ours = table.codes()
-    taken = newer_entries(ours, entries, now)
-    lacking = sum(1 for code in taken if code not in ours)
+    taken, lacking = newer_entries(ours, entries, now)
     missing = sum(1 for code in ours if code not in entries)
     table.set_codes(taken)
     log.warning("%s was %s since dracd's last write: kept %d of its entries (%d dracd lacked, %d with a later "
