@@ -51,7 +51,7 @@ from ..ratelog import RateLimitedLog
 from ..server.dispatch import PENDING, CallContext, PeerCred, Pending, Respond
 from ..server.http import HTTP, HttpReply, HttpRequest, json_reply
 from ..server.stream import StreamLimits, StreamServer
-from ..server.transport import bind_tcp, bind_unix
+from ..server.transport import bind_endpoint
 from .drac import DracService
 
 log = logging.getLogger(__name__)
@@ -134,14 +134,7 @@ class DovecotPolicy:
     # Serving
 
     async def start(self) -> None:
-        spec = self.spec
-        if spec.kind == "unix":
-            assert spec.path is not None
-            sock = bind_unix(spec.path)
-            self.bound = spec
-        else:
-            sock = bind_tcp(spec.host, spec.port)
-            self.bound = SocketmapSpec("inet", host=spec.host, port=sock.getsockname()[1])
+        sock, self.bound = bind_endpoint(self.spec)
         self.server = await StreamServer(sock, self.handle, HTTP, self.limits).start()
         log.info("Dovecot auth policy server on %s", self.bound)
 

@@ -24,7 +24,7 @@ from ..ratelog import RateLimitedLog
 from ..relay.table import RelayTable
 from ..server.netstring import NetstringError, NetstringReader, encode
 from ..server.stream import Framing, StreamLimits, StreamServer
-from ..server.transport import bind_tcp, bind_unix
+from ..server.transport import bind_endpoint
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log)
@@ -82,14 +82,10 @@ class SocketmapServer:
 
     async def start(self) -> None:
         for spec in self.specs:
-            if spec.kind == "unix":
-                assert spec.path is not None
-                sock = bind_unix(spec.path)
+            sock, bound = bind_endpoint(spec)
+            self.bound.append(bound)
+            if spec.path is not None:
                 self._unix_paths.append(spec.path)
-                self.bound.append(spec)
-            else:
-                sock = bind_tcp(spec.host, spec.port)
-                self.bound.append(SocketmapSpec("inet", host=spec.host, port=sock.getsockname()[1]))
             self.servers.append(await StreamServer(sock, self.handle, NETSTRINGS, self.limits).start())
         if self.bound:
             log.info("socketmap on %s", ", ".join(str(spec) for spec in self.bound))

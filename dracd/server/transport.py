@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.values import SocketmapSpec
 from ..keys import IPAddress
 from ..ratelog import RateLimitedLog
 from .dispatch import PENDING, PeerCred, Pending, Respond
@@ -253,6 +254,16 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def bind_endpoint(spec: SocketmapSpec) -> tuple[socket.socket, SocketmapSpec]:
+    """A listening socket for ``inet:HOST:PORT`` or ``unix:PATH``, and where it is bound
+    (an inet port 0 replaced by the port it got)."""
+    if spec.kind == "unix":
+        assert spec.path is not None
+        return bind_unix(spec.path), spec
+    sock = bind_tcp(spec.host, spec.port)
+    return sock, SocketmapSpec("inet", host=spec.host, port=sock.getsockname()[1])
 
 
 def serve_udp(sock: socket.socket, dispatch: Dispatch) -> UdpServer:
