@@ -30,8 +30,9 @@ from dracd.app.cli import EX_CONFIG, EX_OK, EX_USAGE
 from dracd.app.cli import main as dracd_main
 from dracd.app.daemon import Daemon
 from dracd.config import Config, ConfigError, config_from_dict
-from dracd.keys import KeyStyle
+from dracd.keys import KeyStyle, entry_code
 from dracd.programs.drac import DracService, Settings
+from dracd.publish.journal import Journal
 from dracd.ratelog import RateLimitedLog
 from dracd.relay.policy import AllowList, NetRule
 from dracd.relay.table import RelayTable
@@ -288,6 +289,103 @@ def test_sync_add_answers_at_once_when_the_map_already_holds_it(tmp_path: Path) 
 
     asyncio.run(main())
     assert replies == [success(XID, words(0)), success(XID + 1, words(0))]
+
+
+async def _answered_within(replies: list[bytes], count: int, iterations: int) -> bool:
+    """Whether ``replies`` holds ``count`` answers after at most ``iterations`` loop iterations."""
+    for _ in range(iterations):
+        if len(replies) >= count:
+            return True
+        await asyncio.sleep(0)
+    return len(replies) >= count
+
+
+async def _add(dispatcher: Dispatcher, address: str, xid: int, replies: list[bytes]) -> None:
+    caller = ipaddress.ip_address("127.0.0.1")
+    assert dispatcher.dispatch(add_call(DRACPROG, address, xid), caller, 1, "udp", None, replies.append) is PENDING
+
+
+async def _settled(replies: list[bytes], count: int) -> None:
+    for _ in range(500):
+        if len(replies) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count - len(replies)} ADDs unanswered after 5 s")
+
+
+def test_a_lone_add_is_committed_on_the_spot(tmp_path: Path) -> None:
+    """One login at a time (issue 21): the ADD is journaled, in the map and answered in the
+    next loop iteration, with no commit-task step and no gathering of a burst (which took
+    four iterations, each an epoll and a task step, for a burst that never comes)."""
+    path = tmp_path / "dracd.db"
+    writer = EntryMap(path, "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, drac):
+            # The first write is the whole map, the second a copy that leaves a spare behind.
+            for i in range(2):
+                await _add(dispatcher, f"192.0.2.{20 + i}", XID + i, replies)
+                await _settled(replies, i + 1)
+            await _add(dispatcher, "192.0.2.30", XID + 2, replies)
+            assert await _answered_within(replies, 3, 2)
+            assert b"192.0.2.30" in map_keys(path)
+            # Durable before the answer: the journal replays it.
+            journal = Journal(path)
+            assert entry_code(ipaddress.ip_address("192.0.2.30")) in journal.recover()
+            assert drac.metrics.adds.get("1", "udp", "ADD_SUCCESS") == 3
+
+    asyncio.run(main())
+    assert replies == [success(XID + i, words(0)) for i in range(3)]
+
+
+def test_a_lone_add_the_spare_cannot_take_is_committed_by_a_copy(tmp_path: Path) -> None:
+    """An MTA still reads the spare: the lone ADD's change goes to the commit task, which
+    copies the map; it is answered once in the map, and nothing it took is lost."""
+    path = tmp_path / "dracd.db"
+    writer = EntryMap(path, "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, _):
+            for i in range(2):
+                await _add(dispatcher, f"192.0.2.{40 + i}", XID + i, replies)
+                await _settled(replies, i + 1)
+            with open(tmp_path / ".dracd.db.spare", "rb"):  # a reader holds the spare
+                await _add(dispatcher, "192.0.2.50", XID + 2, replies)
+                await _settled(replies, 3)
+                assert set(map_keys(path)) == {b"192.0.2.40", b"192.0.2.41", b"192.0.2.50"}
+            # The next lone ADD carries nothing over from the one before: both are there.
+            await _add(dispatcher, "192.0.2.51", XID + 3, replies)
+            await _settled(replies, 4)
+            assert set(map_keys(path)) == {b"192.0.2.40", b"192.0.2.41", b"192.0.2.50", b"192.0.2.51"}
+
+    asyncio.run(main())
+    assert replies == [success(XID + i, words(0)) for i in range(4)]
+
+
+def test_after_a_burst_a_small_commit_gathers_first(tmp_path: Path) -> None:
+    """A commit of many changes means a burst is on its way: the next few ADDs are left to
+    the commit task, which gathers what comes in before it writes, instead of one commit
+    each on the spot."""
+    path = tmp_path / "dracd.db"
+    writer = EntryMap(path, "btree", KeyStyle())
+    replies: list[bytes] = []
+
+    async def main() -> None:
+        async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, drac):
+            for i in range(2):
+                await _add(dispatcher, f"192.0.2.{60 + i}", XID + i, replies)
+                await _settled(replies, i + 1)
+            for i in range(16):
+                await _add(dispatcher, f"198.51.100.{i}", XID + 2 + i, replies)
+            await _settled(replies, 18)
+            await _add(dispatcher, "192.0.2.70", XID + 18, replies)
+            assert not await _answered_within(replies, 19, 2)
+            await _settled(replies, 19)
+            assert b"192.0.2.70" in map_keys(path)
+
+    asyncio.run(main())
 
 
 def raises_now(args: bytes, ctx: CallContext) -> bytes:

@@ -276,3 +276,37 @@ def test_the_journal_names_the_map_dracd_last_put_in_place(tmp_path: Path) -> No
     recovered = Journal(map_path)
     recovered.recover()
     assert recovered.holds_last_written_map()
+
+
+@pytest.mark.unit
+def test_a_commit_can_note_the_map_in_the_same_write(tmp_path: Path) -> None:
+    """commit(changes, identity): the batch and the note of the map just put in place go in
+    one open of the file (issue 21), and a failed commit forgets the note it could not write."""
+    map_path = tmp_path / "dracd.db"
+    map_path.write_bytes(b"map")
+    st = map_path.stat()
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    journal = Journal(map_path)
+    journal.start({})
+    journal.commit({code("192.0.2.1"): 1000}, identity)
+    recovered = Journal(map_path)
+    assert recovered.recover() == {code("192.0.2.1"): 1000}
+    assert recovered.holds_last_written_map()
+
+    os.utime(map_path, ns=(0, st.st_mtime_ns + 1))
+    st = map_path.stat()
+    later = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    os.chmod(journal.paths[0], 0o400)
+    try:
+        if os.geteuid() == 0:  # root writes anyway: take the file away instead
+            journal.paths[0].rename(tmp_path / "away")
+        with pytest.raises(JournalError):
+            journal.commit({code("192.0.2.2"): 1000}, later)
+    finally:
+        if os.geteuid() == 0:
+            (tmp_path / "away").rename(journal.paths[0])
+        os.chmod(journal.paths[0], 0o600)
+    journal.note_map(later)  # not recorded by the failed commit: written now
+    recovered = Journal(map_path)
+    recovered.recover()
+    assert recovered.holds_last_written_map()

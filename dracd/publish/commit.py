@@ -45,7 +45,7 @@ FULL_WRITE_CHANGES = 1024
 #: A commit of at most this many changes flushes the journal on the loop thread (see _journaled).
 INLINE_CHANGES = 256
 #: A commit of at most this many changes updates the map on the loop thread too, when the
-#: spare can take them in place (see _journaled).
+#: spare can take them in place (see _commit_lone and _journaled).
 INLINE_MAP_CHANGES = 4
 #: How long the loop blocks for a small map update before it awaits it instead (see _journaled).
 MAP_WAIT = 0.002
@@ -108,6 +108,13 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = RETRY_FIRST
         self._failing = False
+        #: A _kick is scheduled; the commit task is between waking and its commit's end.
+        self._kicked = False
+        self._busy = False
+        #: Changes taken from the table that the map did not take in place yet (_commit_lone).
+        self._carry: dict[int, int | None] = {}
+        #: How many changes the last commit carried (a big one: a burst, gather the next).
+        self._last_changes = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="dracd-commit")
@@ -130,7 +137,9 @@ class Committer:
             return
         self._changed()
         self._waiters.append((target, callback))
-        self._wake.set()
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._kick)
 
     def request(self) -> None:
         """Ask for a write without waiting for it (expiry, reloads)."""
@@ -174,11 +183,19 @@ class Committer:
         flush), else the changes since the last write. Taken on the loop thread (the table is
         not thread-safe), as codes: turning 100k expired entries into addresses here
         would stall requests."""
-        pending = self.table.pending_changes()
+        pending = self.table.pending_changes() + len(self._carry)
         if (full or self._full_needed or self.written_version < 0
                 or pending > max(FULL_WRITE_CHANGES, len(self.table))):
+            self._carry = {}
             return Job(entries=self.table.snapshot())
-        return Job(changes=self.table.take_changes())
+        return Job(changes=self._take())
+
+    def _take(self) -> dict[int, int | None]:
+        """The table's changes since the last take, after any the map has not taken yet."""
+        changes = self.table.take_changes()
+        if self._carry:
+            changes, self._carry = {**self._carry, **changes}, {}
+        return changes
 
     def _write(self, job: Job) -> None:
         """Write outside the journal: durable by itself (start-up, full writes)."""
@@ -230,50 +247,98 @@ class Committer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         # write_now() wrote the whole map at start: from here on, changes suffice
-        # unless the writer says otherwise (can_update) or a write failed.
-        full = False
+        # unless the writer says otherwise (can_update) or a write failed (_full_needed).
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._gather()
-            # One look at the map per commit: it decides both the merge and a full write.
-            updatable = self.writer.can_update()
-            replaced = self._replaced(updatable)
-            if replaced:
-                await self._take_in_replacement()
-            version = self.table.version
-            if version <= self.written_version and not replaced:
-                self._pending_since = None  # a request with nothing new to write
-                self._settle(version, None)
-                continue
-            started, since, self._pending_since = time.monotonic(), self._pending_since, None
-            job = self._job(full or not updatable)
+            self._busy = True
             try:
-                if job.entries is not None:
-                    await self._compacted()  # a new generation must not race the state being written
-                    await loop.run_in_executor(self._executor, self._write, job)
-                else:
-                    await self._journaled(job.changes)
-            except StaleMap as exc:
-                log.warning("%s; writing the whole map", exc)
-                self._still_pending(since)
-                full = True
-                self._wake.set()
-                continue
-            except MapError as exc:
-                self._failed(since)
-                full = True
-                self._settle(version, exc)
-                self._schedule_retry(exc)
-                continue
-            full = False
-            self._done(version, started, job.kind, since)
-            if self._failing:
-                log.warning("map %s is writable again", self.writer.path)
-                self._failing, self._retry_delay = False, RETRY_FIRST
+                await self._commit_once(loop)
+            finally:
+                self._busy = False
+
+    async def _commit_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        await self._gather()
+        # One look at the map per commit: it decides both the merge and a full write.
+        updatable = self.writer.can_update()
+        replaced = self._replaced(updatable)
+        if replaced:
+            await self._take_in_replacement()
+        version = self.table.version
+        if version <= self.written_version and not replaced:
+            self._pending_since = None  # a request with nothing new to write
             self._settle(version, None)
-            if self._waiters or self.table.version > self.written_version:
-                self._wake.set()
+            return
+        started, since, self._pending_since = time.monotonic(), self._pending_since, None
+        job = self._job(not updatable)
+        try:
+            if job.entries is not None:
+                await self._compacted()  # a new generation must not race the state being written
+                await loop.run_in_executor(self._executor, self._write, job)
+            else:
+                await self._journaled(job.changes)
+        except StaleMap as exc:
+            log.warning("%s; writing the whole map", exc)
+            self._still_pending(since)
+            self._full_needed = True
+            self._wake.set()
+            return
+        except MapError as exc:
+            self._fail(version, since, exc)
+            return
+        self._succeed(version, started, job.kind, since)
+
+    def _succeed(self, version: int, started: float, kind: str, since: float | None) -> None:
+        self._done(version, started, kind, since)
+        if self._failing:
+            log.warning("map %s is writable again", self.writer.path)
+            self._failing, self._retry_delay = False, RETRY_FIRST
+        self._settle(version, None)
+        if self._waiters or self.table.version > self.written_version:
+            self._wake.set()
+
+    def _fail(self, version: int, since: float | None, exc: MapError) -> None:
+        """A commit failed: its waiters get the error, and a full write is retried later."""
+        self._failed(since)
+        self._full_needed = True
+        self._settle(version, exc)
+        self._schedule_retry(exc)
+
+    def _kick(self) -> None:
+        """Serve the changes that came in since the last loop iteration: a lone ADD (one
+        login at a time) on the spot, here, if the spare takes it in place; anything else
+        by the commit task, which gathers a burst first."""
+        self._kicked = False
+        if not self._commit_lone():
+            self._wake.set()
+
+    def _commit_lone(self) -> bool:
+        """Commit a few changes on the loop thread, with no task step and no gathering
+        (issue 21: at one login at a time these cost more than the commit itself). Only
+        while nothing else is going on: no commit running, the last one small too (else a
+        burst is on its way and the task gathers it), no failure or full write pending,
+        the map still ours. False: nothing was done, the task commits."""
+        pending = self.table.pending_changes() + len(self._carry)
+        if (self._busy or self._failing or self._full_needed or self.written_version < 0
+                or not 0 < pending <= INLINE_MAP_CHANGES or self._last_changes > INLINE_MAP_CHANGES
+                or not self.journal.active or not self.writer.can_update()):
+            return False
+        version = self.table.version
+        started, since, self._pending_since = time.monotonic(), self._pending_since, None
+        changes = self._take()
+        if not self.writer.update_in_place(changes):
+            self._carry = changes  # the task writes them, by a copy of the map
+            self._still_pending(since)
+            return False
+        self._last_changes = len(changes)
+        try:
+            self.journal.commit(changes, self.writer.identity())
+        except MapError as exc:
+            self._fail(version, since, exc)
+            return True
+        self._journal_written()
+        self._succeed(version, started, "incremental", since)
+        return True
 
     def check_map(self) -> None:
         """A cheap look (one stat) at whether the map in place is still the file this
@@ -297,11 +362,10 @@ class Committer:
     async def _journaled(self, changes: dict[int, int | None]) -> None:
         """Flush the changes to the journal while the map takes them."""
         journal = self.journal
+        self._last_changes = len(changes)
         if len(changes) <= INLINE_MAP_CHANGES and self.writer.update_in_place(changes):
-            # One login at a time: the spare takes the change in place on this thread, then
-            # the journal's flush; no thread is woken (issue 21: handing the update to the
-            # map thread cost more CPU than the update itself).
-            journal.commit(changes)
+            # The spare took them in place on this thread (as in _commit_lone).
+            journal.commit(changes, self.writer.identity())
         elif len(changes) <= INLINE_CHANGES:
             # The map thread updates the map while this thread waits for the journal's
             # flush: blocking the loop for ~0.2 ms costs less than waking it from two
@@ -326,7 +390,10 @@ class Committer:
             synced.result()
         # Which map is dracd's (not flushed: see Journal.note_map).
         journal.note_map(self.writer.identity())
-        if self._compaction is None and journal.wants_compaction():
+        self._journal_written()
+
+    def _journal_written(self) -> None:
+        if self._compaction is None and self.journal.wants_compaction():
             self._compact()
 
     def _compact(self) -> None:

@@ -160,12 +160,9 @@ class Journal:
         a start after a crash can tell it from a map someone else wrote since. Not flushed:
         a crash that loses it (a power cut) makes the map look someone else's, and that
         map is merged with the journal, which loses nothing."""
-        slot = NO_MAP if identity is None else _map_slot(_map_digest(identity))
-        if slot == self._map_slot:
-            return
-        self._map_slot = slot
-        if not self._open:
-            return  # start() writes it
+        slot = self._new_slot(identity)
+        if slot is None or not self._open:
+            return  # unchanged, or start() writes it
         try:
             fd = os.open(self.paths[self._current], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -174,6 +171,14 @@ class Journal:
                 os.close(fd)
         except OSError:
             self._map_slot = NO_MAP  # the next commit fails on this file anyway
+
+    def _new_slot(self, identity: tuple[int, int, int, int] | None) -> bytes | None:
+        """The map slot for ``identity``, now the one recorded; None if it already was."""
+        slot = NO_MAP if identity is None else _map_slot(_map_digest(identity))
+        if slot == self._map_slot:
+            return None
+        self._map_slot = slot
+        return slot
 
     def start(self, entries: Mapping[int, int]) -> None:
         """A new generation from ``entries`` (the whole table): a state covering every
@@ -200,10 +205,12 @@ class Journal:
         self._current, self.epoch, self._open = 0, epoch, True
         self._offset, self._allocated = HEADER_SIZE, HEADER_SIZE + CHUNK
 
-    def commit(self, changes: Mapping[int, int | None]) -> None:
-        """Append ``changes`` (None: deleted) and flush them to disk. The file is opened
-        each time: a descriptor held open for writing would keep the file system from
-        being remounted read-only."""
+    def commit(self, changes: Mapping[int, int | None],
+               map_identity: tuple[int, int, int, int] | None = None) -> None:
+        """Append ``changes`` (None: deleted) and flush them to disk; with ``map_identity``
+        (the map just put in place), note_map() it in the same go, flushed with the batch
+        (earlier than need be, never later). The file is opened each time: a descriptor held open for writing would keep
+        the file system from being remounted read-only."""
         if not self._open:
             raise JournalError("the journal is not open")
         records = _pack_records((code, -1 if expiry is None else expiry) for code, expiry in changes.items())
@@ -211,17 +218,22 @@ class Journal:
         batch = BATCH.pack(BATCH_MAGIC, self.epoch & 0xFFFF_FFFF, len(changes),
                            zlib.crc32(records, zlib.crc32(head))) + records
         end = self._offset + len(batch)
+        slot = None if map_identity is None else self._new_slot(map_identity)
         try:
             fd = os.open(self.paths[self._current], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 while end > self._allocated:
                     os.pwrite(fd, bytes(CHUNK), self._allocated)
                     self._allocated += CHUNK
+                if slot is not None:
+                    os.pwrite(fd, slot, HEADER.size)
                 os.pwrite(fd, batch, self._offset)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
+            if slot is not None:
+                self._map_slot = NO_MAP
             raise JournalError(f"cannot write {self.paths[self._current]}: {exc.strerror}") from exc
         self._offset = end
 
