@@ -32,6 +32,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 from _proc import PROG, free_port  # noqa: E402
@@ -107,14 +109,19 @@ def measure(kind: str, n: int, window: int, loop_name: str, time_limit: float) -
         try:
             if not ready.wait(10):
                 raise RuntimeError(f"{kind} server did not start")
+            ps = psutil.Process(server.pid)
+            before = ps.cpu_times()
             result = loadgen.run_load(port, PROG, "udp", n, window, 1, time_limit)
+            after = ps.cpu_times()
         finally:
             server.kill()
             server.join(5)
     latencies = sorted(result.latencies)
     return {"kind": kind, "loop": loop_name, "n": n, "window": window, "acked": len(result.acked),
             "adds_per_s": round(result.rate), "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2)
-            if latencies else None, "failures": result.failures}
+            if latencies else None, "failures": result.failures,
+            "cpu_us_per_add": round((after.user + after.system - before.user - before.system)
+                                    / max(len(result.acked), 1) * 1e6)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(kind, args.n, args.window, args.loop, args.time_limit)
         rows.append(row)
         print(f"{kind:10s} {args.loop:7s} n={args.n} w={args.window}: {row['acked']:,} acked, "
-              f"{row['adds_per_s']:,}/s, p50 {row['p50_ms']} ms, failures {row['failures']}", flush=True)
+              f"{row['adds_per_s']:,}/s, p50 {row['p50_ms']} ms, CPU {row['cpu_us_per_add']} us/ADD, failures {row['failures']}", flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "rows": rows}, indent=1) + "\n")

@@ -321,13 +321,14 @@ class Committer:
         pending = self.table.pending_changes() + len(self._carry)
         if (self._busy or self._failing or self._full_needed or self.written_version < 0
                 or not 0 < pending <= INLINE_MAP_CHANGES or self._last_changes > INLINE_MAP_CHANGES
-                or not self.journal.active or not self.writer.can_update()):
+                or not self.journal.active):
             return False
         version = self.table.version
         started, since, self._pending_since = time.monotonic(), self._pending_since, None
         changes = self._take()
+        # update_in_place() looks at the map first: one replaced meanwhile is left to the task.
         if not self.writer.update_in_place(changes):
-            self._carry = changes  # the task writes them, by a copy of the map
+            self._carry = changes  # the task writes them, by a copy of the map (or merges)
             self._still_pending(since)
             return False
         self._last_changes = len(changes)
