@@ -5,7 +5,9 @@ change. Only one commit runs at a time; every change that arrives while it
 runs is served by the next one. A commit carries the changes since the
 previous one: they are appended to the journal (dracd.publish.journal) and flushed
 while the map thread brings the map up to date, unflushed (a commit of a few
-changes the spare can take in place does both on the loop thread); the ADDs are
+changes the spare can take in place does both on the loop thread; a lone ADD,
+one login at a time, is committed so in the loop iteration after the one that
+read it, with no task step and no wait for a burst); the ADDs are
 answered once both are done, and the journal notes which map file is now
 dracd's (unflushed), so a start after a crash can tell a map someone else
 changed since from one the crash set back. The whole table is written instead (the map
