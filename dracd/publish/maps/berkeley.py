@@ -318,6 +318,14 @@ class BerkeleyMap:
         """Close every held handle and forget every cached page (after a failure they
         may not match the files)."""
         handles, self._handles = self._handles, {}
+        if self._env is not None and handles:
+            # Closing the cache writes what is dirty in it (a failure half-way), and by file
+            # name once a file's handle is closed: write it first, through the open handles,
+            # to the inodes it belongs to (the spare that is given up).
+            try:
+                self._env.memp_trickle(100)
+            except db.DBError:
+                pass
         for table in handles.values():
             try:
                 table.close(db.DB_NOSYNC)
