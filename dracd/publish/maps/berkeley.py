@@ -40,6 +40,16 @@ DB cache (memp_trickle writes them, nothing flushes them) and the rename is
 not flushed either, which halves a commit. That cache knows a file by the
 id Berkeley DB stamps into it, so a copy gets a new id (fileid_reset) before
 it can ever become the spare: two files under one id would share pages.
+
+A lone ADD's commit updates the spare on the event-loop thread (issue 21), so
+that path opens nothing: the map and the spare, the two inodes that take
+turns, stay open in the cache, one descriptor each. The spare's descriptor
+takes the write lease (granted only if no other open file has the inode, ours
+included, nor a mapping of it), the map's takes the lock and the mtime moves.
+Any identity not as we left it, a failure, a full write or adopt() closes
+them and drops the cache (whose dirty pages, once a file's handle is closed,
+Berkeley DB writes by file name at close: so it writes them first, through
+the open handles).
 """
 
 from __future__ import annotations
@@ -216,8 +226,7 @@ class BerkeleyMap:
         try:
             st = _lstat(self._path_s)
             ours = st is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == written
-            if ours:
-                assert st is not None
+            if st is not None and ours:
                 _apply(spare, records)
                 self._cache().memp_trickle(100)  # write every changed page (no flush)
                 if durable:
