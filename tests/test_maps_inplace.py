@@ -72,10 +72,10 @@ def fds_on(path: Path) -> int:
     return count
 
 
-def warm(tmp_path: Path) -> tuple[EntryMap, dict[bytes, bytes]]:
+def warm(tmp_path: Path, kind: str = "btree") -> tuple[EntryMap, dict[bytes, bytes]]:
     """A writer whose map and spare have both been updated in place (both held open)."""
     path = tmp_path / "dracd.db"
-    writer = open_map("btree", path, KeyStyle())
+    writer = open_map(kind, path, KeyStyle())
     writer.write({ipaddress.ip_address(f"10.0.0.{i}"): 1000 for i in range(1, 200)})
     writer.update({V4: 1})  # a copy: the first inode becomes the spare
     model = records(path)
@@ -101,10 +101,11 @@ def verify(path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("kind", ["btree", "hash"])
 def test_lone_updates_open_no_database_and_hold_one_descriptor_per_inode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    writer, model = warm(tmp_path)
+    writer, model = warm(tmp_path, kind)
     path, spare = writer.path, tmp_path / ".dracd.db.spare"
     inodes = {path.stat().st_ino, spare.stat().st_ino}
     opened: list[object] = []
@@ -116,13 +117,14 @@ def test_lone_updates_open_no_database_and_hold_one_descriptor_per_inode(
         return real(*args)
 
     monkeypatch.setattr(db, "DB", counting)
-    for i in range(10):
-        add(writer, model, f"203.0.113.{i}", 3000 + i, in_place=True)
+    size = path.stat().st_size
+    for i in range(300):  # enough to grow the files
+        add(writer, model, f"203.0.{i // 250}.{i % 250}", 3000 + i, in_place=True)
         assert {path.stat().st_ino, spare.stat().st_ino} == inodes
         # Held open, yet the lease is ours to take: one descriptor each, no page left dirty.
         assert fds_on(path) == 1 and fds_on(spare) == 1
         assert writer._env is not None and writer._env.memp_stat()[0]["page_dirty"] == 0
-    assert opened == []
+    assert opened == [] and path.stat().st_size > size
     monkeypatch.undo()
     verify(path)
     verify(spare)
