@@ -40,6 +40,16 @@ DB cache (memp_trickle writes them, nothing flushes them) and the rename is
 not flushed either, which halves a commit. That cache knows a file by the
 id Berkeley DB stamps into it, so a copy gets a new id (fileid_reset) before
 it can ever become the spare: two files under one id would share pages.
+
+A lone ADD's commit updates the spare on the event-loop thread (issue 21), so
+that path opens nothing: the map and the spare, the two inodes that take
+turns, stay open in the cache, one descriptor each. The spare's descriptor
+takes the write lease (granted only if no other open file has the inode, ours
+included, nor a mapping of it), the map's takes the lock and the mtime moves.
+Any identity not as we left it, a failure, a full write or adopt() closes
+them and drops the cache (whose dirty pages, once a file's handle is closed,
+Berkeley DB writes by file name at close: so it writes them first, through
+the open handles).
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ except ImportError:  # Debian's python3-bsddb3: the same module under its old na
 
 from ...keys import HOSTS4, KeyStyle, code_entry, parse_key_code, parse_value
 from ...ratelog import RateLimitedLog
-from ..files import fdatasync, fsync_dir, unlink_quietly
+from ..files import fsync_dir, unlink_quietly
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
@@ -94,11 +104,16 @@ class BerkeleyMap:
         self._written: tuple[int, int, int, int] | None = None
         self._spare = path.with_name(f".{path.name}.spare")
         self._prev = path.with_name(f".{path.name}.prev")
+        # The same as str, for the per-commit path (no pathlib there).
+        self._path_s, self._spare_s, self._prev_s = str(path), str(self._spare), str(self._prev)
         #: The records the spare lacks (None: delete the key); None: there is no spare.
         self._spare_lacks: Records | None = None
         #: Identity of the map read() found to be exactly in this writer's style.
         self._as_written: tuple[int, int, int, int] | None = None
         self._env: db.DBEnv | None = None
+        #: Berkeley DB handles held open in that cache, by (device, inode): the map's and the
+        #: spare's at most (the two inodes take turns), so a commit opens no database.
+        self._handles: dict[tuple[int, int], db.DB] = {}
         #: (device, inode, size, mtime) of the spare as this writer left it.
         self._spare_identity: tuple[int, int, int, int] | None = None
         #: Whether the last _install kept the replaced inode as the spare.
@@ -128,7 +143,7 @@ class BerkeleyMap:
 
         self._replace(fill, copy=False)
         # The old inode may be anyone's; start the spare afresh from the next update.
-        self._spare_lacks = None
+        self._forget()
         unlink_quietly(self._spare)
 
     def update_codes(self, changes: Mapping[int, int | None], durable: bool = True) -> None:
@@ -150,41 +165,154 @@ class BerkeleyMap:
                 for code, expiry in changes.items() for key in self.style.code_keys(code)}
 
     def _in_place(self, records: Records, durable: bool) -> bool:
-        if not self._can_update_in_place(len(records)):
+        lacks = self._spare_lacks
+        if lacks is None or len(lacks) + len(records) > SPARE_MAX_PENDING:
             return False
         try:
-            self._refresh_spare({**(self._spare_lacks or {}), **records}, durable)
+            done = self._refresh_spare({**lacks, **records}, durable)
         except (OSError, db.DBError) as exc:
             log.info("cannot reuse %s (%s); copying the map instead", self._spare, _describe(exc))
-            self._spare_lacks = None
-            self._drop_cache()
+            self._forget()
             return False
-        self._keep_spare(records)
+        if done:
+            self._keep_spare(records)
+        return done
+
+    def _refresh_spare(self, records: Records, durable: bool) -> bool:
+        """Bring the spare up to date in place and rename it over the map, if it can take
+        the changes: nobody else has it open, it is as we left it and the map is ours.
+
+        Once per commit (issue 21), so with what is known and held rather than more
+        system calls: both inodes stay open in the private cache (_handles); the spare's
+        handle takes the write lease, the map's the lock and the mtimes; identities come
+        from what we set. Whatever is not as we left it, nothing held is trusted."""
+        written, left = self._written, self._spare_identity
+        if written is None or left is None:
+            return False
+        spare = self._handles.get(left[:2])
+        if spare is None:  # (never by truth value: len() of a DB counts its records)
+            spare = self._open(self._spare_s, left[:2])
+            if spare is None:
+                self._forget()
+                return False
+        fd = spare.fd()
+        if not _nobody_else_has_open(fd):
+            return False
+        # Nobody has it open now, so nobody writes into it unseen: is it as we left it,
+        # under its name? (postmap may have written into the inode it had locked)
+        if _lidentity(self._spare_s) != left:
+            self._forget()
+            return False
+        current = self._handles.get(written[:2])
+        if current is None:  # the map was never opened (a copy): by name, as after a copy
+            if _lidentity(self._path_s) != written:
+                self._forget()
+                return False
+            _apply(spare, records)
+            self._cache().memp_trickle(100)  # write every changed page (no flush)
+            if durable:
+                os.fdatasync(fd)
+            self._install(self._spare, durable)
+            return True
+        # The map's lock first, then its identity: it then stays as it is until we are done.
+        map_fd = current.fd()
+        try:
+            fcntl.flock(map_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:  # someone holds LOCK_EX on it: as _install, it is let go
+            locked = False
+            self._warn_locked()
+        self._spare_kept = False
+        try:
+            st = _lstat(self._path_s)
+            ours = st is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == written
+            if st is not None and ours:
+                _apply(spare, records)
+                self._cache().memp_trickle(100)  # write every changed page (no flush)
+                if durable:
+                    os.fdatasync(fd)
+                self._swap(map_fd, st, locked)
+        finally:
+            if locked:
+                fcntl.flock(map_fd, fcntl.LOCK_UN)
+        if not ours:
+            self._forget()
+            return False
+        new = os.fstat(fd)
+        self._written = (new.st_dev, new.st_ino, new.st_size, new.st_mtime_ns)
+        # Kept, the map and the spare are the two inodes they were, the other way round: the
+        # handles held are still theirs. Else that inode's pages are not to be trusted any
+        # more (someone may be writing into it).
+        if not self._spare_kept:
+            self._forget()
+        if durable:
+            fsync_dir(self.path.parent)
         return True
 
-    def _can_update_in_place(self, changes: int) -> bool:
-        lacks = self._spare_lacks
-        # Its identity as we left it: nobody (postmap on an inode it had locked) wrote into it since.
-        return (lacks is not None and len(lacks) + changes <= SPARE_MAX_PENDING and self.can_update()
-                and _identity(self._spare) == self._spare_identity and _nobody_has_open(self._spare))
+    def _swap(self, map_fd: int, st: os.stat_result, locked: bool) -> None:
+        """_install(self._spare) with the map open as ``map_fd`` (``st``: its lstat, taken
+        under our lock if ``locked``): its mtimes set by fd, its new identity as set."""
+        keep = False
+        mtime = st.st_mtime_ns
+        # As _install: the old map's mtime moves on before and after the rename.
+        if locked:
+            try:
+                try:
+                    os.link(self._path_s, self._prev_s)
+                except FileExistsError:  # left by a stop between the link and the rename
+                    unlink_quietly(self._prev)
+                    os.link(self._path_s, self._prev_s)
+                mtime += 1_000_000_000
+                os.utime(map_fd, ns=(st.st_atime_ns, mtime))
+                keep = True
+            except OSError:  # not ours (fs.protected_hardlinks after a privilege drop)
+                unlink_quietly(self._prev)
+        os.rename(self._spare_s, self._path_s)
+        if keep:
+            os.rename(self._prev_s, self._spare_s)
+            try:
+                mtime += 1_000_000_000
+                os.utime(map_fd, ns=(st.st_atime_ns, mtime))
+                self._spare_identity = (st.st_dev, st.st_ino, st.st_size, mtime)
+                self._spare_kept = True
+            except OSError:  # not ours after all: let it go
+                unlink_quietly(self._spare)
+
+    def _open(self, path: str, key: tuple[int, int]) -> db.DB | None:
+        """Open ``path`` in the private cache and hold it, if it is the file ``key``
+        (device, inode); else None."""
+        table = db.DB(self._cache())
+        try:
+            table.open(path, dbtype=_DB_TYPES[self.kind])
+            st = os.fstat(table.fd())
+        except BaseException:
+            table.close(db.DB_NOSYNC)
+            raise
+        if (st.st_dev, st.st_ino) != key:
+            table.close(db.DB_NOSYNC)
+            return None
+        self._handles[key] = table
+        return table
+
+    def _warn_locked(self) -> None:
+        self._lock_log.warning("locked", "%s: another process holds flock(LOCK_EX) on it; going "
+                               "on without waiting (that inode is not reused)", self.path)
 
     def _keep_spare(self, lacks: Records) -> None:
         """The previous map is the spare now, lacking the records just written (if it was kept)."""
         self._spare_lacks = lacks if self._spare_kept else None
 
-    def _refresh_spare(self, records: Records, durable: bool) -> None:
-        """Bring the spare up to date in place and rename it over the map."""
-        env = self._cache()
-        table = db.DB(env)
-        table.open(str(self._spare), dbtype=_DB_TYPES[self.kind])
-        try:
-            _apply(table, records)
-            env.memp_trickle(100)  # write every changed page (no flush)
-        finally:
-            table.close(db.DB_NOSYNC)
-        if durable:
-            fdatasync(self._spare)
-        self._install(self._spare, durable)
+    def _prune(self) -> None:
+        """Close the handles of inodes that are neither the map nor the spare any more."""
+        keep = {self._written[:2] if self._written else None,
+                self._spare_identity[:2] if self._spare_kept and self._spare_identity else None}
+        for key in [key for key in self._handles if key not in keep]:
+            self._handles.pop(key).close(db.DB_NOSYNC)
+
+    def _forget(self) -> None:
+        """Trust nothing cached any more: no spare, no open handle, no cached page."""
+        self._spare_lacks = None
+        self._drop_cache()
 
     def _cache(self) -> db.DBEnv:
         if self._env is None:
@@ -196,7 +324,22 @@ class BerkeleyMap:
         return self._env
 
     def _drop_cache(self) -> None:
-        """Forget every cached page (after a failure they may not match the files)."""
+        """Close every held handle and forget every cached page (after a failure they
+        may not match the files)."""
+        handles, self._handles = self._handles, {}
+        if self._env is not None and handles:
+            # Closing the cache writes what is dirty in it (a failure half-way), and by file
+            # name once a file's handle is closed: write it first, through the open handles,
+            # to the inodes it belongs to (the spare that is given up).
+            try:
+                self._env.memp_trickle(100)
+            except db.DBError:
+                pass
+        for table in handles.values():
+            try:
+                table.close(db.DB_NOSYNC)
+            except db.DBError:
+                pass
         if self._env is not None:
             try:
                 self._env.close()
@@ -236,10 +379,12 @@ class BerkeleyMap:
             self._install(tmp)
         except StaleMap:
             unlink_quietly(tmp)
+            self._forget()
             raise
         except (OSError, db.DBError) as exc:
             unlink_quietly(tmp)
             self._written = None
+            self._forget()
             raise MapError(f"cannot write {self.path}: {_describe(exc)}") from exc
 
     def _install(self, new: Path, durable: bool = True) -> None:
@@ -275,6 +420,7 @@ class BerkeleyMap:
                 except OSError:  # not ours after all: let it go
                     unlink_quietly(self._spare)
         self._written = _identity(self.path)
+        self._prune()
         if durable:
             fsync_dir(self.path.parent)
 
@@ -361,7 +507,7 @@ class BerkeleyMap:
         if self._as_written is None or self._as_written != _identity(self.path):
             return False
         self._written = self._as_written
-        self._spare_lacks = None
+        self._forget()
         unlink_quietly(self._spare)
         return True
 
@@ -382,8 +528,7 @@ class BerkeleyMap:
             except BlockingIOError:
                 locked = False
             if not locked:
-                self._lock_log.warning("locked", "%s: another process holds flock(LOCK_EX) on it; going "
-                                       "on without waiting (that inode is not reused)", self.path)
+                self._warn_locked()
             yield locked
         finally:
             os.close(fd)
@@ -398,20 +543,31 @@ def _apply(table: db.DB, records: Records) -> None:
             table.delete(key)
 
 
-def _nobody_has_open(path: Path) -> bool:
-    """Whether no process has ``path`` open or mapped: only then can we take a write lease."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
+def _nobody_else_has_open(fd: int) -> bool:
+    """Whether no other open file (any process's, ours included) has ``fd``'s file open
+    or mapped: only then can a write lease be taken on it."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return True
     except OSError:  # EAGAIN: someone has it open; EINVAL: no leases on this file system
         return False
-    finally:
-        os.close(fd)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _lidentity(path: str) -> tuple[int, int, int, int] | None:
+    """_identity of ``path`` itself (a symlink is not followed)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
