@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(kind, args.n, args.window, args.loop, args.time_limit)
         rows.append(row)
         print(f"{kind:10s} {args.loop:7s} n={args.n} w={args.window}: {row['acked']:,} acked, "
-              f"{row['adds_per_s']:,}/s, p50 {row['p50_ms']} ms, CPU {row['cpu_us_per_add']} us/ADD, failures {row['failures']}", flush=True)
+              f"{row['adds_per_s']:,}/s, p50 {row['p50_ms']} ms, CPU {row['cpu_us_per_add']} us/ADD, "
+              f"failures {row['failures']}", flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "rows": rows}, indent=1) + "\n")
