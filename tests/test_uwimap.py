@@ -42,6 +42,7 @@ import pytest
 from dracclient import rpcbind as rpcb
 from tests.fixtures.postfix import PostfixInstance
 from tests.fixtures.server import ServerThread, map_keys, private_prog, wait_for
+from tests.fixtures.tools import free_port
 from tests.fixtures.uwimap import (
     PATCH,
     UWBuild,
@@ -372,10 +373,11 @@ def black_hole(rpcbind: None) -> Iterator[int]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        udp.bind(("127.0.0.1", 0))
-        tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        # Not port 0 for both: an ephemeral UDP port may be some TCP connection's local port.
+        port = free_port()
+        udp.bind(("127.0.0.1", port))
+        tcp.bind(("127.0.0.1", port))
         tcp.listen(1)  # connections complete in the backlog, nobody reads
-        port = udp.getsockname()[1]
         for vers in (1, 2):
             for netid in ("udp", "tcp"):
                 assert rpcb.register(prog, vers, netid, rpcb.format_uaddr("127.0.0.1", port))
