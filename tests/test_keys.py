@@ -6,6 +6,8 @@ import ipaddress
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dracd.keys import (
     Ipv6Keys,
@@ -211,6 +213,22 @@ def test_canonical_and_relayable() -> None:
     assert relayable(V4) and relayable(V6)
     for bad in ("0.0.0.0", "::", "239.1.1.1", "ff02::1", "255.255.255.255"):
         assert not relayable(ipaddress.ip_address(bad))
+
+
+@pytest.mark.parametrize("text", ["0.0.0.1", "223.255.255.255", "224.0.0.0", "239.255.255.255", "240.0.0.0",
+                                  "255.255.255.254", "127.0.0.1"])
+def test_relayable_ipv4_by_integer_is_relayable_by_ipaddress(text: str) -> None:
+    """relayable() tests an IPv4 address's integer (a hot path); it must say what the
+    ipaddress properties say, at the edges of every range it excludes."""
+    address = ipaddress.IPv4Address(text)
+    expected = not (address.is_unspecified or address.is_multicast or text == "255.255.255.255")
+    assert relayable(address) is expected
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_relayable_ipv4_agrees_with_ipaddress(value: int) -> None:
+    address = ipaddress.IPv4Address(value)
+    assert relayable(address) is not (address.is_unspecified or address.is_multicast or value == 2**32 - 1)
 
 
 N24 = ipaddress.ip_network("192.0.2.0/24")

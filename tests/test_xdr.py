@@ -248,6 +248,15 @@ def test_v1_argument_truncated_or_long(data: str) -> None:
         decode_add_v1(bytes.fromhex(data))
 
 
+def test_v1_argument_with_trailing_bytes_allowed() -> None:
+    """As a libtirpc server reads it: the first word, whatever follows; too short is still an error."""
+    address = ipaddress.IPv4Address("192.0.2.7")
+    assert decode_add_v1(bytes.fromhex("c000020700"), trailing=True) == address
+    assert decode_add_v1(bytes.fromhex("c000020700000000"), trailing=True) == address
+    with pytest.raises(XdrError):
+        decode_add_v1(bytes.fromhex("c00002"), trailing=True)
+
+
 @pytest.mark.parametrize("word", ["00000100", "ffffff00", "ffffff7f", "7fffffff", "80000000"])
 def test_v2_word_out_of_char_range(word: str) -> None:
     args = bytearray(64)

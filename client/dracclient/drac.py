@@ -22,7 +22,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: What a relay table holds: a host address, or a network (never a /32 or /128: those are hosts).
 Entry = IPAddress | IPNetwork
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def canonical(address: IPAddress) -> IPAddress:
@@ -34,7 +33,11 @@ def canonical(address: IPAddress) -> IPAddress:
 
 def relayable(address: IPAddress) -> bool:
     """Whether an address may become a key: a unicast host, not a wildcard."""
-    return not (address.is_unspecified or address.is_multicast or address == _BROADCAST)
+    if isinstance(address, ipaddress.IPv4Address):
+        # The same tests on the integer (a server's hot path): 0.0.0.0, 224.0.0.0/4, broadcast.
+        value = int(address)
+        return value != 0 and value >> 28 != 0xE and value != 0xFFFF_FFFF
+    return not (address.is_unspecified or address.is_multicast)
 
 
 class AddStat(enum.IntEnum):
@@ -62,7 +65,9 @@ def encode_add_args(address: IPAddress, *, sign_extend: bool = True) -> bytes:
 def decode_add_v1(args: bytes, *, trailing: bool = False) -> ipaddress.IPv4Address:
     """``trailing``: ignore bytes after the argument, as a libtirpc server (legacy
     rpc.dracd) does: its XDR decoder stops at the argument's end and looks no further."""
-    reader = Unpacker(args)
+    if len(args) == 4 or (trailing and len(args) > 4):
+        return ipaddress.IPv4Address(int.from_bytes(args[:4], "big"))
+    reader = Unpacker(args)  # too short, or trailing bytes not allowed: the reader says which
     address = ipaddress.IPv4Address(reader.uint())
     if not trailing:
         reader.done()
