@@ -327,3 +327,38 @@ def test_held_handles_survive_restarts_of_the_writer_object(tmp_path: Path, dura
         model[f"203.0.113.{i}".encode()] = str(3000 + i).encode()
         assert records(again.path) == model
     verify(again.path)
+
+
+def test_the_swap_is_one_name_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The updated spare and the map trade names in one renameat2(RENAME_EXCHANGE) (issue 21:
+    no link, no second rename); the old map is the spare, its mtime moved on, as before."""
+    writer, model = warm(tmp_path)
+    path, spare = writer.path, tmp_path / ".dracd.db.spare"
+    calls: list[str] = []
+    monkeypatch.setattr(berkeley.os, "link", lambda *a: calls.append("link"))
+    monkeypatch.setattr(berkeley.os, "rename", lambda *a: calls.append("rename"))
+    for i in range(3):
+        old = path.stat()
+        add(writer, model, f"203.0.113.{i}", 4000 + i, in_place=True)
+        assert spare.stat().st_ino == old.st_ino and spare.stat().st_mtime_ns > old.st_mtime_ns
+        assert path.stat().st_mtime_ns < spare.stat().st_mtime_ns  # readers of the old one see a change
+    assert calls == [] and not (tmp_path / ".dracd.db.prev").exists()
+
+
+def test_without_name_exchange_the_swap_links_and_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system or C library without RENAME_EXCHANGE (EINVAL, ENOSYS): the link and two
+    renames, from then on, with the same end: the old map is the spare."""
+    writer, model = warm(tmp_path)
+    path, spare = writer.path, tmp_path / ".dracd.db.spare"
+    tries: list[str] = []
+
+    def refuse(a: str, b: str) -> None:
+        tries.append(a)
+        raise OSError(22, "Invalid argument", a)
+
+    monkeypatch.setattr(berkeley, "_exchange_names", refuse)
+    for i in range(3):
+        old = path.stat().st_ino
+        add(writer, model, f"203.0.113.{i}", 4000 + i, in_place=True)
+        assert spare.stat().st_ino == old
+    assert len(tries) == 1 and not (tmp_path / ".dracd.db.prev").exists()

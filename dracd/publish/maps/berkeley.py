@@ -25,8 +25,10 @@ Where the new file comes from, cheapest first:
 - the spare: the map's previous inode, kept under a hidden name. Once no
   process has it open (a write lease, F_SETLEASE, can only be taken on a
   file nobody else has open or mapped), it is brought up to date in place
-  with the changes it lacks and renamed back in: a commit costs its changes
-  and two fsyncs, whatever the size of the map. As it keeps a name, a reader
+  with the changes it lacks and renamed back in (it and the map trade names
+  in one renameat2 RENAME_EXCHANGE; a link and two renames where the file
+  system cannot): a commit costs its changes and two fsyncs, whatever the
+  size of the map. As it keeps a name, a reader
   would not see that it was replaced by the inode losing its last link, so
   its mtime moves forward at the swap (all Postfix and Sendmail look at);
 - a copy of the map we last wrote, with the changes applied (the spare is
@@ -55,6 +57,8 @@ the open handles).
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
 import fcntl
 import itertools
 import logging
@@ -77,6 +81,13 @@ from ..files import fsync_dir, unlink_quietly
 from . import MapError, StaleMap
 
 log = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    _renameat2.restype = ctypes.c_int
 
 _DB_TYPES = {"btree": db.DB_BTREE, "hash": db.DB_HASH}
 MAP_MODE = 0o644
@@ -119,6 +130,8 @@ class BerkeleyMap:
         #: Whether the last _install kept the replaced inode as the spare.
         self._spare_kept = False
         self._lock_log = RateLimitedLog(log)
+        #: renameat2(RENAME_EXCHANGE) works here (until the file system says otherwise).
+        self._exchange_works = True
 
     def write_codes(self, entries: Mapping[int, int]) -> None:
         # A million records: the loops below are what a full write costs in Python.
@@ -255,6 +268,25 @@ class BerkeleyMap:
         keep = False
         mtime = st.st_mtime_ns
         # As _install: the old map's mtime moves on before and after the rename.
+        if locked and self._exchange_works:
+            # One renameat2(RENAME_EXCHANGE) does what the link and two renames below do.
+            try:
+                os.utime(map_fd, ns=(st.st_atime_ns, mtime + 1_000_000_000))
+                _exchange_names(self._spare_s, self._path_s)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                if exc.errno != errno.EPERM:
+                    self._exchange_works = False  # this file system cannot: the old way from now on
+            else:
+                try:
+                    mtime += 2_000_000_000
+                    os.utime(map_fd, ns=(st.st_atime_ns, mtime))
+                    self._spare_identity = (st.st_dev, st.st_ino, st.st_size, mtime)
+                    self._spare_kept = True
+                except OSError:  # not ours after all: let it go
+                    unlink_quietly(self._spare)
+                return
         if locked:
             try:
                 try:
@@ -619,6 +651,15 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc.args[-1] if exc.args else exc)
+
+
+def _exchange_names(a: str, b: str) -> None:
+    """renameat2(a, b, RENAME_EXCHANGE): both names stay, their files trade places at once."""
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), a)
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), a)
 
 
 def _later_mtime(path: Path) -> tuple[int, int, int, int]:
