@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,15 @@ def test_shipped_run_config_is_valid() -> None:
     assert config.map.path == REPO / "var/dracd.db" and config.listen == ("127.0.0.1", "::1")
 
 
+class CaptureHandler(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_syslog_logging_uses_facility_mail(tmp_path: Path) -> None:
     import logging
     import socket
@@ -167,8 +177,11 @@ def test_syslog_logging_uses_facility_mail(tmp_path: Path) -> None:
         sink.settimeout(5)
         root = logging.getLogger()
         saved = root.handlers[:], root.level
+        globals_ = logging._srcfile, logging.logThreads, logging.logMultiprocessing  # type: ignore[attr-defined]
+        records: list[logging.LogRecord] = []
         try:
             setup_logging("info", syslog=True, address=str(path))
+            root.addHandler(CaptureHandler(records))
             logging.getLogger("dracd.test").info("ADD 192.0.2.7 from 127.0.0.1/udp ok")
             message = sink.recv(4096).decode()
         finally:
@@ -176,8 +189,11 @@ def test_syslog_logging_uses_facility_mail(tmp_path: Path) -> None:
                 handler.close()
             root.handlers[:], _ = saved
             root.setLevel(saved[1])
+            logging._srcfile, logging.logThreads, logging.logMultiprocessing = globals_  # type: ignore[attr-defined]
     # <PRI> = facility mail (2) * 8 + info (6)
     assert message.startswith("<22>dracd[") and "ADD 192.0.2.7 from 127.0.0.1/udp ok" in message
+    # A line per ADD at info: no stack walk for a caller's file and line the format never shows.
+    assert records[0].lineno == 0 and records[0].threadName is None
 
 
 def test_syslog_key_and_flag(tmp_path: Path) -> None:
