@@ -99,7 +99,7 @@ def setup_logging(level: str, *, syslog: bool = False, address: str = "/dev/log"
     # the flush): skip what the formats above never show, the caller's file and line (a
     # stack walk per record), the thread and the multiprocessing names (the logging
     # HOWTO's "Optimization").
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
 
