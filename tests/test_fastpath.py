@@ -313,6 +313,14 @@ async def _settled(replies: list[bytes], count: int) -> None:
     raise AssertionError(f"{count - len(replies)} ADDs unanswered after 5 s")
 
 
+async def _spare_made(dispatcher: Dispatcher, replies: list[bytes], first: int) -> None:
+    """Two ADDs (192.0.2.<first> and the next), answered: the first write is the whole map,
+    the second a copy that leaves a spare behind."""
+    for i in range(2):
+        await _add(dispatcher, f"192.0.2.{first + i}", XID + i, replies)
+        await _settled(replies, i + 1)
+
+
 def test_a_lone_add_is_committed_on_the_spot(tmp_path: Path) -> None:
     """One login at a time (issue 21): the ADD is journaled, in the map and answered in the
     next loop iteration, with no commit-task step and no gathering of a burst (which took
@@ -323,10 +331,7 @@ def test_a_lone_add_is_committed_on_the_spot(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, drac):
-            # The first write is the whole map, the second a copy that leaves a spare behind.
-            for i in range(2):
-                await _add(dispatcher, f"192.0.2.{20 + i}", XID + i, replies)
-                await _settled(replies, i + 1)
+            await _spare_made(dispatcher, replies, 20)
             await _add(dispatcher, "192.0.2.30", XID + 2, replies)
             assert await _answered_within(replies, 3, 2)
             assert b"192.0.2.30" in map_keys(path)
@@ -348,9 +353,7 @@ def test_a_lone_add_the_spare_cannot_take_is_committed_by_a_copy(tmp_path: Path)
 
     async def main() -> None:
         async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, _):
-            for i in range(2):
-                await _add(dispatcher, f"192.0.2.{40 + i}", XID + i, replies)
-                await _settled(replies, i + 1)
+            await _spare_made(dispatcher, replies, 40)
             with open(tmp_path / ".dracd.db.spare", "rb"):  # a reader holds the spare
                 await _add(dispatcher, "192.0.2.50", XID + 2, replies)
                 await _settled(replies, 3)
@@ -374,9 +377,7 @@ def test_after_a_burst_a_small_commit_gathers_first(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with drac_service(writer, Settings(ALLOW, 600)) as (_, dispatcher, drac):
-            for i in range(2):
-                await _add(dispatcher, f"192.0.2.{60 + i}", XID + i, replies)
-                await _settled(replies, i + 1)
+            await _spare_made(dispatcher, replies, 60)
             for i in range(16):
                 await _add(dispatcher, f"198.51.100.{i}", XID + 2 + i, replies)
             await _settled(replies, 18)

@@ -265,50 +265,53 @@ class BerkeleyMap:
     def _swap(self, map_fd: int, st: os.stat_result, locked: bool) -> None:
         """_install(self._spare) with the map open as ``map_fd`` (``st``: its lstat, taken
         under our lock if ``locked``): its mtimes set by fd, its new identity as set."""
-        keep = False
-        mtime = st.st_mtime_ns
-        # As _install: the old map's mtime moves on before and after the rename.
-        if locked and self._exchange_works:
-            # One renameat2(RENAME_EXCHANGE) does what the link and two renames below do.
-            try:
-                os.utime(map_fd, ns=(st.st_atime_ns, mtime + 1_000_000_000))
-                _exchange_names(self._spare_s, self._path_s)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-                    raise
-                if exc.errno != errno.EPERM:
-                    self._exchange_works = False  # this file system cannot: the old way from now on
-            else:
+        # As _install: the old map's mtime moves on before the swap and again after it.
+        before = (st.st_atime_ns, st.st_mtime_ns + 1_000_000_000)
+        kept = locked and self._exchange(map_fd, before)
+        if not kept:
+            if locked:
                 try:
-                    mtime += 2_000_000_000
-                    os.utime(map_fd, ns=(st.st_atime_ns, mtime))
-                    self._spare_identity = (st.st_dev, st.st_ino, st.st_size, mtime)
-                    self._spare_kept = True
-                except OSError:  # not ours after all: let it go
-                    unlink_quietly(self._spare)
-                return
-        if locked:
-            try:
-                try:
-                    os.link(self._path_s, self._prev_s)
-                except FileExistsError:  # left by a stop between the link and the rename
+                    self._link_prev()
+                    os.utime(map_fd, ns=before)
+                    kept = True
+                except OSError:  # not ours (fs.protected_hardlinks after a privilege drop)
                     unlink_quietly(self._prev)
-                    os.link(self._path_s, self._prev_s)
-                mtime += 1_000_000_000
-                os.utime(map_fd, ns=(st.st_atime_ns, mtime))
-                keep = True
-            except OSError:  # not ours (fs.protected_hardlinks after a privilege drop)
-                unlink_quietly(self._prev)
-        os.rename(self._spare_s, self._path_s)
-        if keep:
-            os.rename(self._prev_s, self._spare_s)
+            os.rename(self._spare_s, self._path_s)
+            if kept:
+                os.rename(self._prev_s, self._spare_s)
+        if kept:
+            mtime = st.st_mtime_ns + 2_000_000_000
             try:
-                mtime += 1_000_000_000
                 os.utime(map_fd, ns=(st.st_atime_ns, mtime))
                 self._spare_identity = (st.st_dev, st.st_ino, st.st_size, mtime)
                 self._spare_kept = True
             except OSError:  # not ours after all: let it go
                 unlink_quietly(self._spare)
+
+    def _link_prev(self) -> None:
+        """Name the map's inode a second time, as the spare-to-be."""
+        try:
+            os.link(self._path_s, self._prev_s)
+        except FileExistsError:  # left by a stop between the link and the rename
+            unlink_quietly(self._prev)
+            os.link(self._path_s, self._prev_s)
+
+    def _exchange(self, map_fd: int, before: tuple[int, int]) -> bool:
+        """The map's times set to ``before``, then it and the spare trade names in one
+        renameat2(RENAME_EXCHANGE) (what a link and two renames do otherwise). False,
+        nothing swapped, where the file system cannot (from then on) or the map is not ours."""
+        if not self._exchange_works:
+            return False
+        try:
+            os.utime(map_fd, ns=before)
+            _exchange_names(self._spare_s, self._path_s)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                self._exchange_works = False
+            elif exc.errno != errno.EPERM:
+                raise
+            return False
+        return True
 
     def _open(self, path: str, key: tuple[int, int]) -> db.DB | None:
         """Open ``path`` in the private cache and hold it, if it is the file ``key``
@@ -432,11 +435,7 @@ class BerkeleyMap:
             # reader that opened it in between).
             if locked:  # else someone holds LOCK_EX on it: it may be a writer's, let it go
                 try:
-                    try:
-                        os.link(self.path, self._prev)
-                    except FileExistsError:  # left by a stop between the link and the rename
-                        unlink_quietly(self._prev)
-                        os.link(self.path, self._prev)
+                    self._link_prev()
                     _later_mtime(self._prev)
                     keep = True
                 except OSError:  # no map yet, or not ours (fs.protected_hardlinks after a privilege drop)
@@ -595,11 +594,8 @@ def _lstat(path: str) -> os.stat_result | None:
 
 def _lidentity(path: str) -> tuple[int, int, int, int] | None:
     """_identity of ``path`` itself (a symlink is not followed)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    st = _lstat(path)
+    return None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, bytes]]:
@@ -639,12 +635,6 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-
-
-
-
 
 
 def _describe(exc: BaseException) -> str:
