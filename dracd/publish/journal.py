@@ -209,8 +209,8 @@ class Journal:
                map_identity: tuple[int, int, int, int] | None = None) -> None:
         """Append ``changes`` (None: deleted) and flush them to disk; with ``map_identity``
         (the map just put in place), note_map() it in the same go, flushed with the batch
-        (earlier than need be, never later). The file is opened each time: a descriptor held open for writing would keep
-        the file system from being remounted read-only."""
+        (earlier than need be, never later). The file is opened each time: a descriptor
+        held open for writing would keep the file system from being remounted read-only."""
         if not self._open:
             raise JournalError("the journal is not open")
         records = _pack_records((code, -1 if expiry is None else expiry) for code, expiry in changes.items())

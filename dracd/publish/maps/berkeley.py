@@ -221,10 +221,7 @@ class BerkeleyMap:
             if _lidentity(self._path_s) != written:
                 self._forget()
                 return False
-            _apply(spare, records)
-            self._cache().memp_trickle(100)  # write every changed page (no flush)
-            if durable:
-                os.fdatasync(fd)
+            self._write_spare(spare, records, durable)
             self._install(self._spare, durable)
             return True
         # The map's lock first, then its identity: it then stays as it is until we are done.
@@ -240,10 +237,7 @@ class BerkeleyMap:
             st = _lstat(self._path_s)
             ours = st is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == written
             if st is not None and ours:
-                _apply(spare, records)
-                self._cache().memp_trickle(100)  # write every changed page (no flush)
-                if durable:
-                    os.fdatasync(fd)
+                self._write_spare(spare, records, durable)
                 self._swap(map_fd, st, locked)
         finally:
             if locked:
@@ -261,6 +255,13 @@ class BerkeleyMap:
         if durable:
             fsync_dir(self.path.parent)
         return True
+
+    def _write_spare(self, spare: db.DB, records: Records, durable: bool) -> None:
+        """``records`` into the held spare, every changed page written (flushed if ``durable``)."""
+        _apply(spare, records)
+        self._cache().memp_trickle(100)
+        if durable:
+            os.fdatasync(spare.fd())
 
     def _swap(self, map_fd: int, st: os.stat_result, locked: bool) -> None:
         """_install(self._spare) with the map open as ``map_fd`` (``st``: its lstat, taken
